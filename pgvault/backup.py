@@ -1,0 +1,105 @@
+"""Run one backup job now: connect, bind the cluster at each site, let the method write its
+artifacts to every site in one pass, then commit the manifest. Owns the sequence; methods
+never write manifests."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import pg
+from .catalog import layout
+from .catalog.catalog import Catalog
+from .catalog.formats import Manifest
+from .catalog.session import BackupSession
+from .errors import PgvaultError, UsageError
+from .methods import method_module
+from .methods.context import BackupContext
+from .sites import open_sites
+
+log = logging.getLogger("pgvault.backup")
+
+
+@dataclass
+class BackupResult:
+    job: str
+    backup_id: str
+    manifest: Manifest
+    sites: list[str]
+    failed_sites: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed_sites)
+
+
+def get_job(policy, job_name: str):
+    try:
+        return policy.jobs[job_name]
+    except KeyError:
+        raise UsageError(f"no job {job_name!r} in the policy",
+                         f"jobs defined: {', '.join(policy.jobs) or 'none'}") from None
+
+
+def open_catalogs(policy, names: list[str]) -> dict[str, Catalog]:
+    return {n: Catalog(s, policy.cluster.name) for n, s in open_sites(policy, names).items()}
+
+
+def bind_all(catalogs: dict[str, Catalog], server: pg.ServerInfo) -> tuple[dict[str, Catalog], dict[str, str]]:
+    """Bind the cluster at each site; an unreachable site is dropped, a mismatch is fatal."""
+    from .errors import ClusterMismatch
+
+    ok, failed = {}, {}
+    for n, cat in catalogs.items():
+        try:
+            cat.bind(server.system_identifier, server.major, server.wal_segment_size)
+            ok[n] = cat
+        except ClusterMismatch:
+            raise
+        except PgvaultError as exc:
+            log.warning("site %s unavailable: %s", n, exc.message)
+            failed[n] = exc.message
+    return ok, failed
+
+
+def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = None) -> BackupResult:
+    job = get_job(policy, job_name)
+    module = method_module(job.method)
+    conn = pg.connect(policy.cluster.conninfo)
+    try:
+        server = pg.server_info(conn)
+        ctx = BackupContext(policy, job_name, job, conn, server, progress)
+        problems = module.check(ctx)
+        if problems:
+            raise PgvaultError(f"job {job_name!r} cannot run:\n  " + "\n  ".join(problems))
+        catalogs, failed = bind_all(open_catalogs(policy, job.sites), server)
+        if job.sites and not catalogs:
+            raise PgvaultError(f"job {job_name!r}: no site is reachable ({'; '.join(f'{k}: {v}' for k, v in failed.items())})",
+                               "check the sites with pgvault check")
+        taken = set()
+        for cat in catalogs.values():
+            taken.update(cat.backup_ids())
+            taken.update(p.rstrip("/").rsplit("/", 1)[-1] for p in cat.debris() if p.endswith("/"))
+        backup_id = layout.new_backup_id(now, taken)
+        started = datetime.now(timezone.utc)
+        session = BackupSession(catalogs, backup_id)
+        try:
+            facts = module.backup(ctx, session) or {}
+            tool_versions = facts.pop("tool_versions", {})
+            restore_how = facts.pop("restore", "")
+            manifest_fields = {k: facts.pop(k) for k in list(facts) if k in Manifest.model_fields}
+            manifest = Manifest(
+                backup_id=backup_id, cluster=policy.cluster.name, job=job_name, method=job.method,
+                started_at=started, finished_at=datetime.now(timezone.utc),
+                system_identifier=server.system_identifier, pg_version=server.version,
+                timeline=manifest_fields.pop("timeline", server.timeline),
+                options=job.model_dump(mode="json", exclude={"schedule", "schedule_tz", "retain", "retain_at"}),
+                tool_versions=tool_versions, facts=facts, restore=restore_how, **manifest_fields)
+            manifest = session.commit(manifest)
+        except BaseException:
+            session.abort()
+            raise
+        failed.update({n: getattr(e, "message", str(e)) for n, e in session.failed.items()})
+        return BackupResult(job_name, backup_id, manifest, session.committed, failed)
+    finally:
+        conn.close()

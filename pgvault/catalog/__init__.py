@@ -1,0 +1,1 @@
+"""The catalog: pgvault's on-site format (docs/site-format.md)."""

@@ -1,0 +1,125 @@
+"""The only code that builds keys at a site. Format v1 — see docs/site-format.md.
+
+    pgvault-site.json
+    clusters/<cluster>/cluster.json
+    clusters/<cluster>/backups/<backup-id>/<artifact>
+    clusters/<cluster>/backups/<backup-id>/manifest.json     (written last: the commit marker)
+    clusters/<cluster>/wals/<timeline+log>/<segment>[.gz]    (Barman's cloud layout)
+    clusters/<cluster>/base/<barman-backup-id>/...            (Barman's cloud layout)
+    clusters/<cluster>/drills/<drill-id>.json
+    clusters/<cluster>/relations/<id>.json                    (relation history, see find)
+
+Barman's cloud layout is ``<url>/<server>/{base,wals}``; with url = ``<site>/clusters`` and
+server = the cluster name it lands exactly under ``clusters/<cluster>/``, so stock
+barman-cloud tools work on a pgvault site unchanged.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+FORMAT_VERSION = 1
+SITE_MARKER = "pgvault-site.json"
+MANIFEST = "manifest.json"
+
+_ID = re.compile(r"^\d{8}T\d{6}Z(-[A-Za-z0-9_.-]+)?$")
+
+
+def cluster_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/"
+
+
+def cluster_file(cluster: str) -> str:
+    return f"clusters/{cluster}/cluster.json"
+
+
+def backups_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/backups/"
+
+
+def backup_prefix(cluster: str, backup_id: str) -> str:
+    return f"clusters/{cluster}/backups/{backup_id}/"
+
+
+def artifact(cluster: str, backup_id: str, name: str) -> str:
+    if "/" in name.strip("/") and ".." in name.split("/"):
+        raise ValueError(f"bad artifact name {name!r}")
+    return f"clusters/{cluster}/backups/{backup_id}/{name}"
+
+
+def manifest(cluster: str, backup_id: str) -> str:
+    return artifact(cluster, backup_id, MANIFEST)
+
+
+def wal_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/wals/"
+
+
+def wal_key(cluster: str, name: str, suffix: str = "") -> str:
+    """Key of a WAL file in Barman's cloud layout.
+
+    >>> wal_key("main", "000000010000000000000003", ".gz")
+    'clusters/main/wals/0000000100000000/000000010000000000000003.gz'
+    >>> wal_key("main", "00000002.history")
+    'clusters/main/wals/00000002.history'
+    """
+    if re.fullmatch(r"[0-9A-F]{24}(\.[0-9A-F]{8}\.backup|\.partial)?", name):
+        return f"clusters/{cluster}/wals/{name[:16]}/{name}{suffix}"
+    return f"clusters/{cluster}/wals/{name}{suffix}"
+
+
+def barman_base_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/base/"
+
+
+def drill_key(cluster: str, drill_id: str) -> str:
+    return f"clusters/{cluster}/drills/{drill_id}.json"
+
+
+def drills_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/drills/"
+
+
+def relations_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/relations/"
+
+
+def new_backup_id(now: datetime | None = None, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A sortable UTC id; one second later while the id is taken.
+
+    >>> new_backup_id(datetime(2026, 11, 25, 22, 15, 30, tzinfo=timezone.utc))
+    '20261125T221530Z'
+    >>> new_backup_id(datetime(2026, 11, 25, 22, 15, 30, tzinfo=timezone.utc), {'20261125T221530Z'})
+    '20261125T221531Z'
+    """
+    from datetime import timedelta
+
+    t = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0)
+    while True:
+        bid = t.strftime("%Y%m%dT%H%M%SZ")
+        if bid not in taken:
+            return bid
+        t += timedelta(seconds=1)
+
+
+def is_backup_id(text: str) -> bool:
+    return bool(_ID.match(text))
+
+
+def backup_time(backup_id: str) -> datetime:
+    """>>> backup_time('20261125T221530Z').isoformat()
+    '2026-11-25T22:15:30+00:00'
+    """
+    return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+
+
+def split_backup_key(cluster: str, key: str) -> tuple[str, str] | None:
+    """(backup id, artifact name) for a key under backups/, else None."""
+    pre = backups_prefix(cluster)
+    if not key.startswith(pre):
+        return None
+    rest = key[len(pre):]
+    if "/" not in rest:
+        return None
+    bid, name = rest.split("/", 1)
+    return bid, name

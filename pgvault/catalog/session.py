@@ -1,0 +1,92 @@
+"""One backup being written to several sites at once: artifacts first, manifest last.
+
+A site that fails during the backup is dropped (its partial artifacts deleted); the backup
+commits at the sites that received every artifact. If the backup fails as a whole, every
+artifact written so far is deleted, so nothing that looks like a backup remains."""
+from __future__ import annotations
+
+import logging
+from typing import BinaryIO, Callable
+
+from ..errors import SiteError
+from . import layout
+from .catalog import Catalog
+from .formats import Artifact, Manifest
+from .streams import SUFFIX, Tee, pump
+
+log = logging.getLogger("pgvault.session")
+
+
+class BackupSession:
+    def __init__(self, catalogs: dict[str, Catalog], backup_id: str):
+        self.catalogs = dict(catalogs)
+        self.backup_id = backup_id
+        self.artifacts: list[Artifact] = []
+        self.failed: dict[str, Exception] = {}
+        self.committed: list[str] = []
+
+    @property
+    def cluster(self) -> str:
+        return next(iter(self.catalogs.values())).cluster
+
+    def _drop(self, name: str, exc: Exception) -> None:
+        log.warning("site %s dropped from backup %s: %s", name, self.backup_id, getattr(exc, "message", exc))
+        self.failed[name] = exc
+        cat = self.catalogs.pop(name, None)
+        if cat is not None:
+            self._cleanup(cat)
+
+    def _cleanup(self, cat: Catalog) -> None:
+        try:
+            for obj in list(cat.site.list(layout.backup_prefix(cat.cluster, self.backup_id))):
+                cat.site.delete(obj.key)
+        except Exception as exc:  # leave debris for verify to report
+            log.warning("could not clean up %s at %s: %s", self.backup_id, cat.name, exc)
+
+    def add_stream(self, name: str, source: BinaryIO, *, compression: str = "zstd", level: int = 1,
+                   threads: int = 2, kind: str = "data", database: str | None = None,
+                   progress: Callable[[int], None] | None = None) -> Artifact:
+        """Stream ``source`` (compressed on the way) to every remaining site as one artifact."""
+        name = name + SUFFIX[compression]
+        if not self.catalogs:
+            raise self._none_left()
+        tee = Tee({n: (c.site, layout.artifact(c.cluster, self.backup_id, name)) for n, c in self.catalogs.items()})
+        try:
+            raw = pump(source, tee, compression, level, threads, progress)
+            survivors = tee.commit()
+        except BaseException:
+            tee.abort()
+            raise
+        finally:
+            for n, exc in tee.failed.items():
+                if n in self.catalogs:
+                    self._drop(n, exc)
+        for n in list(self.catalogs):
+            if n not in survivors:
+                self._drop(n, SiteError("write failed"))
+        art = Artifact(name=name, size=tee.size, sha256=tee.sha.hexdigest(), raw_size=raw,
+                       compression=compression, kind=kind, database=database)
+        self.artifacts.append(art)
+        return art
+
+    def _none_left(self) -> SiteError:
+        detail = "; ".join(f"{n}: {getattr(e, 'message', e)}" for n, e in self.failed.items())
+        return SiteError(f"backup {self.backup_id} failed at every site: {detail}",
+                         "check the sites with pgvault check")
+
+    def commit(self, manifest: Manifest) -> Manifest:
+        """Write the manifest (the commit marker) at every site that holds every artifact."""
+        manifest = manifest.model_copy(update={"artifacts": list(self.artifacts), "backup_id": self.backup_id})
+        for n, cat in list(self.catalogs.items()):
+            try:
+                cat.write_manifest(manifest)
+                self.committed.append(n)
+            except Exception as exc:
+                self._drop(n, exc)
+        if not self.committed:
+            raise self._none_left()
+        return manifest
+
+    def abort(self) -> None:
+        for cat in self.catalogs.values():
+            self._cleanup(cat)

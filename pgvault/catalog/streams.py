@@ -1,0 +1,177 @@
+"""Stream wrappers above the Site contract, written once: hashing, compression, and a tee that
+writes one stream to several sites in one pass (a site that fails is dropped, not fatal)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import BinaryIO, Callable
+
+from ..errors import IntegrityError, SiteError
+from ..sites.base import CHUNK, Site
+
+log = logging.getLogger("pgvault.streams")
+
+
+class SiteFailure(Exception):
+    pass
+
+
+class Tee:
+    """Writes one byte stream to ``key`` at several sites; hashes the stored bytes once.
+
+    A site whose write fails is aborted and recorded in ``failed`` (name -> error); the others
+    continue. ``commit()`` commits every surviving writer and raises if none survive.
+    """
+
+    def __init__(self, targets: dict[str, tuple[Site, str]]):
+        self.writers = {}
+        self.failed: dict[str, Exception] = {}
+        for name, (site, key) in targets.items():
+            try:
+                self.writers[name] = site.writer(key)
+            except Exception as exc:  # an unreachable site must not stop the others
+                self._fail(name, exc)
+        self.sha = hashlib.sha256()
+        self.size = 0
+        if not self.writers:
+            raise self._all_failed()
+
+    def _fail(self, name: str, exc: Exception) -> None:
+        log.warning("site %s failed: %s", name, exc)
+        self.failed[name] = exc
+        w = self.writers.pop(name, None)
+        if w is not None:
+            try:
+                w.abort()
+            except Exception:
+                pass
+
+    def _all_failed(self) -> SiteError:
+        detail = "; ".join(f"{n}: {getattr(e, 'message', e)}" for n, e in self.failed.items())
+        return SiteError(f"every site failed: {detail}", "check the sites with pgvault check")
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.sha.update(data)
+        self.size += len(data)
+        for name, w in list(self.writers.items()):
+            try:
+                w.write(data)
+            except Exception as exc:
+                self._fail(name, exc)
+        if not self.writers:
+            raise self._all_failed()
+
+    def commit(self) -> list[str]:
+        for name, w in list(self.writers.items()):
+            try:
+                w.commit()
+            except Exception as exc:
+                self._fail(name, exc)
+        if not self.writers:
+            raise self._all_failed()
+        return list(self.writers)
+
+    def abort(self) -> None:
+        for name in list(self.writers):
+            w = self.writers.pop(name)
+            try:
+                w.abort()
+            except Exception:
+                pass
+
+
+class Compressor:
+    """zstd (multi-threaded, with frame checksums) or pass-through."""
+
+    def __init__(self, kind: str, level: int = 1, threads: int = 2):
+        self.kind = kind
+        if kind == "zstd":
+            import zstandard
+
+            self._c = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True).compressobj()
+        elif kind == "none":
+            self._c = None
+        else:
+            raise ValueError(f"unsupported compression {kind!r}")
+
+    def compress(self, data: bytes) -> bytes:
+        return self._c.compress(data) if self._c else data
+
+    def flush(self) -> bytes:
+        return self._c.flush() if self._c else b""
+
+
+SUFFIX = {"zstd": ".zst", "none": ""}
+
+
+def pump(source: BinaryIO, tee: Tee, compression: str = "zstd", level: int = 1, threads: int = 2,
+         progress: Callable[[int], None] | None = None) -> int:
+    """Copy ``source`` into ``tee`` compressing on the way; return the raw byte count."""
+    comp = Compressor(compression, level, threads)
+    raw = 0
+    read = getattr(source, "read1", source.read)
+    while True:
+        chunk = read(CHUNK)
+        if not chunk:
+            break
+        raw += len(chunk)
+        out = comp.compress(chunk)
+        if out:
+            tee.write(out)
+        if progress:
+            progress(raw)
+    tail = comp.flush()
+    if tail:
+        tee.write(tail)
+    return raw
+
+
+class VerifyingReader:
+    """Reads a stored object, hashing as it goes; at EOF the hash must match or IntegrityError."""
+
+    def __init__(self, stream: BinaryIO, expected_sha256: str, expected_size: int, what: str):
+        self.stream = stream
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.expected = expected_sha256
+        self.expected_size = expected_size
+        self.what = what
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        if data:
+            self.sha.update(data)
+            self.size += len(data)
+        else:
+            self.check()
+        return data
+
+    def check(self) -> None:
+        if self.size != self.expected_size or self.sha.hexdigest() != self.expected:
+            raise IntegrityError(f"{self.what}: checksum mismatch (read {self.size} bytes, expected "
+                                 f"{self.expected_size}; sha256 {self.sha.hexdigest()[:16]}… != {self.expected[:16]}…)",
+                                 "the copy at this site is damaged; restore from another site (--from-site)")
+
+    def close(self):
+        self.stream.close()
+
+
+def decompressing(stream: BinaryIO, compression: str) -> BinaryIO:
+    if compression == "none":
+        return stream
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(stream, read_size=CHUNK, read_across_frames=True)
+    raise ValueError(f"unsupported compression {compression!r}")
+
+
+def hash_stream(stream: BinaryIO) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    n = 0
+    while chunk := stream.read(CHUNK):
+        sha.update(chunk)
+        n += len(chunk)
+    return sha.hexdigest(), n

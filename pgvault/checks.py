@@ -1,0 +1,111 @@
+"""Probes behind `pgvault check`: the cluster, each site, and the tools each job needs.
+Returns results; the CLI prints them. Nagios-style states: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from . import pg, proc
+from .errors import PgvaultError
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+# Programs each method needs on this host (resolved in the cluster's bin dir where relevant).
+TOOLS = {
+    "logical": ["pg_dump", "pg_dumpall", "pg_restore"],
+    "barman": ["barman-cloud-backup", "barman-cloud-restore", "barman-cloud-wal-restore", "pg_basebackup"],
+    "zfs": ["zfs"],
+    "btrfs": ["btrfs"],
+}
+PG_TOOLS = {"pg_dump", "pg_dumpall", "pg_restore", "pg_basebackup", "pg_waldump"}
+
+
+@dataclass
+class CheckResult:
+    name: str
+    state: int
+    message: str
+    hint: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "state": STATE_NAMES[self.state], "message": self.message, "hint": self.hint}
+
+
+def check_cluster(policy) -> tuple[list[CheckResult], pg.ServerInfo | None]:
+    try:
+        with pg.connect(policy.cluster.conninfo) as conn:
+            info = pg.server_info(conn)
+    except PgvaultError as exc:
+        return [CheckResult("cluster", CRITICAL, exc.message, exc.hint)], None
+    res = [CheckResult("cluster", OK, f"PostgreSQL {info.version}, system identifier {info.system_identifier}, "
+                                      f"timeline {info.timeline}")]
+    return res, info
+
+
+def check_site(policy, name: str, info: pg.ServerInfo | None) -> CheckResult:
+    from .catalog.catalog import Catalog
+    from .sites import open_site
+    from .sites.base import get_bytes, put_bytes
+
+    site = open_site(name, policy.sites[name])
+    cat = Catalog(site, policy.cluster.name)
+    probe = f"clusters/{policy.cluster.name}/.probe-{uuid.uuid4().hex[:12]}"
+    try:
+        put_bytes(site, probe, b"pgvault probe")
+        if get_bytes(site, probe) != b"pgvault probe":
+            return CheckResult(f"site {name}", CRITICAL, f"{site.describe()}: probe object read back differently")
+        site.delete(probe)
+        marker = cat.ensure_site()
+        binding = cat.binding()
+        if binding and info:
+            cat.check_identity(binding, info.system_identifier)
+    except PgvaultError as exc:
+        return CheckResult(f"site {name}", CRITICAL, exc.message, exc.hint)
+    except OSError as exc:
+        return CheckResult(f"site {name}", CRITICAL, f"{site.describe()}: {exc}", "check the path and its permissions")
+    return CheckResult(f"site {name}", OK, f"{site.describe()} reachable and writable (format v{marker.version})")
+
+
+def check_tools(policy, info: pg.ServerInfo | None) -> list[CheckResult]:
+    out = []
+    needed: dict[str, list[str]] = {}
+    for jname, job in policy.jobs.items():
+        for t in TOOLS.get(job.method, []):
+            needed.setdefault(t, []).append(jname)
+    if policy.wal.sites:
+        needed.setdefault("pg_waldump", []).append("wal")
+    for t, jobs in sorted(needed.items()):
+        try:
+            path = pg.tool(t, info.major if info else None, policy.cluster.bin_dir) if t in PG_TOOLS else proc.which(t)
+        except PgvaultError as exc:
+            out.append(CheckResult(f"tool {t}", CRITICAL, f"{exc.message} (needed by {', '.join(jobs)})", exc.hint))
+            continue
+        if t in ("pg_dump", "pg_dumpall", "pg_restore", "pg_basebackup") and info:
+            ver = proc.output([path, "--version"]).split()[-1]
+            major = int(ver.split(".")[0])
+            if major < info.major:
+                out.append(CheckResult(f"tool {t}", CRITICAL, f"{path} is version {ver}, older than the server ({info.version})",
+                                       f"install postgresql-client-{info.major} or set cluster.bin_dir"))
+                continue
+        out.append(CheckResult(f"tool {t}", OK, path))
+    return out
+
+
+def run_checks(policy) -> list[CheckResult]:
+    results, info = check_cluster(policy)
+    for name in policy.sites:
+        results.append(check_site(policy, name, info))
+    results += check_tools(policy, info)
+    return results
+
+
+def overall(results: list[CheckResult]) -> int:
+    states = [r.state for r in results]
+    if CRITICAL in states:
+        return CRITICAL
+    if WARNING in states:
+        return WARNING
+    if UNKNOWN in states:
+        return UNKNOWN
+    return OK

@@ -1,0 +1,116 @@
+"""The command line. This root is the only place errors become exit codes and messages.
+
+Commands are loaded lazily from an explicit table, so `pgvault wal-push` and `pgvault tick`
+import only what they use."""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import tempfile
+import traceback
+
+import click
+
+from ..errors import EXIT_BUG, PgvaultError
+
+# name -> "module:function". Adding a command is one line.
+COMMANDS = {
+    "check": "pgvault.cli.check:check",
+    "backup": "pgvault.cli.backup:backup",
+    "list": "pgvault.cli.catalog:list_cmd",
+    "verify": "pgvault.cli.catalog:verify",
+    "restore": "pgvault.cli.restore:restore",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        mod, attr = target.split(":")
+        return getattr(importlib.import_module(mod), attr)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record):
+        import json
+        from datetime import datetime, timezone
+
+        doc = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+               "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        for k in ("job", "site", "backup_id", "event"):
+            if hasattr(record, k):
+                doc[k] = getattr(record, k)
+        return json.dumps(doc)
+
+
+def setup_logging(verbose: int, fmt: str) -> None:
+    level = logging.WARNING - 10 * verbose
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("pgvault")
+    root.handlers[:] = [handler]
+    root.setLevel(max(level, logging.DEBUG))
+    root.propagate = False
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--policy", "-p", "policy_file", envvar="PGVAULT_POLICY", metavar="FILE",
+              help="policy file (default $PGVAULT_POLICY, then /etc/pgvault/policy.yaml)")
+@click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="log line format on stderr")
+@click.version_option(package_name="pgvault")
+@click.pass_context
+def cli(ctx, policy_file, verbose, log_format):
+    """pgvault: backups you can prove restore."""
+    setup_logging(verbose, log_format)
+    ctx.obj = {"policy_file": policy_file, "log_format": log_format}
+
+
+def load(ctx):
+    """The policy for this invocation (loaded once)."""
+    from ..policy import load_policy
+
+    obj = ctx.find_root().obj
+    if "policy" not in obj:
+        obj["policy"] = load_policy(obj["policy_file"])
+    return obj["policy"]
+
+
+def main(argv=None) -> None:
+    try:
+        rv = cli.main(args=argv, prog_name="pgvault", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except PgvaultError as exc:
+        click.echo(exc.render(), err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException:
+        fd, path = tempfile.mkstemp(prefix="pgvault-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            traceback.print_exc(file=fh)
+        click.echo(f"ERROR: unexpected internal error (this is a bug in pgvault): {sys.exc_info()[1]!r}\n"
+                   f"HINT: details were written to {path}; please report them", err=True)
+        sys.exit(EXIT_BUG)

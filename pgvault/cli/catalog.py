@@ -1,0 +1,95 @@
+"""pgvault list / verify: read from the sites alone."""
+from __future__ import annotations
+
+import click
+
+from . import load
+from .output import emit_json, human_size, table, warn
+
+
+def _sites(policy, site):
+    from ..backup import open_catalogs
+
+    if site and site not in policy.sites:
+        from ..errors import UsageError
+
+        raise UsageError(f"no site {site!r} in the policy", f"sites: {', '.join(policy.sites)}")
+    return open_catalogs(policy, [site] if site else list(policy.sites))
+
+
+@click.command("list")
+@click.option("--site", help="only this site")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def list_cmd(ctx, site, as_json):
+    """List the backups held at each site (read from the sites, not from local state)."""
+    from ..errors import PgvaultError
+
+    policy = load(ctx)
+    docs, rows, failures = [], [], 0
+    for name, cat in _sites(policy, site).items():
+        try:
+            manifests = cat.manifests()
+        except PgvaultError as exc:
+            warn(f"site {name!r}: {exc.message}")
+            failures += 1
+            continue
+        for m in manifests:
+            docs.append({"site": name, "backup_id": m.backup_id, "job": m.job, "method": m.method,
+                         "size": m.total_size, "started_at": m.started_at, "finished_at": m.finished_at,
+                         "timeline": m.timeline, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
+                         "parent": m.parent, "pinned": bool(m.facts.get("pinned"))})
+            rows.append([name, m.backup_id, m.job, m.method, human_size(m.total_size),
+                         m.finished_at.strftime("%Y-%m-%d %H:%M:%SZ"), m.stop_lsn or "-"])
+    if as_json:
+        emit_json(docs)
+    elif rows:
+        click.echo(table(rows, ["SITE", "BACKUP", "JOB", "METHOD", "SIZE", "FINISHED", "STOP LSN"]))
+    else:
+        click.echo("no backups")
+    return 3 if failures else 0
+
+
+@click.command()
+@click.argument("backup_id", required=False)
+@click.option("--site", help="only this site")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def verify(ctx, backup_id, site, as_json):
+    """Re-read and re-hash every artifact; report missing, corrupt and debris. Exit 1 on damage."""
+    from ..errors import PgvaultError
+
+    policy = load(ctx)
+    reports, bad = [], False
+    for name, cat in _sites(policy, site).items():
+        try:
+            ids = [backup_id] if backup_id else None
+            if backup_id and backup_id not in cat.backup_ids():
+                if site:
+                    r = cat.verify(ids)
+                else:
+                    continue
+            else:
+                r = cat.verify(ids)
+        except PgvaultError as exc:
+            warn(f"site {name!r}: {exc.message}")
+            bad = True
+            continue
+        reports.append(r)
+        bad |= not r.ok
+    if backup_id and not reports and not bad:
+        from ..errors import UsageError
+
+        raise UsageError(f"no site holds backup {backup_id}", "list backups with pgvault list")
+    if as_json:
+        emit_json([{"site": r.site, "checked": r.checked, "bytes_read": r.bytes_read, "ok": r.ok,
+                    "problems": [p.__dict__ for p in r.problems], "debris": r.debris} for r in reports])
+    else:
+        for r in reports:
+            status = "ok" if r.ok else "DAMAGED"
+            click.echo(f"site {r.site}: {len(r.checked)} backup(s), {human_size(r.bytes_read)} re-hashed: {status}")
+            for p in r.problems:
+                click.echo(f"  {p.kind.upper():8} {p.backup_id}/{p.artifact}: {p.detail}")
+            for d in r.debris:
+                click.echo(f"  DEBRIS   {d} (no manifest: an interrupted backup; the next expire removes it)")
+    return 1 if bad else 0

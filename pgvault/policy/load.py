@@ -1,0 +1,161 @@
+"""YAML -> Policy, with every problem reported at once as (dotted path, message, hint)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import PolicyError, UsageError
+from .model import METHODS, Policy
+
+ENV = "PGVAULT_POLICY"
+DEFAULT_PATHS = ("/etc/pgvault/policy.yaml",)
+
+
+def policy_path(given: str | None) -> Path:
+    """The policy file from --policy, $PGVAULT_POLICY or /etc/pgvault/policy.yaml."""
+    path = given or os.environ.get(ENV)
+    if not path:
+        for p in DEFAULT_PATHS:
+            if Path(p).exists():
+                path = p
+                break
+    if not path:
+        raise UsageError("no policy given", f"pass --policy FILE or set {ENV}")
+    return Path(path)
+
+
+def _loc_to_path(loc: tuple) -> str:
+    parts = []
+    for i, item in enumerate(loc):
+        # A discriminated union inserts its tag (jobs.x.logical.schedule; sites.a.s3.bucket): drop it.
+        if i >= 2 and loc[i - 2] in ("jobs", "sites") and isinstance(item, str) and item in METHODS + ("local", "s3"):
+            continue
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _translate(err: dict) -> tuple[str, str | None]:
+    kind = err["type"]
+    msg = err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key", "remove it or check its spelling against docs/policy.md"
+    if kind == "missing":
+        return "required key is missing", None
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"unknown value {ctx.get('tag')!r}", f"expected one of {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        ctx = err.get("ctx", {})
+        return f"missing key {ctx.get('discriminator')!r}", None
+    if kind == "value_error":
+        return msg.removeprefix("Value error, "), None
+    if kind == "greater_than_equal":
+        return f"must be >= {err['ctx']['ge']} (got {err['input']!r})", None
+    return msg, None
+
+
+def _semantic_problems(raw: dict) -> list[tuple[str, str, str | None]]:
+    """Cross-references, checked on the raw document so they are reported alongside type errors."""
+    out: list[tuple[str, str, str | None]] = []
+    sites = raw.get("sites") if isinstance(raw.get("sites"), dict) else {}
+    names = set(sites)
+
+    def refs(path: str, value) -> None:
+        if not isinstance(value, list):
+            return
+        for i, name in enumerate(value):
+            if isinstance(name, str) and name not in names:
+                out.append((f"{path}[{i}]", f"site {name!r} does not exist",
+                            f"defined sites: {', '.join(sorted(names)) or 'none'}"))
+        dupes = {n for n in value if isinstance(n, str) and value.count(n) > 1}
+        for d in sorted(dupes):
+            out.append((path, f"site {d!r} is listed twice", None))
+
+    wal = raw.get("wal")
+    if isinstance(wal, dict):
+        refs("wal.sites", wal.get("sites"))
+    jobs = raw.get("jobs") if isinstance(raw.get("jobs"), dict) else {}
+    for jname, job in jobs.items():
+        if not isinstance(job, dict):
+            continue
+        refs(f"jobs.{jname}.sites", job.get("sites"))
+        if isinstance(job.get("retain_at"), dict):
+            for s in job["retain_at"]:
+                if s not in names:
+                    out.append((f"jobs.{jname}.retain_at.{s}", f"site {s!r} does not exist", None))
+                elif isinstance(job.get("sites"), list) and s not in job["sites"]:
+                    out.append((f"jobs.{jname}.retain_at.{s}", f"site {s!r} is not one of this job's sites", None))
+        if job.get("method") in ("logical", "barman") and not job.get("sites"):
+            out.append((f"jobs.{jname}.sites", "a logical or barman job needs at least one site", None))
+    # Two sites pointing at the same place would each believe they hold an independent copy.
+    seen: dict[tuple, str] = {}
+    for sname, site in sites.items():
+        if not isinstance(site, dict):
+            continue
+        if site.get("type") == "local" and isinstance(site.get("path"), str):
+            p = os.path.normpath(site["path"])
+            for other_key, other in seen.items():
+                if other_key[0] == "local":
+                    q = other_key[1]
+                    if p == q or p.startswith(q + os.sep) or q.startswith(p + os.sep):
+                        out.append((f"sites.{sname}.path", f"overlaps site {other!r} ({q})",
+                                    "each site needs its own directory"))
+            seen[("local", p)] = sname
+        elif site.get("type") == "s3" and isinstance(site.get("bucket"), str):
+            prefix = str(site.get("prefix") or "").strip("/")
+            key = ("s3", site.get("endpoint_url"), site["bucket"], prefix)
+            for other_key, other in seen.items():
+                if other_key[0] == "s3" and other_key[1:3] == key[1:3]:
+                    q = other_key[3]
+                    if prefix == q or prefix.startswith(q + "/") or q.startswith(prefix + "/") or not q or not prefix:
+                        out.append((f"sites.{sname}.prefix", f"overlaps site {other!r} (bucket {site['bucket']!r}, prefix {q!r})",
+                                    "give each site its own bucket or a distinct prefix"))
+            seen[key] = sname
+    return out
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Parse and validate a policy document; raise PolicyError listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise PolicyError(source, [(f"(yaml {where})", f"not valid YAML: {getattr(exc, 'problem', exc)}", None)])
+    if not isinstance(raw, dict):
+        raise PolicyError(source, [("(top level)", "the policy must be a mapping", "see policies/ for examples")])
+    problems: list[tuple[str, str, str | None]] = []
+    policy = None
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg, hint = _translate(err)
+            problems.append((_loc_to_path(err["loc"]), msg, hint))
+    problems += _semantic_problems(raw)
+    # De-duplicate while keeping order.
+    seen = set()
+    unique = [p for p in problems if not (p[:2] in seen or seen.add(p[:2]))]
+    if unique:
+        raise PolicyError(source, unique)
+    assert policy is not None
+    return policy
+
+
+def load_policy(path: str | os.PathLike | None = None) -> Policy:
+    p = policy_path(str(path) if path else None)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"policy file {p} does not exist", f"pass --policy FILE or set {ENV}") from None
+    except PermissionError:
+        raise UsageError(f"policy file {p} is not readable by this user") from None
+    policy = parse_policy(text, str(p))
+    object.__setattr__(policy, "_source", p)
+    return policy

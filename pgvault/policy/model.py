@@ -1,0 +1,157 @@
+"""Policy models: frozen, unknown keys rejected, a description on every field.
+
+Site options live with their drivers (pgvault.sites.*); job options per method are here so one
+discriminated union can validate them all at once."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..sites.local import LocalSiteConfig
+from ..sites.s3 import S3SiteConfig
+from .durations import parse_duration
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Duration = Annotated[timedelta, Field(description="a duration such as 90s, 5m, 1h, 7d")]
+
+
+def _duration(v):
+    if isinstance(v, timedelta):
+        return v
+    return parse_duration(v)
+
+
+class Cluster(Strict):
+    name: str = Field(pattern=NAME, description="the cluster's name at every site (bound to its system identifier)")
+    conninfo: str = Field(description="libpq connection string to the cluster (no password: use ~/.pgpass or PGPASSWORD)")
+    pgdata: str | None = Field(None, description="the data directory (needed by snapshot methods and checks)")
+    bin_dir: str | None = Field(None, description="PostgreSQL bin directory; default /usr/lib/postgresql/<major>/bin")
+
+    @field_validator("conninfo")
+    @classmethod
+    def _no_password(cls, v: str) -> str:
+        import re
+
+        if re.search(r"password\s*=", v) or re.search(r"postgres(?:ql)?://[^:/@]+:[^@]+@", v):
+            raise ValueError("a password must not be written in the policy; use ~/.pgpass or PGPASSWORD")
+        return v
+
+
+class Retain(Strict):
+    count: int | None = Field(None, ge=0, description="keep the newest N backups")
+    hourly: int | None = Field(None, ge=0, description="keep the newest backup of each of the last N hours")
+    daily: int | None = Field(None, ge=0, description="keep the newest backup of each of the last N days")
+    weekly: int | None = Field(None, ge=0, description="keep the newest backup of each of the last N ISO weeks")
+    monthly: int | None = Field(None, ge=0, description="keep the newest backup of each of the last N months")
+    yearly: int | None = Field(None, ge=0, description="keep the newest backup of each of the last N years")
+    max_age: timedelta | None = Field(None, description="expire backups older than this (never the newest verified)")
+    min_keep: int = Field(1, ge=1, description="never keep fewer verified backups than this at a site")
+
+    _d = field_validator("max_age", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
+
+
+def _cron(v: str) -> str:
+    from croniter import croniter
+
+    if not isinstance(v, str) or not croniter.is_valid(v):
+        raise ValueError(f"invalid cron expression {v!r}")
+    if len(v.split()) not in (5, 6):
+        raise ValueError(f"invalid cron expression {v!r}: expected 5 fields")
+    return v
+
+
+class JobBase(Strict):
+    schedule: str | None = Field(None, description="cron expression (UTC unless schedule_tz is set); none = manual only")
+    schedule_tz: str = Field("UTC", description="time zone the schedule is read in (IANA name)")
+    sites: list[str] = Field(default_factory=list, description="names of the sites that receive this job's backups")
+    retain: Retain = Field(default_factory=Retain, description="retention at every site of the job")
+    retain_at: dict[str, Retain] = Field(default_factory=dict, description="per-site retention overriding `retain`")
+    timeout: timedelta | None = Field(None, description="abort the job when it runs longer than this")
+
+    _c = field_validator("schedule")(classmethod(lambda cls, v: None if v is None else _cron(v)))
+    _t = field_validator("timeout", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
+
+    @field_validator("schedule_tz")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except Exception:
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
+class LogicalJob(JobBase):
+    method: Literal["logical"]
+    databases: list[str] | None = Field(None, description="databases to dump; default every connectable non-template database")
+    exclude_databases: list[str] = Field(default_factory=list, description="databases never dumped")
+    globals: bool = Field(True, description="also dump roles and tablespaces with pg_dumpall --globals-only")
+    compression_level: int = Field(1, ge=1, le=19, description="zstd level for the dump stream")
+    compression_threads: int = Field(2, ge=1, le=64, description="zstd worker threads")
+    lock_wait_timeout: timedelta | None = Field(None, description="fail instead of waiting longer than this for a table lock")
+    row_counts: bool = Field(True, description="record exact row counts in the dump's snapshot (for drills)")
+
+    _l = field_validator("lock_wait_timeout", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
+
+
+class BarmanJob(JobBase):
+    method: Literal["barman"]
+    compression: Literal["none", "gzip", "bzip2", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="barman-cloud-backup compression (S3 sites)")
+    immediate_checkpoint: bool = Field(True, description="start the backup with an immediate checkpoint")
+
+
+class ZfsJob(JobBase):
+    method: Literal["zfs"]
+    datasets: list[str] = Field(min_length=1, description="datasets holding PGDATA, pg_wal and tablespaces")
+    keep_local: Retain = Field(default_factory=lambda: Retain(count=8), description="retention of the local snapshots")
+
+
+class BtrfsJob(JobBase):
+    method: Literal["btrfs"]
+    subvolumes: list[str] = Field(min_length=1, description="subvolumes holding PGDATA, pg_wal and tablespaces")
+    snapshot_dir: str | None = Field(None, description="where read-only snapshots go; default <subvolume>/../.pgvault-snapshots")
+    keep_local: Retain = Field(default_factory=lambda: Retain(count=8), description="retention of the local snapshots")
+
+
+Job = Annotated[Union[LogicalJob, BarmanJob, ZfsJob, BtrfsJob], Field(discriminator="method")]
+METHODS = ("logical", "barman", "zfs", "btrfs")
+
+Site = Annotated[Union[LocalSiteConfig, S3SiteConfig], Field(discriminator="type")]
+
+
+class Wal(Strict):
+    sites: list[str] = Field(default_factory=list, description="sites that receive every WAL segment")
+    spool_dir: str | None = Field(None, description="local spool where wal-push makes a segment durable before shipping")
+    compression: Literal["none", "gzip", "bzip2", "zstd"] = Field("gzip", description="WAL compression at the sites (Barman cloud layout)")
+
+
+class Objectives(Strict):
+    rpo: timedelta | None = Field(None, description="recovery point objective")
+    rto: timedelta | None = Field(None, description="recovery time objective")
+
+    _d = field_validator("rpo", "rto", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
+
+
+class Policy(Strict):
+    version: Literal[1] = Field(description="policy format version")
+    cluster: Cluster
+    sites: dict[str, Site] = Field(min_length=1, description="where backups are kept, by name")
+    wal: Wal = Field(default_factory=Wal, description="continuous WAL archiving")
+    jobs: dict[str, Job] = Field(default_factory=dict, description="backup jobs, by name")
+    objectives: Objectives = Field(default_factory=Objectives, description="RPO/RTO the policy promises")
+    drills: list[str] = Field(default_factory=list, description="glob patterns of drill files, relative to the policy")
+    state_dir: str | None = Field(None, description="local cache and lock directory; default /var/lib/pgvault/<cluster>")
+
+    def site_names(self) -> list[str]:
+        return list(self.sites)

@@ -1,0 +1,176 @@
+"""The only door to subprocesses. argv is always a list (never a shell), the environment is
+explicit, the command is logged shell-quoted at debug level, and a non-zero exit raises
+ToolFailed with argv, exit code and the tail of stderr."""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .errors import ToolFailed, ToolNotFound
+
+log = logging.getLogger("pgvault.proc")
+
+# Where a missing program comes from, for the hint.
+INSTALL_HINTS = {
+    "pg_dump": "apt-get install postgresql-client-15 (or the client matching the server's major version)",
+    "zfs": "apt-get install zfs-fuse (and start the zfs-fuse daemon) or zfsutils-linux",
+    "btrfs": "apt-get install btrfs-progs",
+    "barman": "pip install 'barman[cloud]' into pgvault's virtualenv (bash scripts/setup.sh does it)",
+    "zstd": "apt-get install zstd",
+}
+
+STDERR_TAIL = 4000
+
+
+def which(program: str, path: str | None = None) -> str:
+    """Resolve a program to an absolute path or raise ToolNotFound with an install hint."""
+    if os.sep in program:
+        if os.access(program, os.X_OK):
+            return program
+        found = None
+    else:
+        found = shutil.which(program, path=path)
+    if not found:
+        base = Path(program).name
+        hint = INSTALL_HINTS.get(base)
+        for key, value in INSTALL_HINTS.items():
+            if base.startswith(key.split("-")[0]) and hint is None:
+                hint = value
+        if base.startswith("pg_") or base in ("postgres", "initdb", "psql", "pgbench"):
+            hint = hint or "install PostgreSQL's binaries or set cluster.bin_dir in the policy"
+        if base.startswith("barman"):
+            hint = INSTALL_HINTS["barman"]
+        raise ToolNotFound(f"required program {program!r} not found", hint)
+    return found
+
+
+def quote(argv: Sequence[str]) -> str:
+    """Render argv as a shell-quoted string for logs and messages.
+
+    >>> quote(["pg_dump", "-d", "my db"])
+    "pg_dump -d 'my db'"
+    """
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def _env(env: Mapping[str, str] | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    base = dict(os.environ if env is None else env)
+    if extra:
+        base.update(extra)
+    return base
+
+
+def _user_kwargs(user: str | None) -> dict:
+    if user is None or os.geteuid() != 0:
+        return {}
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [], "cwd_default": pw.pw_dir}
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    cwd: str | os.PathLike | None = None,
+    user: str | None = None,
+    check: bool = True,
+    capture: bool = True,
+    timeout: float | None = None,
+    hint: str | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a program to completion. ``user`` (when running as root) drops to that user."""
+    argv = [str(a) for a in argv]
+    argv[0] = which(argv[0])
+    log.debug("run: %s", quote(argv))
+    kw = _user_kwargs(user)
+    home = kw.pop("cwd_default", None)
+    try:
+        cp = subprocess.run(
+            argv,
+            env=_env(env, extra_env),
+            input=input,
+            cwd=cwd if cwd is not None else (home if kw and not os.access(os.getcwd(), os.R_OK | os.X_OK) else None),
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            timeout=timeout,
+            **kw,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ToolFailed(argv, -1, f"timed out after {timeout}s", hint) from exc
+    if check and cp.returncode != 0:
+        tail = (cp.stderr or b"")[-STDERR_TAIL:].decode("utf-8", "replace")
+        if not tail.strip() and cp.stdout:
+            tail = cp.stdout[-STDERR_TAIL:].decode("utf-8", "replace")
+        raise ToolFailed(argv, cp.returncode, tail, hint)
+    return cp
+
+
+def output(argv: Sequence[str], **kw) -> str:
+    """Run and return stdout as text."""
+    return run(argv, **kw).stdout.decode("utf-8", "replace")
+
+
+class Stream:
+    """A running program whose stdout is read as a stream (pg_dump, zfs send...).
+
+    Use as a context manager; ``finish()`` waits and raises ToolFailed on a non-zero exit.
+    stderr goes to a temporary file so a chatty program can never block on a full pipe.
+    """
+
+    def __init__(self, argv: Sequence[str], *, env=None, extra_env=None, user=None, stdin=None,
+                 cwd=None, hint: str | None = None):
+        import tempfile
+
+        self.argv = [str(a) for a in argv]
+        self.argv[0] = which(self.argv[0])
+        self.hint = hint
+        log.debug("stream: %s", quote(self.argv))
+        self._err = tempfile.TemporaryFile()
+        kw = _user_kwargs(user)
+        home = kw.pop("cwd_default", None)
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=_env(env, extra_env),
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            cwd=cwd if cwd is not None else (home if kw else None),
+            **kw,
+        )
+        self.stdout = self.proc.stdout
+
+    def stderr_tail(self) -> str:
+        self._err.seek(0, os.SEEK_END)
+        size = self._err.tell()
+        self._err.seek(max(0, size - STDERR_TAIL))
+        return self._err.read().decode("utf-8", "replace")
+
+    def finish(self) -> None:
+        if self.stdout:
+            self.stdout.close()
+        rc = self.proc.wait()
+        if rc != 0:
+            raise ToolFailed(self.argv, rc, self.stderr_tail(), self.hint)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.kill()
+        self._err.close()
+        return False

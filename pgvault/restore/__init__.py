@@ -1,0 +1,1 @@
+"""Restores: logical (dumps), pitr (base + WAL), and the damaging-transaction finder."""

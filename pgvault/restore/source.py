@@ -1,0 +1,88 @@
+"""Choosing where to read a backup from: the requested site first, then the policy's order;
+a site whose copy fails its checksum is reported and skipped."""
+from __future__ import annotations
+
+import logging
+
+from ..catalog.catalog import Catalog
+from ..catalog.formats import Manifest
+from ..catalog import layout
+from ..catalog.streams import hash_stream
+from ..errors import ObjectNotFound, PgvaultError, UsageError
+from ..sites import open_sites
+
+log = logging.getLogger("pgvault.restore")
+
+
+def site_order(policy, from_site: str | None) -> list[str]:
+    names = list(policy.sites)
+    if from_site:
+        if from_site not in policy.sites:
+            raise UsageError(f"no site {from_site!r} in the policy", f"sites: {', '.join(names)}")
+        names.remove(from_site)
+        names.insert(0, from_site)
+    return names
+
+
+def find_backup(policy, backup_id: str, from_site: str | None, *, only: bool = False,
+                warn=None) -> list[tuple[Catalog, Manifest]]:
+    """Every site that holds ``backup_id`` with intact artifacts, in preference order."""
+    names = site_order(policy, from_site)
+    if only and from_site:
+        names = [from_site]
+    out = []
+    notes = []
+    for n, site in open_sites(policy, names).items():
+        cat = Catalog(site, policy.cluster.name)
+        try:
+            m = cat.manifest(backup_id)
+        except ObjectNotFound:
+            continue
+        except PgvaultError as exc:
+            notes.append(f"site {n!r}: {exc.message}")
+            continue
+        bad = _damaged(cat, m)
+        if bad:
+            notes.append(f"site {n!r}: copy of {backup_id} is damaged ({bad}); trying the next site")
+            continue
+        out.append((cat, m))
+    for note in notes:
+        log.warning("%s", note)
+        if warn:
+            warn(note)
+    if not out:
+        detail = ("; ".join(notes)) if notes else "no site holds it"
+        raise PgvaultError(f"backup {backup_id} is not available intact at any site ({detail})",
+                           "list backups with pgvault list")
+    return out
+
+
+def _damaged(cat: Catalog, m: Manifest) -> str | None:
+    for a in m.artifacts:
+        try:
+            with cat.site.get(layout.artifact(cat.cluster, m.backup_id, a.name)) as fh:
+                sha, size = hash_stream(fh)
+        except ObjectNotFound:
+            return f"{a.name} missing"
+        except PgvaultError as exc:
+            return f"{a.name}: {exc.message}"
+        if sha != a.sha256 or size != a.size:
+            return f"{a.name} fails its checksum"
+    return None
+
+
+def latest_backup_id(policy, method: str | None = None, job: str | None = None,
+                     from_site: str | None = None) -> str:
+    best = None
+    for n, site in open_sites(policy, site_order(policy, from_site)).items():
+        try:
+            for m in Catalog(site, policy.cluster.name).manifests():
+                if (method is None or m.method == method) and (job is None or m.job == job):
+                    if best is None or m.backup_id > best:
+                        best = m.backup_id
+        except PgvaultError as exc:
+            log.warning("site %s: %s", n, exc.message)
+    if best is None:
+        raise PgvaultError("no backup found" + (f" of method {method}" if method else "") + (f" of job {job}" if job else ""),
+                           "take one with pgvault backup JOB")
+    return best

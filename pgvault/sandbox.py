@@ -1,0 +1,123 @@
+"""A self-contained world on this host: PostgreSQL instances in temporary directories and an
+S3 endpoint (moto_server) on 127.0.0.1. Used by `pgvault demo`, the tests and the benchmarks."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from . import pg, proc
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def workdir(prefix: str = "pgvault-") -> Path:
+    """A temporary directory the postgres user can traverse (pytest's tmp_path is 0700 root)."""
+    base = Path(os.environ.get("PGVAULT_SANDBOX_BASE", tempfile.gettempdir()))
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    os.chmod(d, 0o755)
+    return d
+
+
+def owned_dir(path: Path, mode: int = 0o700) -> Path:
+    """A directory owned by the PostgreSQL run user (so archive_command can write there)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    pg.chown_to_run_user(path)
+    return path
+
+
+def wait_until(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05):
+    """Poll ``predicate`` until it returns a truthy value; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Moto:
+    """moto_server on 127.0.0.1: a real S3 HTTP endpoint that subprocesses can reach."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or pg.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)
+
+    def start(self) -> "Moto":
+        os.environ.update({k: os.environ.get(k, v) for k, v in S3_ENV.items()})
+        exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._up, 60, "moto_server to answer")
+        return self
+
+    def _up(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited: {Path(self.log.name).read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(self.url + "/moto-api/", timeout=1)
+            return True
+        except Exception:
+            return False
+
+    def client(self, region: str = "us-east-1"):
+        import boto3
+
+        return boto3.client("s3", region_name=region, endpoint_url=self.url)
+
+    def create_bucket(self, name: str, region: str = "us-east-1") -> None:
+        kw = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        self.client(region).create_bucket(Bucket=name, **kw)
+
+    def pause(self) -> None:
+        """Simulate an outage that keeps the data (moto keeps everything in memory)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def new_instance(base: Path, name: str = "pg", *, port: int | None = None, settings: dict | None = None,
+                 start: bool = True) -> pg.Instance:
+    """initdb a fresh PostgreSQL instance under ``base`` (owned by postgres), configure, start."""
+    owned_dir(base / f"{name}-sock", 0o755)
+    inst = pg.Instance(base / name, port or pg.free_port(), socket_dir=base / f"{name}-sock")
+    inst.initdb(extra_args=["--data-checksums"])
+    conf = {"fsync": "off", "full_page_writes": "on", "max_wal_senders": 4, "wal_level": "replica",
+            "max_replication_slots": 4, "shared_buffers": "64MB", "log_min_messages": "warning",
+            "unix_socket_permissions": "0777"}
+    conf.update(settings or {})
+    inst.configure(**conf)
+    if start:
+        inst.start()
+    return inst
+
+
+def pgvault_command(policy_file: str | os.PathLike | None = None) -> str:
+    """How PostgreSQL (running as postgres) invokes this pgvault, e.g. in archive_command."""
+    root = Path(__file__).resolve().parent.parent
+    argv = ["env", f"PYTHONPATH={root}", sys.executable, "-m", "pgvault"]
+    if policy_file:
+        argv += ["--policy", str(policy_file)]
+    return proc.quote(argv)

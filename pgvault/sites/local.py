@@ -1,0 +1,200 @@
+"""A site in a local directory. Writes go to a hidden temp file in the final directory, are
+fsynced, renamed into place and the directory fsynced: a crash leaves either the whole object
+or a temp file that ``list`` never shows. Files are 0600, directories 0700. When pgvault runs
+as root, new files take the owner of the site's root directory, so the postgres user (which
+runs archive_command) and root can share a site."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ObjectNotFound, SiteError, SiteUnreachable
+from .base import ObjectInfo, WriterMixin
+
+TMP_PREFIX = ".tmp-"
+
+
+class LocalSiteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["local"] = Field(description="a directory on this host (or a mounted file system)")
+    path: str = Field(min_length=1, description="absolute path of the site's root directory")
+
+
+class _LocalWriter(WriterMixin):
+    def __init__(self, site: "LocalSite", key: str):
+        self.site = site
+        self.final = site._path(key)
+        site._mkdirs(self.final.parent)
+        self.tmp = self.final.parent / f"{TMP_PREFIX}{self.final.name}.{uuid.uuid4().hex[:8]}"
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        site._chown(self.tmp)
+        self.fh = os.fdopen(fd, "wb", buffering=0)
+        self.done = False
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.fh.write(view)
+            view = view[n:]
+
+    def commit(self) -> None:
+        if self.done:
+            return
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.rename(self.tmp, self.final)
+        _fsync_dir(self.final.parent)
+        self.done = True
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.fh.close()
+        finally:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalSite:
+    def __init__(self, name: str, config: LocalSiteConfig):
+        self.name = name
+        self.config = config
+        self.root = Path(config.path)
+        self._owner: tuple[int, int] | None = None
+
+    # -- internals
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise SiteError(f"site {self.name!r}: invalid key {key!r}")
+        return self.root / key
+
+    def _ensure_root(self) -> None:
+        if not self.root.is_dir():
+            parent = self.root.parent
+            if not parent.is_dir():
+                raise SiteUnreachable(f"site {self.name!r}: directory {parent} does not exist",
+                                      f"create it or fix sites.{self.name}.path")
+            self.root.mkdir(mode=0o700, exist_ok=True)
+        if self._owner is None:
+            st = self.root.stat()
+            self._owner = (st.st_uid, st.st_gid)
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() != 0:
+            return
+        self._ensure_root()
+        if self._owner != (0, 0):
+            os.lchown(path, *self._owner)
+
+    def _mkdirs(self, path: Path) -> None:
+        self._ensure_root()
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir(mode=0o700)
+            except FileExistsError:
+                continue
+            self._chown(d)
+
+    # -- the contract
+    def writer(self, key: str) -> _LocalWriter:
+        try:
+            return _LocalWriter(self, key)
+        except PermissionError as exc:
+            raise SiteError(f"site {self.name!r}: cannot write {key!r}: {exc.strerror}",
+                            f"check the owner and mode of {self.root}") from exc
+
+    def get(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(self.name, key) from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not os.path.isfile(self._path(key)):
+            return None
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.root.is_dir():
+            return iter(())
+        # Walk only the directory the prefix names, not the whole site.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        if not start.is_dir():
+            return iter(())
+        found = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            for fn in filenames:
+                if fn.startswith(TMP_PREFIX):
+                    continue
+                key = rel_dir + fn
+                if key.startswith(prefix):
+                    try:
+                        st = os.stat(os.path.join(dirpath, fn))
+                    except FileNotFoundError:
+                        continue
+                    found.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        found.sort(key=lambda o: o.key)
+        return iter(found)
+
+    def list_temporaries(self, prefix: str = "") -> list[str]:
+        """In-flight or crashed writes (debris), for verify and cleanup."""
+        out = []
+        start = self.root / prefix if prefix else self.root
+        if not start.is_dir():
+            return out
+        for dirpath, _d, filenames in os.walk(start):
+            for fn in filenames:
+                if fn.startswith(TMP_PREFIX):
+                    out.append(os.path.relpath(os.path.join(dirpath, fn), self.root))
+        return out
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        # Remove now-empty directories up to the root, so deleted backups leave no shells.
+        parent = path.parent
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
+
+    def local_path(self, key: str) -> Path:
+        """Where an object lives on disk (for tools that need a path, e.g. barman)."""
+        return self._path(key)

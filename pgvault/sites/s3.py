@@ -1,0 +1,250 @@
+"""A site in an S3 bucket (or an S3-compatible store via endpoint_url). Credentials come only
+from boto3's standard chain (environment, profile, instance role) — never from the policy.
+
+Atomicity: small objects are one PutObject; larger ones a multipart upload, which S3 makes
+visible under the key only on CompleteMultipartUpload. An aborted writer aborts the upload,
+so no partial object ever appears under the final key."""
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ObjectNotFound, SiteError, SiteUnreachable
+from .base import ObjectInfo, WriterMixin
+
+PART_SIZE = 16 * 1024 * 1024
+MAX_PARTS_IN_FLIGHT = 3
+
+
+class S3SiteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["s3"] = Field(description="an S3 bucket, or an S3-compatible store with endpoint_url")
+    bucket: str = Field(min_length=3, max_length=63, description="bucket name")
+    prefix: str = Field("", description="key prefix inside the bucket (no leading or trailing slash)")
+    region: str | None = Field(None, description="the bucket's region, e.g. eu-west-1")
+    endpoint_url: str | None = Field(None, description="endpoint of an S3-compatible store")
+    storage_class: str | None = Field(None, description="S3 storage class for uploaded objects")
+    connect_timeout: float = Field(5, gt=0, description="seconds to wait for a connection")
+    read_timeout: float = Field(60, gt=0, description="seconds to wait for a response")
+    max_attempts: int = Field(3, ge=1, le=20, description="attempts per request (boto3 standard retries)")
+
+    def url(self) -> str:
+        """s3://bucket/prefix as barman-cloud and humans write it."""
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+def _client(cfg: S3SiteConfig):
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        region_name=cfg.region,
+        endpoint_url=cfg.endpoint_url,
+        config=Config(
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
+            max_pool_connections=16,
+        ),
+    )
+
+
+class _Body(io.RawIOBase):
+    """A streaming GetObject body as a file object (closes the HTTP stream on close)."""
+
+    def __init__(self, body):
+        self.body = body
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        data = self.body.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def close(self):
+        try:
+            self.body.close()
+        finally:
+            super().close()
+
+
+class _S3Writer(WriterMixin):
+    def __init__(self, site: "S3Site", key: str):
+        self.site = site
+        self.key = site._key(key)
+        self.buf = bytearray()
+        self.upload_id: str | None = None
+        self.parts: dict[int, str] = {}
+        self.futures = []
+        self.pool: ThreadPoolExecutor | None = None
+        self.sem = threading.BoundedSemaphore(MAX_PARTS_IN_FLIGHT)
+        self.done = False
+
+    def _extra(self) -> dict:
+        return {"StorageClass": self.site.config.storage_class} if self.site.config.storage_class else {}
+
+    def _upload_part(self, number: int, data: bytes) -> None:
+        try:
+            resp = self.site._call("upload part", self.site.client.upload_part, Bucket=self.site.config.bucket,
+                                   Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data)
+            self.parts[number] = resp["ETag"]
+        finally:
+            self.sem.release()
+
+    def _flush_part(self) -> None:
+        if self.upload_id is None:
+            resp = self.site._call("start upload", self.site.client.create_multipart_upload,
+                                   Bucket=self.site.config.bucket, Key=self.key, **self._extra())
+            self.upload_id = resp["UploadId"]
+            self.pool = ThreadPoolExecutor(MAX_PARTS_IN_FLIGHT, thread_name_prefix=f"s3-{self.site.name}")
+        data = bytes(self.buf)
+        self.buf.clear()
+        self._check_futures()
+        self.sem.acquire()
+        self.futures.append(self.pool.submit(self._upload_part, len(self.futures) + 1, data))
+
+    def _check_futures(self) -> None:
+        for f in self.futures:
+            if f.done() and f.exception():
+                raise f.exception()
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= PART_SIZE:
+            rest = self.buf[PART_SIZE:]
+            del self.buf[PART_SIZE:]
+            self._flush_part()
+            self.buf += rest
+
+    def commit(self) -> None:
+        if self.done:
+            return
+        try:
+            if self.upload_id is None:
+                self.site._call("put", self.site.client.put_object, Bucket=self.site.config.bucket,
+                                Key=self.key, Body=bytes(self.buf), **self._extra())
+            else:
+                if self.buf:
+                    self._flush_part()
+                for f in self.futures:
+                    f.result()
+                self.site._call("complete upload", self.site.client.complete_multipart_upload,
+                                Bucket=self.site.config.bucket, Key=self.key, UploadId=self.upload_id,
+                                MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n}
+                                                           for n, e in sorted(self.parts.items())]})
+        except BaseException:
+            self.abort()
+            raise
+        self.done = True
+        if self.pool:
+            self.pool.shutdown(wait=False)
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.pool:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.upload_id:
+            try:
+                self.site.client.abort_multipart_upload(Bucket=self.site.config.bucket, Key=self.key,
+                                                        UploadId=self.upload_id)
+            except Exception:  # best effort: a lifecycle rule should clean what remains
+                pass
+
+
+class S3Site:
+    def __init__(self, name: str, config: S3SiteConfig):
+        self.name = name
+        self.config = config
+        self._client_obj = None
+        self.prefix = config.prefix.strip("/")
+
+    @property
+    def client(self):
+        if self._client_obj is None:
+            self._client_obj = _client(self.config)
+        return self._client_obj
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _unkey(self, full: str) -> str:
+        return full[len(self.prefix) + 1:] if self.prefix else full
+
+    def _call(self, what: str, fn, **kw):
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return fn(**kw)
+        except NoCredentialsError as exc:
+            raise SiteUnreachable(f"site {self.name!r}: no AWS credentials for {self.describe()}",
+                                  "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role") from exc
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(self.name, self._unkey(kw.get("Key", ""))) from None
+            if code == "NoSuchBucket":
+                raise SiteUnreachable(f"site {self.name!r}: bucket {self.config.bucket!r} does not exist",
+                                      f"create it or fix sites.{self.name}.bucket") from None
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise SiteUnreachable(f"site {self.name!r}: access denied ({what} {self.describe()})",
+                                      "check the credentials and the bucket policy") from None
+            raise SiteError(f"site {self.name!r}: {what} failed: {code} {exc}") from None
+        except BotoCoreError as exc:
+            raise SiteUnreachable(f"site {self.name!r}: {self.describe()} unreachable during {what}: {exc}",
+                                  "check the network, endpoint_url and region") from None
+
+    # -- the contract
+    def writer(self, key: str) -> _S3Writer:
+        return _S3Writer(self, key)
+
+    def get(self, key: str) -> BinaryIO:
+        resp = self._call("get", self.client.get_object, Bucket=self.config.bucket, Key=self._key(key))
+        return io.BufferedReader(_Body(resp["Body"]), buffer_size=1 << 20)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            resp = self._call("head", self.client.head_object, Bucket=self.config.bucket, Key=self._key(key))
+        except ObjectNotFound:
+            return None
+        return ObjectInfo(key, resp["ContentLength"], resp["LastModified"].timestamp())
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        pages = self._call("list", paginator.paginate, Bucket=self.config.bucket, Prefix=full)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(self._unkey(obj["Key"]), obj["Size"], obj["LastModified"].timestamp())
+        except Exception as exc:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            if isinstance(exc, (BotoCoreError, ClientError)):
+                raise SiteUnreachable(f"site {self.name!r}: listing {self.describe()} failed: {exc}",
+                                      "check the network, endpoint_url and credentials") from None
+            raise
+
+    def delete(self, key: str) -> None:
+        self._call("delete", self.client.delete_object, Bucket=self.config.bucket, Key=self._key(key))
+
+    def describe(self) -> str:
+        where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
+        region = f" ({self.config.region})" if self.config.region else ""
+        return f"{self.config.url()}{region}{where}"
+
+    def list_temporaries(self, prefix: str = "") -> list[str]:
+        """Unfinished multipart uploads (debris of a crash)."""
+        resp = self._call("list uploads", self.client.list_multipart_uploads, Bucket=self.config.bucket,
+                          Prefix=self._key(prefix) if prefix else self.prefix)
+        return [self._unkey(u["Key"]) for u in resp.get("Uploads", [])]
