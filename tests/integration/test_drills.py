@@ -1,0 +1,202 @@
+"""Restore drills over real backups on real PostgreSQL: passing drills, drills that must fail
+(and do, with a useful JUnit message), evidence at the sites, and scratch instances that are
+always gone afterwards — also after a failure or a SIGTERM."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgvault import sandbox
+
+from .test_logical import load_data
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_drill(world, name: str, doc: dict) -> None:
+    d = world.workdir / "drills"
+    d.mkdir(exist_ok=True)
+    (d / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def drill_world(world):
+    load_data(world.pg, rows=2000)
+    world.local_site("a")
+    world.local_site("b")
+    world.jobs["nightly"] = {"method": "logical", "sites": ["a", "b"]}
+    world.extra["drills"] = ["drills/*.yaml"]
+    world.policy()
+    return world
+
+
+def backup(world, job="nightly") -> str:
+    return world.cli("backup", job).stdout.strip().splitlines()[-1]
+
+
+def scratch_dir(world) -> Path:
+    return world.workdir / "scratch"
+
+
+def postmasters_under(path: Path) -> list[int]:
+    """PIDs of processes whose command line mentions ``path`` (a postmaster left behind)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if str(path) in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(p.name))
+            except OSError:
+                continue
+    return found
+
+
+def assert_scratch_gone(world) -> None:
+    root = scratch_dir(world)
+    assert not root.exists() or list(root.iterdir()) == [], f"scratch left behind: {list(root.iterdir())}"
+    assert postmasters_under(root) == []
+
+
+def run_drills(world, *names, check=False):
+    report = world.workdir / "report"
+    cp = world.cli("drill", "run", *names, "--report-dir", str(report), "--scratch-dir", str(scratch_dir(world)),
+                   check=check)
+    cases = {}
+    if (report / "junit.xml").exists():
+        for case in ET.parse(report / "junit.xml").getroot().iter("testcase"):
+            failure = case.find("failure")
+            cases[case.get("name")] = None if failure is None else (failure.get("message"), failure.text)
+    doc = json.loads((report / "report.json").read_text()) if (report / "report.json").exists() else None
+    return cp, cases, doc
+
+
+def test_logical_drill_passes_at_each_site_and_leaves_evidence(world):
+    w = drill_world(world)
+    bid = backup(w)
+    write_drill(w, "nightly-logical", {
+        "source": {"job": "nightly", "site": "each"}, "target": "latest", "rto": "10m",
+        "checks": [{"amcheck": True}, {"read_all": True}, {"row_counts": True},
+                   {"sql": "SELECT count(*) FROM orders", "database": "app", "expect": 2000, "name": "orders"},
+                   {"sql": 'SELECT x FROM "Odd Name" ORDER BY x', "database": "app", "expect_rows": [[1], [2], [3]]}]})
+    cp, cases, doc = run_drills(w)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cases == {"nightly-logical @ a": None, "nightly-logical @ b": None}
+    for r in doc["results"]:
+        assert r["outcome"] == "passed" and r["backup_id"] == bid
+        assert {c["kind"]: c["status"] for c in r["checks"]} == {
+            "amcheck": "passed", "read_all": "passed", "row_counts": "passed", "sql": "passed"}
+        amcheck = next(c for c in r["checks"] if c["kind"] == "amcheck")
+        assert "B-tree index(es)" in amcheck["detail"] and not amcheck["detail"].startswith("amcheck: 0 ")
+        assert r["rto_seconds"] > 0 and r["rto_budget_seconds"] == 600
+        assert r["teardown"]["ok"] is True
+    assert "PASS" in (w.workdir / "report" / "report.md").read_text()
+    assert_scratch_gone(w)
+
+    # Evidence is kept at each site, and `list --drills` reads it back from the sites.
+    for site in ("a", "b"):
+        stored = list((w.workdir / f"site-{site}" / "clusters/main/drills").glob("*.json"))
+        assert len(stored) == 1 and json.loads(stored[0].read_text())["site"] == site
+    listed = json.loads(w.cli("list", "--drills", "--json").stdout)
+    assert sorted((d["site"], d["drill"], d["outcome"]) for d in listed) == [
+        ("a", "nightly-logical", "passed"), ("b", "nightly-logical", "passed")]
+    assert "nightly-logical" in w.cli("list", "--drills").stdout
+
+
+def test_drills_that_must_fail_do_with_useful_junit_messages(world):
+    w = drill_world(world)
+    bid = backup(w)
+    # A flipped byte in site a's copy of the app dump.
+    dump = w.workdir / "site-a" / "clusters/main/backups" / bid / "databases" / "app.dump.zst"
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    dump.write_bytes(bytes(data))
+    write_drill(w, "corrupt", {"source": {"job": "nightly", "site": "each"}, "checks": [{"row_counts": True}]})
+    write_drill(w, "wrong-count", {"source": {"job": "nightly", "site": "b"},
+                                   "checks": [{"sql": "SELECT count(*) FROM orders", "database": "app", "expect": 1999}]})
+    write_drill(w, "no-time", {"source": {"job": "nightly", "site": "b"}, "rto": "0s", "checks": [{"row_counts": True}]})
+    cp, cases, doc = run_drills(w)
+    assert cp.returncode == 1
+    assert set(cases) == {"corrupt @ a", "corrupt @ b", "wrong-count @ b", "no-time @ b"}
+    # Site a's copy is damaged: its drill fails (no silent fallback to site b); b's passes.
+    msg, text = cases["corrupt @ a"]
+    assert "restore failed" in msg and "damaged" in msg and "databases/app.dump.zst" in msg
+    assert cases["corrupt @ b"] is None
+    msg, text = cases["wrong-count @ b"]
+    assert "expected 1999, got 2000" in msg and "[FAILED]" in text
+    msg, _ = cases["no-time @ b"]
+    assert "exceeds the budget of 0s" in msg
+    assert [r["outcome"] for r in doc["results"]] == ["failed", "passed", "failed", "failed"]
+    assert all(r["teardown"]["ok"] for r in doc["results"])
+    assert_scratch_gone(w)
+    assert "FAIL  corrupt @ a" in cp.stdout
+
+
+def test_sigterm_mid_drill_tears_the_scratch_instance_down(world):
+    w = drill_world(world)
+    backup(w)
+    # A check that keeps the restored instance busy, so the signal lands while it runs.
+    write_drill(w, "slow", {"source": {"job": "nightly", "site": "a"},
+                            "checks": [{"sql": "SELECT pg_sleep(120) IS NOT NULL", "database": "app"}]})
+    report = w.workdir / "report"
+    env = dict(os.environ, PGVAULT_POLICY=str(w.workdir / "policy.yaml"), PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "pgvault", "drill", "run", "--report-dir", str(report),
+                          "--scratch-dir", str(scratch_dir(w))], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        sandbox.wait_until(lambda: _scratch_query_running(w), 120, "the drill's slow check to start", interval=0.2)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, out + err
+    assert_scratch_gone(w)
+    doc = json.loads((report / "report.json").read_text())
+    assert doc["interrupted"] is True
+    assert "interrupted" in doc["results"][0]["failure"] and doc["results"][0]["teardown"]["ok"]
+
+
+def _scratch_query_running(w) -> bool:
+    """True while some scratch instance runs the pg_sleep check (seen through its socket dir)."""
+    from pgvault import pg
+
+    root = scratch_dir(w)
+    if not root.exists():
+        return False
+    for sock in root.glob("*/sock/.s.PGSQL.*"):
+        port = sock.name.rsplit(".", 1)[-1]
+        try:
+            with pg.connect(f"host={sock.parent} port={port} user=postgres dbname=postgres") as c:
+                if pg.scalar(c, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"):
+                    return True
+        except Exception:
+            continue
+    return False
+
+
+def test_invalid_drill_files_list_every_problem_and_exit_2(world):
+    w = drill_world(world)
+    write_drill(w, "bad", {"source": {"job": "nope", "site": "zz"}, "target": "yesterday", "rto": "soon",
+                           "checks": [{"sql": "SELECT 1", "databse": "app"}, {"amcheck": True, "read_all": True}],
+                           "colour": "blue"})
+    write_drill(w, "bad2", {"source": {"job": "nightly"}, "target": "canary"})
+    cp = w.cli("drill", "run", check=False)
+    assert cp.returncode == 2, cp.stderr
+    assert "Traceback" not in cp.stderr
+    for fragment in ("drills/bad.yaml: source.job: job 'nope' does not exist",
+                     "drills/bad.yaml: source.site: site 'zz' does not exist",
+                     "drills/bad.yaml: target: unknown target 'yesterday'",
+                     "drills/bad.yaml: rto: not a duration: 'soon'",
+                     "drills/bad.yaml: checks[0].databse: unknown key",
+                     "drills/bad.yaml: checks[1]: each check needs exactly one of",
+                     "drills/bad.yaml: colour: unknown key",
+                     "drills/bad2.yaml: target: target 'canary' needs point-in-time recovery"):
+        assert fragment in cp.stderr, f"{fragment!r} not in:\n{cp.stderr}"
+    assert "HINT" in cp.stderr
