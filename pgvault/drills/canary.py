@@ -45,10 +45,11 @@ class Canary:
 def table_name(now: datetime | None = None) -> str:
     """A fresh name per run, so two runs (or a leftover) never share a table.
 
-    >>> table_name(datetime(2026, 11, 25, 22, 15, 30, tzinfo=timezone.utc))[:22]
-    'canary_20261125T221530'
+    >>> table_name(datetime(2026, 11, 25, 22, 15, 30, tzinfo=timezone.utc))[:21]
+    'canary_20261125221530'
     """
-    t = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S")
+    # Lower case only: the name is used unquoted in SQL and quoted in checks.
+    t = (now or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S")
     return f"canary_{t}_{secrets.token_hex(3)}"
 
 

@@ -166,3 +166,25 @@ def _kill_postmaster(pid: int) -> list[str]:
                 return []
             time.sleep(0.1)
     return [f"postmaster {pid} survived SIGKILL"]
+
+
+def wait_promoted(inst: pg.Instance, timeout: float = 3600.0) -> None:
+    """Wait until a recovering instance has reached its target and accepts writes. Connections
+    are refused while it replays (hot_standby off), so refusals are retried; a postmaster that
+    died (a target the WAL cannot reach, a missing segment) is reported with its log."""
+    from ..errors import DatabaseError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with inst.connect() as conn:
+                if not pg.scalar(conn, "SELECT pg_is_in_recovery()"):
+                    return
+        except DatabaseError:
+            if not pg.running_postmaster(inst.pgdata):
+                tail = inst.logfile.read_text(errors="replace")[-2000:] if inst.logfile.exists() else ""
+                raise DatabaseError(f"the restored instance stopped during recovery:\n{tail.strip()}",
+                                    "the WAL at this site may not reach the target; see the log above") from None
+        if time.monotonic() > deadline:
+            raise DatabaseError(f"recovery did not finish within {timeout:.0f}s", "raise the drill's rto or check the log")
+        time.sleep(0.2)

@@ -63,7 +63,9 @@ def sites_for(policy, drill: Drill) -> list[str]:
         return [src.site]
     if src.job and policy.jobs[src.job].sites:
         return list(policy.jobs[src.job].sites)
-    return list(policy.sites)
+    # A method: the sites of every job of that method, in the policy's site order.
+    used = {s for j in policy.jobs.values() if j.method == src.method for s in j.sites}
+    return [s for s in policy.sites if s in used] or list(policy.sites)
 
 
 def only_site(policy, site: str):

@@ -200,3 +200,86 @@ def test_invalid_drill_files_list_every_problem_and_exit_2(world):
                      "drills/bad2.yaml: target: target 'canary' needs point-in-time recovery"):
         assert fragment in cp.stderr, f"{fragment!r} not in:\n{cp.stderr}"
     assert "HINT" in cp.stderr
+
+
+# -- the canary, production side ------------------------------------------------------------
+
+def relations_outside_canary(inst) -> set:
+    rows = inst.psql("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                     "WHERE n.nspname NOT IN ('pg_drill_none', 'pgvault_drill') AND n.nspname NOT LIKE 'pg_toast%' "
+                     "AND n.nspname NOT LIKE 'pg_temp%'")
+    return set(rows.split())
+
+
+@pytest.fixture
+def archiving_pg(workdir):
+    archive = sandbox.owned_dir(workdir / "archive")
+    inst = sandbox.new_instance(workdir, "prod", settings={
+        "archive_mode": "on", "archive_command": f"cp %p {archive}/%f"})
+    yield inst, archive
+    inst.stop("immediate")
+
+
+def test_canary_truncates_only_its_own_table_and_stock_pitr_brings_it_back(archiving_pg, workdir):
+    """Plant the canary, then recover a base backup to its noted time with stock PostgreSQL
+    recovery: all K rows are back. Only the pgvault_drill schema was ever written."""
+    from pgvault import pg, proc
+    from pgvault.drills import canary as canary_mod
+    from pgvault.drills.checks import CheckContext, run_canary
+    from pgvault.drills.scratch import Scratch, wait_promoted
+
+    prod, archive = archiving_pg
+    prod.psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (1)")
+    before = relations_outside_canary(prod)
+    scratch = Scratch("canary-test", root=workdir / "scratch")
+    try:
+        base = sandbox.owned_dir(scratch.dir / "pgdata")
+        proc.run([pg.tool("pg_basebackup"), "-D", str(base), "-d", prod.conninfo(), "-X", "stream", "--no-sync"],
+                 user="postgres")
+        c = canary_mod.plant(prod.conninfo(), 500, archive_timeout=60)
+        assert c.rows == 500 and c.truncate_xid > c.insert_xid
+        assert (archive / c.wal_file).exists(), "the segment holding the TRUNCATE was not archived"
+        assert prod.psql(f"SELECT count(*) FROM pgvault_drill.{c.table}").strip() == "0"
+        assert relations_outside_canary(prod) == before
+
+        inst = scratch.adopt_restored(base, restore_command=f"cp {archive}/%f %p",
+                                      recovery_target_time=c.planted_at.isoformat(), recovery_target_action="promote",
+                                      hot_standby="off")
+        (base / "recovery.signal").touch()
+        pg.chown_to_run_user(base / "recovery.signal")
+        inst.start()
+        wait_promoted(inst, 60)
+        result = run_canary(CheckContext(inst, None, c.expected()))
+        assert result.status == "passed", result.detail
+        assert "all 500 rows" in result.detail
+
+        canary_mod.remove(prod.conninfo(), c)
+        assert prod.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgvault_drill'").strip() == "0"
+        assert relations_outside_canary(prod) == before
+    finally:
+        assert scratch.destroy().ok
+    assert not scratch.dir.exists()
+
+
+def test_canary_without_archiving_refuses_and_leaves_nothing(pg):
+    from pgvault.drills import canary as canary_mod
+    from pgvault.errors import PgvaultError
+
+    with pytest.raises(PgvaultError) as exc:
+        canary_mod.plant(pg.conninfo(), 10, archive_timeout=5)
+    assert "archive_mode is off" in exc.value.message and exc.value.hint
+    assert pg.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgvault_drill'").strip() == "0"
+
+
+def test_canary_check_fails_when_rows_are_missing(archiving_pg):
+    """The canary assertion itself can fail: checked against production, where it was truncated."""
+    from pgvault.drills import canary as canary_mod
+    from pgvault.drills.checks import CheckContext, run_canary
+
+    prod, _ = archiving_pg
+    c = canary_mod.plant(prod.conninfo(), 50, archive_timeout=60)
+    try:
+        r = run_canary(CheckContext(prod, None, c.expected()))
+        assert r.status == "failed" and "expected 50 rows" in r.detail and "found 0" in r.detail
+    finally:
+        canary_mod.remove(prod.conninfo(), c)
