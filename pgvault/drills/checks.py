@@ -63,7 +63,8 @@ def normalize(value):
 
 
 def same(got, want) -> bool:
-    """>>> same(5000, "5000"), same(True, True), same(1, True), same(None, None)
+    """Whether a database value equals the value a drill file expects.
+    >>> same(5000, "5000"), same(True, True), same(1, True), same(None, None)
     (True, True, False, True)
     """
     if isinstance(got, bool) or isinstance(want, bool):

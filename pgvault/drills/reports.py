@@ -36,6 +36,7 @@ def result_doc(r, cluster: str | None = None) -> dict:
         "format": EVIDENCE_FORMAT, "version": layout.FORMAT_VERSION,
         "drill_id": r.drill_id, "drill": r.drill, "cluster": cluster, "site": r.site, "method": r.method,
         "target": r.target, "outcome": "passed" if r.ok else "failed", "failure": r.failure,
+        "message": r.failure or f"restored {r.restored or '-'} and {len(r.checks)} check(s) passed",
         "backup_id": r.backup_id, "restored": r.restored,
         "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at),
         "rto_seconds": r.rto_seconds, "rto_budget_seconds": r.rto_budget_seconds, "rpo_seconds": r.rpo_seconds,

@@ -162,6 +162,16 @@ def run_one(policy, drill: Drill, site: str, *, scratch_root=None, canary=None, 
     return result
 
 
+def _notify_failure(policy, r: DrillResult) -> None:
+    """Best effort, like every notification: never fails the drill run."""
+    try:
+        from ..notify import notify
+    except ImportError:  # a build without notifications
+        return
+    notify(policy, {"event": "drill_failed", "drill": r.drill, "site": r.site, "drill_id": r.drill_id,
+                    "message": f"drill {r.case_name} failed: {r.failure}"})
+
+
 def run_drills(policy, names: list[str] | None = None, report_dir: str | Path | None = None, *,
                scratch_root=None, store_evidence: bool = True, warn=None,
                on_result: Callable[[DrillResult], None] | None = None) -> list[DrillResult]:
@@ -179,6 +189,8 @@ def run_drills(policy, names: list[str] | None = None, report_dir: str | Path | 
     def done(r: DrillResult) -> None:
         if store_evidence:
             r.evidence = store(policy, r)
+        if not r.ok:
+            _notify_failure(policy, r)
         results.append(r)
         if on_result:
             on_result(r)

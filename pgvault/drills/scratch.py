@@ -48,7 +48,8 @@ def default_root() -> Path:
 
 
 def slug(text: str) -> str:
-    """>>> slug("nightly/ logical@a")
+    """A label safe to use in a directory name.
+    >>> slug("nightly/ logical@a")
     'nightly-logical-a'
     """
     return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-")[:40] or "drill"
