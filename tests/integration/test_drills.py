@@ -283,3 +283,19 @@ def test_canary_check_fails_when_rows_are_missing(archiving_pg):
         assert r.status == "failed" and "expected 50 rows" in r.detail and "found 0" in r.detail
     finally:
         canary_mod.remove(prod.conninfo(), c)
+
+
+def test_example_drills_in_restore_drills_pass(world):
+    """The shipped examples validate and pass against a policy with a logical job."""
+    load_data(world.pg, rows=300)
+    world.local_site("a")
+    world.jobs["nightly"] = {"method": "logical", "sites": ["a"]}
+    world.extra["drills"] = [str(ROOT / "restore_drills" / "*.yaml")]
+    world.policy()
+    backup(world)
+    listed = json.loads(world.cli("drill", "list", "--json").stdout)
+    assert {d["name"] for d in listed} == {"logical-latest", "logical-random"}
+    cp, cases, doc = run_drills(world)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cases == {"logical-latest @ a": None, "logical-random @ a": None}
+    assert_scratch_gone(world)
