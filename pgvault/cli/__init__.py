@@ -23,6 +23,7 @@ COMMANDS = {
     "verify": "pgvault.cli.catalog:verify",
     "restore": "pgvault.cli.restore:restore",
     "drill": "pgvault.cli.drill:drill",
+    "snapshot": "pgvault.cli.snapshot:snapshot",
 }
 
 
