@@ -125,6 +125,8 @@ class Drill(Strict):
     schedule: str | None = Field(None, description="cron expression (UTC) for `pgvault tick`; none = on demand only")
     canary_rows: int = Field(1000, ge=1, le=1_000_000, description="rows the canary target plants and expects back")
     canary_database: str | None = Field(None, description="database for the canary schema (default: the policy conninfo's)")
+    receive_into: str | None = Field(None, description="snapshot drills: the zfs parent dataset or btrfs directory that "
+                                                      "receives the scratch copy (default: next to the job's first volume)")
 
     @field_validator("target")
     @classmethod

@@ -113,12 +113,11 @@ def _pending(kind: str):
 ADAPTERS: dict[str, str] = {
     "logical": "pgvault.drills.sources:restore_logical",
     "barman": "pgvault.drills.sources:restore_pitr",
-    "zfs": "pgvault.drills.sources:restore_snapshot",
-    "btrfs": "pgvault.drills.sources:restore_snapshot",
+    "zfs": "pgvault.drills.source_snapshot:restore_snapshot",
+    "btrfs": "pgvault.drills.source_snapshot:restore_snapshot",
 }
 
 restore_pitr = _pending("point-in-time (barman)")
-restore_snapshot = _pending("snapshot")
 
 
 def adapter_for(method: str) -> Callable[[DrillRun, Scratch], Restored]:

@@ -299,3 +299,37 @@ def test_example_drills_in_restore_drills_pass(world):
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert cases == {"logical-latest @ a": None, "logical-random @ a": None}
     assert_scratch_gone(world)
+
+
+# -- snapshot drills ---------------------------------------------------------------------------
+
+from tests.integration.snapshots.conftest import btrfs_fs, instances, start_pg  # noqa: E402,F401 (fixtures)
+
+
+def test_btrfs_snapshot_drill_passes_and_removes_its_received_copy(btrfs_fs, workdir, instances, world):
+    sv = btrfs_fs.subvolume("pg", owner_postgres=True)
+    inst = start_pg(workdir, sv / "data", instances)
+    load_data(inst, rows=500)
+    w = world
+    w.pg = inst
+    w.local_site("a")
+    w.jobs["snaps"] = {"method": "btrfs", "subvolumes": [str(sv)], "sites": ["a"]}
+    w.extra["drills"] = ["drills/*.yaml"]
+    w.policy()
+    bid = backup(w, "snaps")
+    write_drill(w, "snap", {"source": {"job": "snaps", "site": "each"},
+                            "checks": [{"amcheck": True}, {"read_all": True}, {"row_counts": True},
+                                       {"sql": "SELECT count(*) FROM orders", "database": "app", "expect": 500},
+                                       {"sql": "SHOW archive_mode", "expect": "off"}]})
+    cp, cases, doc = run_drills(w)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cases == {"snap @ a": None}
+    r = doc["results"][0]
+    assert r["backup_id"] == bid and "btrfs snapshot" in r["restored"]
+    # Snapshots record no row counts: the check says so instead of failing or pretending.
+    assert {c["kind"]: c["status"] for c in r["checks"]}["row_counts"] == "skipped"
+    assert_scratch_gone(w)
+    received = btrfs_fs.mountpoint / ".pgvault-drills"
+    assert f"received into {received}/pgvault-drill-snap-" in r["restored"]
+    assert list(received.iterdir()) == []
+    assert inst.psql("SELECT count(*) FROM orders", dbname="app").strip() == "500"
