@@ -142,8 +142,9 @@ def row_counts(check: RowCountsCheck, ctx: CheckContext) -> tuple[bool | None, s
     """Exact counts now vs. the counts the backup recorded in its own snapshot."""
     recorded = (ctx.manifest.facts.get("row_counts") if ctx.manifest is not None else None) or None
     if not recorded:
-        method = ctx.manifest.method if ctx.manifest is not None else "this"
-        return None, f"row_counts: the {method} backup recorded no row counts; nothing to compare"
+        if ctx.manifest is None:
+            return None, "row_counts: no counts are recorded for this restore target; nothing to compare"
+        return None, f"row_counts: the {ctx.manifest.method} backup recorded no row counts; nothing to compare"
     diffs, tables = [], 0
     for db, counts in recorded.items():
         with ctx.instance.connect(db) as conn:

@@ -102,24 +102,24 @@ def restore_logical(run: DrillRun, scratch: Scratch) -> Restored:
     return Restored(inst, m.backup_id, m, target=f"logical backup {m.backup_id}")
 
 
-def _pending(kind: str):
-    def adapter(run: DrillRun, scratch: Scratch) -> Restored:
-        raise NotSupported(f"drill {run.drill.name!r}: {kind} drills are not available in this build",
-                           "drill a logical job, or update pgvault")
-    return adapter
-
-
 # method -> adapter. Adding a kind of drill is one line.
 ADAPTERS: dict[str, str] = {
     "logical": "pgvault.drills.sources:restore_logical",
-    "barman": "pgvault.drills.sources:restore_pitr",
+    "barman": "pgvault.drills.source_pitr:restore_pitr",
     "zfs": "pgvault.drills.source_snapshot:restore_snapshot",
     "btrfs": "pgvault.drills.source_snapshot:restore_snapshot",
 }
-
-restore_pitr = _pending("point-in-time (barman)")
 
 
 def adapter_for(method: str) -> Callable[[DrillRun, Scratch], Restored]:
     mod, attr = ADAPTERS[method].split(":")
     return getattr(importlib.import_module(mod), attr)
+
+
+def requires(module: str, kind: str) -> None:
+    """Fail clearly when this build lacks the restore code a kind of drill needs."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise NotSupported(f"{kind} drills need {module}, which this build of pgvault does not have",
+                           "drill a logical job, or update pgvault") from None

@@ -1,0 +1,109 @@
+"""Point-in-time drills (barman bases + archived WAL): plan, lay the base down and recover in
+the scratch area with pgvault.restore.pitr, to the drill's target, then promote.
+
+Strictly one site: the restore sees a policy with only the drilled site, and so does the
+restore_command — it runs ``pgvault wal-fetch`` against a one-site copy of the policy written
+into the scratch directory, so WAL cannot quietly come from another site either."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+
+from .. import pg
+from ..errors import PgvaultError
+from .load import policy_dir
+from .scratch import Scratch
+from .sources import DrillRun, Restored, choose_backup, requires
+
+# Jobs whose sites may not be empty (the policy loader insists).
+_NEEDS_SITES = ("logical", "barman")
+
+
+def one_site_document(raw: dict, site: str) -> dict:
+    """The policy document narrowed to one site: other sites, their jobs' references and the
+    drills are dropped.
+
+    >>> doc = {"version": 1, "sites": {"a": {}, "b": {}}, "wal": {"sites": ["a", "b"]}, "drills": ["x"],
+    ...        "jobs": {"d": {"method": "logical", "sites": ["b"]}, "p": {"method": "barman", "sites": ["a", "b"],
+    ...                 "retain_at": {"b": {}}}}}
+    >>> one_site_document(doc, "a")
+    {'version': 1, 'sites': {'a': {}}, 'wal': {'sites': ['a']}, 'drills': [], 'jobs': {'p': {'method': 'barman', 'sites': ['a'], 'retain_at': {}}}}
+    """
+    doc = dict(raw)
+    doc["sites"] = {site: raw["sites"][site]}
+    if isinstance(raw.get("wal"), dict):
+        doc["wal"] = dict(raw["wal"], sites=[site])
+    doc["drills"] = []
+    jobs = {}
+    for name, job in (raw.get("jobs") or {}).items():
+        job = dict(job)
+        job["sites"] = [s for s in job.get("sites") or [] if s == site]
+        if isinstance(job.get("retain_at"), dict):
+            job["retain_at"] = {k: v for k, v in job["retain_at"].items() if k == site}
+        if job["sites"] or job.get("method") not in _NEEDS_SITES:
+            jobs[name] = job
+    doc["jobs"] = jobs
+    return doc
+
+
+def one_site_policy(policy, site: str, directory: Path):
+    """Write the one-site policy next to the scratch instance and load it (it carries no
+    credentials: policies never do). Relative paths keep their meaning via absolute globs."""
+    from ..policy.load import load_policy
+
+    src = getattr(policy, "_source", None)
+    if not src:
+        raise PgvaultError("a point-in-time drill needs the policy file (restore_command reads it)",
+                           "run drills through the pgvault CLI with --policy FILE")
+    raw = yaml.safe_load(Path(src).read_text())
+    doc = one_site_document(raw, site)
+    if doc.get("state_dir") and not os.path.isabs(doc["state_dir"]):
+        doc["state_dir"] = str(policy_dir(policy) / doc["state_dir"])
+    path = directory / "policy.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    os.chmod(path, 0o644)
+    return load_policy(path)
+
+
+def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
+    requires("pgvault.restore.pitr", "point-in-time")
+    from ..restore import pitr
+    from ..restore import plan as planner
+
+    policy = one_site_policy(run.policy, run.site, scratch.dir)
+    drill = run.drill
+    backup_id = None
+    if drill.target_kind == "offset":
+        when = run.started_at - (drill.target_offset or timedelta(0))
+        target = planner.Target("time", time=when, how=f"{drill.target} before the drill started")
+    elif drill.target_kind == "canary":
+        target = planner.Target("time", time=run.canary.planted_at, how="just before the canary's TRUNCATE")
+    else:
+        target = planner.Target("latest", how="the end of the archived WAL")
+        if drill.target_kind == "random":
+            backup_id = choose_backup(policy, drill, run.site, run.method).backup_id
+    dest = scratch.pgdata
+    # The instance is known before recovery starts, so the teardown stops it whatever happens.
+    scratch.instance = pg.Instance(dest, scratch.port, socket_dir=dest, bindir=scratch.bindir)
+    result = pitr.run(policy, target, target_dir=str(dest), from_site=run.site, port=scratch.port, start=True,
+                      action="promote", backup_id=backup_id)
+    out = result.outcome or {}
+    if out.get("state") != "promoted":
+        raise PgvaultError(f"recovery ended {out.get('state', 'without an outcome')}, not promoted",
+                           f"PostgreSQL said: {out.get('postgres_says') or '-'}")
+    base = result.plan["base"]
+    from datetime import datetime
+
+    replayed = out.get("last_replayed_transaction_time")
+    replayed = datetime.fromisoformat(replayed) if isinstance(replayed, str) else replayed
+    restored = Restored(scratch.instance, base["backup_id"], None,
+                        target=f"base {base['backup_id']} + WAL to {result.plan['target']}",
+                        target_time=target.time if target.kind == "time" else run.started_at,
+                        replayed_until=replayed)
+    restored.notes += [str(n) for n in result.warnings]
+    if out.get("postgres_says"):
+        restored.notes.append(f"PostgreSQL: {out['postgres_says']}")
+    return restored
