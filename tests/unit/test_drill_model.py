@@ -78,3 +78,14 @@ checks:
     assert problems == []
     assert [type(c) for c in drill.checks] == [SqlCheck, AmcheckCheck, ReadAllCheck, RowCountsCheck]
     assert drill.checks[1].heapallindexed and drill.checks[2].databases == ["app"]
+
+
+def test_example_drills_validate_against_the_example_policy():
+    from pathlib import Path
+
+    from pgvault.drills.load import load_drills
+    from pgvault.policy.load import load_policy
+
+    policy = load_policy(Path(__file__).resolve().parents[2] / "policies" / "example.yaml")
+    names = {d.name for d in load_drills(policy)}
+    assert {"logical-latest", "logical-random"} <= names
