@@ -22,6 +22,10 @@ COMMANDS = {
     "list": "pgvault.cli.catalog:list_cmd",
     "verify": "pgvault.cli.catalog:verify",
     "restore": "pgvault.cli.restore:restore",
+    "wal-push": "pgvault.cli.wal:wal_push",
+    "wal-fetch": "pgvault.cli.wal:wal_fetch",
+    "wal-ship": "pgvault.cli.wal:wal_ship",
+    "wal-status": "pgvault.cli.wal:wal_status",
 }
 
 
