@@ -25,6 +25,10 @@ COMMANDS = {
     "drill": "pgvault.cli.drill:drill",
     "snapshot": "pgvault.cli.snapshot:snapshot",
     "demo": "pgvault.cli.demo:demo",
+    "wal-push": "pgvault.cli.wal:wal_push",
+    "wal-fetch": "pgvault.cli.wal:wal_fetch",
+    "wal-ship": "pgvault.cli.wal:wal_ship",
+    "wal-status": "pgvault.cli.wal:wal_status",
 }
 
 
