@@ -18,6 +18,7 @@ from .load import policy_dir
 from .scratch import Scratch
 from .sources import DrillRun, Restored, choose_backup, requires
 
+WAL_TIMEOUT = 120.0
 # Jobs whose sites may not be empty (the policy loader insists).
 _NEEDS_SITES = ("logical", "barman")
 
@@ -68,6 +69,23 @@ def one_site_policy(policy, site: str, directory: Path):
     return load_policy(path)
 
 
+def wait_for_wal(policy, site: str, wal_file: str, timeout: float = WAL_TIMEOUT) -> None:
+    """PostgreSQL counts a segment archived once wal-push made it durable — at a site that was
+    down, that may mean the spool. Wait (bounded) until this site holds the canary's segment."""
+    from ..sandbox import wait_until
+    from ..sites import open_site
+    from ..wal.push import stored_variants
+
+    s = open_site(site, policy.sites[site])
+    try:
+        wait_until(lambda: stored_variants(s, policy.cluster.name, wal_file), timeout,
+                   f"{wal_file} at site {site}", interval=0.5)
+    except TimeoutError:
+        raise PgvaultError(f"site {site!r} does not hold WAL file {wal_file} (the canary's TRUNCATE) "
+                           f"{timeout:.0f}s after it was archived",
+                           "the site may be down and its WAL spooled; see pgvault wal-status") from None
+
+
 def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
     requires("pgvault.restore.pitr", "point-in-time")
     from ..restore import pitr
@@ -80,6 +98,7 @@ def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
         when = run.started_at - (drill.target_offset or timedelta(0))
         target = planner.Target("time", time=when, how=f"{drill.target} before the drill started")
     elif drill.target_kind == "canary":
+        wait_for_wal(policy, run.site, run.canary.wal_file)
         target = planner.Target("time", time=run.canary.planted_at, how="just before the canary's TRUNCATE")
     else:
         target = planner.Target("latest", how="the end of the archived WAL")

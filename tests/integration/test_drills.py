@@ -333,3 +333,61 @@ def test_btrfs_snapshot_drill_passes_and_removes_its_received_copy(btrfs_fs, wor
     assert f"received into {received}/pgvault-drill-snap-" in r["restored"]
     assert list(received.iterdir()) == []
     assert inst.psql("SELECT count(*) FROM orders", dbname="app").strip() == "500"
+
+
+# -- point-in-time drills and the canary, from a local and an S3 site ---------------------------
+
+@pytest.fixture
+def pitr_world(workdir, moto):
+    """A cluster archiving through `pgvault wal-push` to a local and an S3 site, with a Barman
+    base backup at both and 30 committed rows after it."""
+    from tests.conftest import World
+
+    policy = workdir / "policy.yaml"
+    inst = sandbox.new_instance(workdir, "pg", start=False, settings={
+        "archive_mode": "on", "archive_command": sandbox.pgvault_command(policy) + " wal-push %p"})
+    w = World(workdir, inst, moto)
+    w.local_site("a")
+    w.s3_site("eu", "eu-west-1")
+    w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"], "compression": "lz4"}
+    w.extra.update(wal={"sites": ["a", "eu"], "retry_interval": "1s"},
+                   state_dir=str(sandbox.owned_dir(workdir / "state")), drills=["drills/*.yaml"])
+    w.policy()
+    inst.start()
+    try:
+        inst.psql("CREATE TABLE orders (id int PRIMARY KEY)")
+        backup(w, "base")
+        inst.psql("INSERT INTO orders SELECT generate_series(1, 30)")
+        yield w
+    finally:
+        inst.stop("immediate")
+
+
+def test_pitr_and_canary_drills_pass_from_a_local_and_an_s3_site(pitr_world):
+    w = pitr_world
+    write_drill(w, "pitr-latest", {"source": {"job": "base", "site": "each"}, "target": "latest", "rto": "10m",
+                                   "checks": [{"amcheck": True},
+                                              {"sql": "SELECT count(*) FROM orders", "expect": 30}]})
+    write_drill(w, "canary", {"source": {"job": "base", "site": "each"}, "target": "canary", "canary_rows": 250,
+                              "checks": [{"sql": "SELECT count(*) FROM orders", "expect": 30}]})
+    before = relations_outside_canary(w.pg)
+    cp, cases, doc = run_drills(w)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cases == {"pitr-latest @ a": None, "pitr-latest @ eu": None, "canary @ a": None, "canary @ eu": None}
+    by = {(r["drill"], r["site"]): r for r in doc["results"]}
+    for site in ("a", "eu"):
+        latest = by[("pitr-latest", site)]
+        assert latest["rpo_seconds"] is not None and latest["rpo_seconds"] >= 0
+        assert latest["replayed_until"] and "+ WAL to" in latest["restored"]
+        canary = by[("canary", site)]
+        verdicts = {c["kind"]: c for c in canary["checks"]}
+        assert verdicts["canary"]["status"] == "passed" and "all 250 rows" in verdicts["canary"]["detail"]
+        # Recovery stopped before the TRUNCATE, and after the canary's INSERT.
+        assert canary["target_time"] and canary["rpo_seconds"] is not None
+    # Production: the canary cleaned up after itself and touched nothing else.
+    assert w.pg.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgvault_drill'").strip() == "0"
+    assert relations_outside_canary(w.pg) == before
+    assert w.pg.psql("SELECT count(*) FROM orders").strip() == "30"
+    assert_scratch_gone(w)
+    listed = json.loads(w.cli("list", "--drills", "--site", "eu", "--json").stdout)
+    assert sorted(d["drill"] for d in listed) == ["canary", "pitr-latest"]
