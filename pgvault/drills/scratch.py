@@ -66,9 +66,11 @@ class Scratch:
 
     def __init__(self, label: str, *, root: str | os.PathLike | None = None, bindir: str | None = None):
         base = Path(root) if root else default_root()
-        base.mkdir(parents=True, exist_ok=True)
-        # PostgreSQL runs as postgres and must traverse every parent of its data directory.
-        os.chmod(base, 0o755)
+        if not base.exists():
+            base.mkdir(parents=True)
+            # PostgreSQL runs as postgres and must traverse every parent of its data directory.
+            # Only a directory we created is chmod'ed: never a user's (think --scratch-dir /tmp).
+            os.chmod(base, 0o755)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{slug(label)}-", dir=base))
         os.chmod(self.dir, 0o755)
         self.socket_dir = self.dir / "sock"

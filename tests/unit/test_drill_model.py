@@ -89,3 +89,18 @@ def test_example_drills_validate_against_the_example_policy():
     policy = load_policy(Path(__file__).resolve().parents[2] / "policies" / "example.yaml")
     names = {d.name for d in load_drills(policy)}
     assert {"logical-latest", "logical-random"} <= names
+
+
+def test_pitr_example_drills_validate_against_the_example_policy():
+    from pathlib import Path
+
+    from pgvault.drills.load import parse_drill
+    from pgvault.policy.load import load_policy
+
+    root = Path(__file__).resolve().parents[2]
+    policy = load_policy(root / "policies" / "example.yaml")
+    files = sorted((root / "restore_drills" / "pitr").glob("*.yaml"))
+    assert [f.stem for f in files] == ["canary", "pitr-hour-ago"]
+    for f in files:
+        drill, problems = parse_drill(policy, f.read_text(), f.name, f.stem)
+        assert problems == [] and drill.source.method == "barman"
