@@ -7,7 +7,7 @@ into the scratch directory, so WAL cannot quietly come from another site either.
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -69,6 +69,27 @@ def one_site_policy(policy, site: str, directory: Path):
     return load_policy(path)
 
 
+def target_for(drill, started_at: datetime, planted_at: datetime | None = None):
+    """The recovery target of a PITR drill.
+
+    >>> from datetime import timezone
+    >>> from pgvault.drills.model import Drill
+    >>> d = Drill(name="x", source={"method": "barman"}, target="-90m")
+    >>> t = target_for(d, datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc))
+    >>> t.kind, t.time.isoformat()
+    ('time', '2026-11-25T10:30:00+00:00')
+    >>> target_for(d.model_copy(update={"target": "random"}), datetime.now(timezone.utc)).kind
+    'latest'
+    """
+    from ..restore import plan as planner
+
+    if drill.target_kind == "offset":
+        return planner.Target("time", time=started_at - drill.target_offset, how=f"{drill.target} before the drill started")
+    if drill.target_kind == "canary":
+        return planner.Target("time", time=planted_at, how="just before the canary's TRUNCATE")
+    return planner.Target("latest", how="the end of the archived WAL")
+
+
 def wait_for_wal(policy, site: str, wal_file: str, timeout: float = WAL_TIMEOUT) -> None:
     """PostgreSQL counts a segment archived once wal-push made it durable — at a site that was
     down, that may mean the spool. Wait (bounded) until this site holds the canary's segment."""
@@ -89,21 +110,15 @@ def wait_for_wal(policy, site: str, wal_file: str, timeout: float = WAL_TIMEOUT)
 def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
     requires("pgvault.restore.pitr", "point-in-time")
     from ..restore import pitr
-    from ..restore import plan as planner
 
     policy = one_site_policy(run.policy, run.site, scratch.dir)
     drill = run.drill
-    backup_id = None
-    if drill.target_kind == "offset":
-        when = run.started_at - (drill.target_offset or timedelta(0))
-        target = planner.Target("time", time=when, how=f"{drill.target} before the drill started")
-    elif drill.target_kind == "canary":
+    if drill.target_kind == "canary":
         wait_for_wal(policy, run.site, run.canary.wal_file)
-        target = planner.Target("time", time=run.canary.planted_at, how="just before the canary's TRUNCATE")
-    else:
-        target = planner.Target("latest", how="the end of the archived WAL")
-        if drill.target_kind == "random":
-            backup_id = choose_backup(policy, drill, run.site, run.method).backup_id
+    target = target_for(drill, run.started_at, run.canary.planted_at if run.canary else None)
+    backup_id = None
+    if drill.target_kind == "random":
+        backup_id = choose_backup(policy, drill, run.site, run.method).backup_id
     dest = scratch.pgdata
     # The instance is known before recovery starts, so the teardown stops it whatever happens.
     scratch.instance = pg.Instance(dest, scratch.port, socket_dir=dest, bindir=scratch.bindir)
@@ -114,8 +129,6 @@ def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
         raise PgvaultError(f"recovery ended {out.get('state', 'without an outcome')}, not promoted",
                            f"PostgreSQL said: {out.get('postgres_says') or '-'}")
     base = result.plan["base"]
-    from datetime import datetime
-
     replayed = out.get("last_replayed_transaction_time")
     replayed = datetime.fromisoformat(replayed) if isinstance(replayed, str) else replayed
     restored = Restored(scratch.instance, base["backup_id"], None,

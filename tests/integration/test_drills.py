@@ -386,10 +386,14 @@ def test_pitr_and_canary_drills_pass_from_a_local_and_an_s3_site(pitr_world):
                                               {"sql": "SELECT count(*) FROM orders", "expect": 30}]})
     write_drill(w, "canary", {"source": {"job": "base", "site": "each"}, "target": "canary", "canary_rows": 250,
                               "checks": [{"sql": "SELECT count(*) FROM orders", "expect": 30}]})
+    # An hour ago is before the only base backup: planning refuses, and the drill says why.
+    write_drill(w, "too-old", {"source": {"job": "base", "site": "a"}, "target": "-1h", "checks": []})
     before = relations_outside_canary(w.pg)
     cp, cases, doc = run_drills(w)
-    assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert cases == {"pitr-latest @ a": None, "canary @ a": None, "canary @ eu": None}
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    too_old = cases.pop("too-old @ a")
+    assert too_old and "restore failed" in too_old[0] and "before the oldest base backup" in too_old[0], too_old
+    assert cases == {"pitr-latest @ a": None, "canary @ a": None, "canary @ eu": None}, cp.stdout
     by = {(r["drill"], r["site"]): r for r in doc["results"]}
     latest = by[("pitr-latest", "a")]
     assert latest["rpo_seconds"] is not None and latest["rpo_seconds"] >= 0
