@@ -39,7 +39,8 @@ def summarize(listings: dict, spooled: dict, breakers: dict, now: float, segment
         st: dict = {"reachable": not isinstance(entries, str), "error": entries if isinstance(entries, str) else None,
                     "files": 0, "newest": None, "newest_time": None, "lag_segments": None, "lag_seconds": None,
                     "spooled": len(backlog), "spooled_age": age, "gaps": [],
-                    "down_since": (breakers.get(site) or {}).get("down_since")}
+                    "down_since": (breakers.get(site) or {}).get("down_since"),
+                    "failing": (breakers.get(site) or {}).get("error")}
         if not isinstance(entries, str):
             segs = [(n, m) for n, m in entries if names.kind(n) == "segment"]
             st["files"] = len(entries)
@@ -103,6 +104,8 @@ def render(status: dict) -> str:
         if not st["reachable"]:
             lines.append(f"{site}: UNREACHABLE ({st['error']}); {st['spooled']} file(s) spooled")
             continue
+        if st["failing"]:
+            lines.append(f"{site}: FAILING since {st['down_since']:.0f} ({st['failing']})")
         lag = "-" if st["lag_segments"] is None else f"{st['lag_segments']} segment(s)"
         age = "" if not st["lag_seconds"] else f", {st['lag_seconds']:.0f}s behind"
         lines.append(f"{site}: {st['files']} file(s), newest {st['newest'] or '-'}, lag {lag}{age}, "
