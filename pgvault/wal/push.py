@@ -217,6 +217,11 @@ class Archiver:
     def push(self, path: str | os.PathLike, *, batch: int | None = None) -> PushResult:
         path = Path(path)
         batch = batch or self.policy.wal.batch
+        stale = path.parent / ".pgvault-prefetch"
+        if stale.is_dir():  # left by a recovery that ended at its target: this cluster archives now
+            import shutil
+
+            shutil.rmtree(stale, ignore_errors=True)
         paths = [path] + ready_neighbours(path, batch - 1)
         sysid = self.expected_sysid()
         pgdata = pgdata_of(path)

@@ -154,3 +154,44 @@ def test_fetch_order_missing_and_damaged(tmp_path, pg_wal):
     stored(b, 7).write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(WalUnavailable, match="damaged"):
         fetch(pol, name, dest)
+
+
+def test_history_and_backup_files_use_barmans_hash_dir_rule(tmp_path, pg_wal):
+    a = tmp_path / "a"
+    pol = make_policy(tmp_path, {"a": a})
+    Archiver(pol).push(put_wal(pg_wal, 1, ready=False))  # binds the cluster
+    hist = pg_wal / "00000002.history"
+    hist.write_bytes(b"1\t0/3000000\tno recovery target specified\n")
+    label = pg_wal / "000000010000000000000002.00000028.backup"
+    label.write_bytes(b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
+    for f in (hist, label):
+        assert Archiver(pol).push(f).requested.error is None
+    assert (a / "clusters/main/wals/00000002.history.gz").exists()
+    assert (a / "clusters/main/wals/0000000100000000/000000010000000000000002.00000028.backup.gz").exists()
+    dest = tmp_path / "h"
+    fetch(pol, "00000002.history", dest)
+    assert dest.read_bytes() == hist.read_bytes()
+
+
+def test_fetch_prefetches_next_segments_for_recovery(tmp_path, pg_wal):
+    from pgvault.wal.fetch import take_prefetched
+
+    (pg_wal.parent / "global").mkdir()
+    (pg_wal.parent / "global" / "pg_control").write_bytes(SYSID.to_bytes(8, "little") + b"\0" * 100)
+    pol = make_policy(tmp_path, {"a": tmp_path / "a"}, prefetch=8)
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in (1, 2, 3, 4):
+        Archiver(pol).push(put_wal(src, n, ready=False))
+    dest = pg_wal / "RECOVERYXLOG"
+    fetch(pol, names.segment_name(1, 1, SEG), dest)
+    pre = pg_wal / ".pgvault-prefetch"
+    assert sorted(os.listdir(pre)) == [names.segment_name(1, n, SEG) for n in (2, 3, 4)]
+    assert take_prefetched(names.segment_name(1, 2, SEG), dest) and dest.read_bytes() == segment(2)
+    assert not take_prefetched(names.segment_name(1, 2, SEG), dest)  # taken once
+    # A copy that is not this cluster's (pg_control says another system) is never served.
+    (pg_wal.parent / "global" / "pg_control").write_bytes((SYSID + 1).to_bytes(8, "little"))
+    assert not take_prefetched(names.segment_name(1, 3, SEG), dest)
+    with pytest.raises(WalMissing):
+        fetch(pol, names.segment_name(1, 5, SEG), dest)
+    assert not pre.exists()  # the archive ended: prefetched files are dropped
