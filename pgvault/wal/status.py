@@ -64,9 +64,20 @@ def summarize(listings: dict, spooled: dict, breakers: dict, now: float, segment
     return out
 
 
+def list_wal(site, cluster: str) -> list[tuple[str, float]]:
+    """(WAL name, mtime) of every WAL file a site holds for a cluster, in archive order."""
+    from ..catalog import layout
+
+    out = []
+    for o in site.list(layout.wal_prefix(cluster)):
+        name = names.split_stored(o.key.rsplit("/", 1)[1])[0]
+        if names.is_wal_name(name):
+            out.append((name, o.mtime))
+    return sorted(out, key=lambda e: names.sort_key(e[0]))
+
+
 def archive_status(policy, *, sites: dict | None = None) -> dict:
     """Status of every WAL site (lists each site's archive: for check/status, not per push)."""
-    from ..catalog import layout
     from ..errors import SiteError
     from ..sites import open_sites
     from . import spool_dir
@@ -74,15 +85,12 @@ def archive_status(policy, *, sites: dict | None = None) -> dict:
 
     sites = sites if sites is not None else open_sites(policy, policy.wal.sites)
     spool = Spool(spool_dir(policy))
-    prefix = layout.wal_prefix(policy.cluster.name)
     listings: dict = {}
     spooled: dict = {}
     breakers: dict = {}
     for sname, site in sites.items():
         try:
-            listings[sname] = [(names.split_stored(o.key.rsplit("/", 1)[1])[0], o.mtime)
-                               for o in site.list(prefix)
-                               if names.is_wal_name(names.split_stored(o.key.rsplit("/", 1)[1])[0])]
+            listings[sname] = list_wal(site, policy.cluster.name)
         except (SiteError, OSError) as exc:
             listings[sname] = getattr(exc, "message", None) or str(exc)
         try:
