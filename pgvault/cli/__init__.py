@@ -23,6 +23,10 @@ COMMANDS = {
     "verify": "pgvault.cli.catalog:verify",
     "restore": "pgvault.cli.restore:restore",
     "demo": "pgvault.cli.demo:demo",
+    "wal-push": "pgvault.cli.wal:wal_push",
+    "wal-fetch": "pgvault.cli.wal:wal_fetch",
+    "wal-ship": "pgvault.cli.wal:wal_ship",
+    "wal-status": "pgvault.cli.wal:wal_status",
 }
 
 
