@@ -60,12 +60,14 @@ def clone_argv(snap: str, target: str) -> list[str]:
     return ["zfs", "clone", snap, target]
 
 
-def destroy_argv(name: str, *, recursive: bool = False) -> list[str]:
+def destroy_argv(name: str, *, recursive: bool = False, force: bool = False) -> list[str]:
     """
     >>> destroy_argv("tank/pg@1")
     ['zfs', 'destroy', 'tank/pg@1']
+    >>> destroy_argv("tank/restore", recursive=True, force=True)
+    ['zfs', 'destroy', '-r', '-f', 'tank/restore']
     """
-    return ["zfs", "destroy", *(["-r"] if recursive else []), name]
+    return ["zfs", "destroy", *(["-r"] if recursive else []), *(["-f"] if force else []), name]
 
 
 def list_snapshots_argv(dataset: str) -> list[str]:
