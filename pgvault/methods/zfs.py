@@ -194,7 +194,7 @@ def check(ctx) -> list[str]:
         if proc.run(["zfs", "list", "-H", "-o", "name"], check=False).returncode != 0:
             problems.append("the zfs command cannot reach ZFS (HINT: start the zfs-fuse daemon or load the zfs module)")
             return problems
-        driver(ctx).volumes()
+        snapshot.plan_layout(ctx, driver(ctx).volumes())
     except PgvaultError as exc:
         problems.append(exc.message + (f" (HINT: {exc.hint})" if exc.hint else ""))
     return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,16 +89,20 @@ def _btrfs_target(target: str) -> None:
 def _cleanup(kind: str, target: str, created: list[str]) -> None:
     try:
         if kind == "zfs":
-            from ..sandbox import wait_until
-
             # A receive that was just killed can keep the dataset busy for a moment.
-            wait_until(lambda: not zfs.exists(target) or proc.run(zfs.destroy_argv(target, recursive=True, force=True),
-                                                                  check=False).returncode == 0,
-                       30, f"zfs destroy {target}", interval=0.3)
+            deadline = time.monotonic() + 30
+            while zfs.exists(target):
+                cp = proc.run(zfs.destroy_argv(target, recursive=True, force=True), check=False)
+                if cp.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise PgvaultError(f"could not remove {target}: {cp.stderr.decode(errors='replace').strip()}",
+                                       f"remove it by hand: zfs destroy -r {target}")
+                time.sleep(0.3)
         else:
             for sv in reversed(created):
                 proc.run(btrfs.delete_argv(sv), check=False)
-    except (PgvaultError, TimeoutError) as exc:
+    except PgvaultError as exc:
         log.warning("cleanup of %s incomplete: %s", target, getattr(exc, "message", exc))
 
 

@@ -77,8 +77,16 @@ def test_pg_wal_on_second_dataset_uses_backup_api(zpool, workdir, instances, sna
     pgbench_init(inst)
     w = snapworld(inst)
     site = w.local_site("a")
+    # A job that misses the pg_wal dataset would produce a snapshot that cannot restore: refused.
+    w.jobs["partial"] = {"method": "zfs", "datasets": [data_ds], "sites": ["a"]}
+    w.jobs["nothere"] = {"method": "zfs", "datasets": [f"{zpool.name}/nope"], "sites": ["a"]}
     w.jobs["snaps"] = {"method": "zfs", "datasets": [data_ds, wal_ds], "sites": ["a"]}
     w.policy()
+    cp = w.cli("backup", "partial", check=False)
+    assert cp.returncode != 0 and "pg_wal" in cp.stderr and "HINT" in cp.stderr and "Traceback" not in cp.stderr
+    cp = w.cli("backup", "nothere", check=False)
+    assert cp.returncode != 0 and "does not exist" in cp.stderr and "Traceback" not in cp.stderr
+    assert subprocess.run(["zfs", "list", "-H", "-t", "snapshot"], capture_output=True, text=True).stdout.count(zpool.name) == 0
     with Load(inst):
         bid = backup(w)
     m = manifest(site, bid)
