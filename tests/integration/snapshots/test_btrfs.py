@@ -24,7 +24,7 @@ def test_snapshot_under_load_clones_consistently(btrfs_fs, workdir, instances, s
     inst.psql("SELECT pg_create_physical_replication_slot('production_replica')")
     w = snapworld(inst)
     site = w.local_site("a")
-    w.jobs["snaps"] = {"method": "btrfs", "subvolumes": [str(sv)], "sites": ["a"]}
+    w.jobs["snaps"] = {"method": "btrfs", "subvolumes": [str(sv)], "sites": ["a"], "keep_local": {"count": 1}}
     w.policy()
     with Load(inst):
         before = invariants(inst.conninfo())["history"]
@@ -51,6 +51,13 @@ def test_snapshot_under_load_clones_consistently(btrfs_fs, workdir, instances, s
                             "--json").stdout)
     instances.append(out2["pgdata"])
     assert invariants(out2["conninfo"]) == invariants(inst.conninfo())
+
+    # keep_local count 1, but the site's newest copy (the next incremental's base) is kept:
+    # after the third snapshot the first is gone, the second stays as the site's base.
+    third = backup(w)
+    listed = [r["backup_id"] for r in json.loads(w.cli("snapshot", "list", "snaps", "--json").stdout)]
+    assert listed == [second, third], listed
+    assert manifest(site, third)["parent"] == second
 
     # A clone target that is not empty is refused with a hint; nothing is touched.
     cp = w.cli("snapshot", "clone", "snaps", "--to", str(btrfs_fs.mountpoint / "clone2"), check=False)
