@@ -67,19 +67,22 @@ def test_snapshot_under_load_clones_consistently(btrfs_fs, workdir, instances, s
 def test_pg_wal_subvolume_backup_api_chain_to_local_and_s3(btrfs_fs, workdir, instances, snapworld, moto):
     data = btrfs_fs.subvolume("pg", owner_postgres=True)
     wal = btrfs_fs.subvolume("wal", owner_postgres=True)
+    ts = btrfs_fs.subvolume("ts", owner_postgres=True)
     inst = start_pg(workdir, data / "data", instances, waldir=wal / "pg_wal")
     pgbench_init(inst)
+    inst.psql(f"CREATE TABLESPACE ts LOCATION '{ts}'")
+    inst.psql("CREATE TABLE in_ts TABLESPACE ts AS SELECT g FROM generate_series(1, 500) g")
     w = snapworld(inst, moto)
     local = w.local_site("near")
     w.s3_site("far", region="eu-west-1")
-    w.jobs["snaps"] = {"method": "btrfs", "subvolumes": [str(data), str(wal)], "sites": ["near", "far"]}
+    w.jobs["snaps"] = {"method": "btrfs", "subvolumes": [str(data), str(wal), str(ts)], "sites": ["near", "far"]}
     w.policy()
     with Load(inst):
         first = backup(w)
         second = backup(w)
     m1, m2 = manifest(local, first), manifest(local, second)
     assert m1["facts"]["mode"] == m2["facts"]["mode"] == "backup-api"
-    assert m2["parent"] == first and "backup_label" in {a["name"] for a in m2["artifacts"]}
+    assert m2["parent"] == first and {"backup_label", "tablespace_map"} <= {a["name"] for a in m2["artifacts"]}
 
     # The local clone of a backup-API snapshot set starts from its backup_label.
     out = json.loads(w.cli("snapshot", "clone", "snaps", first, "--to", str(btrfs_fs.mountpoint / "clone"),
@@ -87,6 +90,11 @@ def test_pg_wal_subvolume_backup_api_chain_to_local_and_s3(btrfs_fs, workdir, in
     instances.append(out["pgdata"])
     assert consistent(invariants(out["conninfo"]))
     assert os.path.realpath(os.path.join(out["pgdata"], "pg_wal")).startswith(out["volumes"][str(wal)])
+    # The tablespace is the clone's, not production's, and holds its rows.
+    clone = pg.connect(out["conninfo"])
+    assert pg.scalar(clone, "SELECT count(*) FROM in_ts") == 500
+    assert pg.scalar(clone, "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts'") == out["volumes"][str(ts)]
+    clone.close()
 
     # Received from S3 (full + incremental) into a fresh directory, then started.
     out = json.loads(w.cli("snapshot", "restore", "snaps", "--from-site", "far", "--to",
@@ -95,3 +103,4 @@ def test_pg_wal_subvolume_backup_api_chain_to_local_and_s3(btrfs_fs, workdir, in
     assert out["chain"] == [first, second]
     got = invariants(out["conninfo"])
     assert got["accounts"] == 100000 and consistent(got), got
+    assert pg.scalar(pg.connect(out["conninfo"]), "SELECT count(*) FROM in_ts") == 500
