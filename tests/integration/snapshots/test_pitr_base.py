@@ -7,7 +7,6 @@ import json
 from pgvault import pg, sandbox
 from pgvault.catalog.catalog import Catalog
 from pgvault.policy import load_policy
-from pgvault.restore.snapshot_base import fetch_base
 from pgvault.methods.snapshot import lsn_int
 from pgvault.sites import open_sites
 
@@ -54,17 +53,20 @@ def test_snapshot_plus_wal_recovers_to_just_before_truncate(zpool, workdir, inst
     # The target is past the LSN fence, so this base may serve it.
     assert lsn_int(m.stop_lsn) <= lsn_int(target_lsn) and m.stop_time.isoformat() < target.replace(" ", "T")
 
+    # A time before the fence is refused by the planner: no base can serve it.
+    early = m.start_time.isoformat()
+    cp = w.cli("restore", "--to-time", early, "--target-dir", str(workdir / "too-early"), check=False)
+    assert cp.returncode != 0 and "Traceback" not in cp.stderr and not (workdir / "too-early").exists()
+
+    # `pgvault restore --to-time` picks the snapshot as its base and replays archived WAL.
     dest = workdir / "recovered"
-    fetch_base(policy, m, "a", dest)
-    restored = pg.Instance(dest, pg.free_port(), socket_dir=workdir / "sock")
+    port = pg.free_port()
+    plan = json.loads(w.cli("restore", "--to-time", target, "--target-dir", str(dest), "--port", str(port),
+                            "--start", "--json").stdout)
     instances.append(str(dest))
-    restored.configure(restore_command=sandbox.pgvault_command(policy_file) + " wal-fetch %f %p",
-                       recovery_target_time=target, recovery_target_action="promote")
-    (dest / "recovery.signal").touch()
-    pg.chown_to_run_user(dest / "recovery.signal")
-    restored.start()
-    sandbox.wait_until(lambda: restored.psql("SELECT NOT pg_is_in_recovery()").strip() == "t", 120,
-                       "recovery to reach the target and promote")
+    assert plan["plan"]["base"]["backup_id"] == bid and plan["plan"]["base"]["method"] == "zfs"
+    restored = pg.Instance(dest, port, socket_dir=dest)
+    assert restored.psql("SELECT pg_is_in_recovery()").strip() == "f"
     got = invariants(restored.conninfo())
     assert got == good and got["history"] > 0 and consistent(got)
-    assert json.loads(w.cli("list", "--json").stdout)[0]["backup_id"] == bid
+    assert restored.psql("SHOW archive_mode").strip() == "off"
