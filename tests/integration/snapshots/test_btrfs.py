@@ -104,3 +104,21 @@ def test_pg_wal_subvolume_backup_api_chain_to_local_and_s3(btrfs_fs, workdir, in
     got = invariants(out["conninfo"])
     assert got["accounts"] == 100000 and consistent(got), got
     assert pg.scalar(pg.connect(out["conninfo"]), "SELECT count(*) FROM in_ts") == 500
+
+
+def test_backup_api_failure_is_a_clear_error_and_leaves_nothing(btrfs_fs, workdir, instances, snapworld):
+    data = btrfs_fs.subvolume("pg", owner_postgres=True)
+    wal = btrfs_fs.subvolume("wal", owner_postgres=True)
+    inst = start_pg(workdir, data / "data", instances, waldir=wal / "pg_wal")
+    inst.configure(max_replication_slots=0)  # the backup API path cannot reserve its WAL
+    inst.stop()
+    inst.start()
+    w = snapworld(inst)
+    site = w.local_site("a")
+    w.jobs["snaps"] = {"method": "btrfs", "subvolumes": [str(data), str(wal)], "sites": ["a"]}
+    w.policy()
+    cp = w.cli("backup", "snaps", check=False)
+    assert cp.returncode == 3 and "max_replication_slots" in cp.stderr and "Traceback" not in cp.stderr
+    snapdir = btrfs_fs.mountpoint / ".pgvault-snapshots"
+    assert not snapdir.exists() or not any(p.is_dir() and any(p.iterdir()) for p in snapdir.iterdir())
+    assert not list(site.rglob("manifest.json"))
