@@ -3,6 +3,7 @@ accidental TRUNCATE; recover the snapshot with `pgvault wal-fetch` to a time jus
 from __future__ import annotations
 
 import json
+import subprocess
 
 from pgvault import pg, sandbox
 from pgvault.catalog.catalog import Catalog
@@ -70,3 +71,14 @@ def test_snapshot_plus_wal_recovers_to_just_before_truncate(zpool, workdir, inst
     got = invariants(restored.conninfo())
     assert got == good and got["history"] > 0 and consistent(got)
     assert restored.psql("SHOW archive_mode").strip() == "off"
+    restored.stop()
+
+    # Once the local snapshot is gone the base is received from the site's chain instead.
+    subprocess.run(["zfs", "destroy", f"{ds}@{bid}"], check=True)
+    dest2 = workdir / "recovered-from-site"
+    port2 = pg.free_port()
+    w.cli("restore", "--to-time", target, "--target-dir", str(dest2), "--port", str(port2), "--start", "--json")
+    instances.append(str(dest2))
+    assert invariants(pg.Instance(dest2, port2, socket_dir=dest2).conninfo()) == good
+    names = subprocess.run(["zfs", "list", "-H", "-o", "name"], capture_output=True, text=True).stdout
+    assert "pgvault-scratch" not in names  # the scratch copy is gone

@@ -139,37 +139,3 @@ def test_full_then_incremental_to_local_and_s3_then_receive(zpool, workdir, inst
     out = json.loads(w.cli("snapshot", "restore", "snaps", "--to", f"{zpool.name}/fallback", "--json").stdout)
     assert out["site"] == "far" and out["backup_id"] == second
 
-
-def test_snapshot_as_pitr_base_from_local_then_from_site(zpool, workdir, instances, snapworld):
-    from pgvault.catalog.catalog import Catalog
-    from pgvault.policy import load_policy
-    from pgvault.restore.snapshot_base import fetch_base
-    from pgvault.sites import open_sites
-
-    ds, mnt = zpool.dataset("pg", owner_postgres=True)
-    inst = start_pg(workdir, mnt / "data", instances)
-    pgbench_init(inst)
-    w = snapworld(inst)
-    w.local_site("a")
-    w.jobs["snaps"] = {"method": "zfs", "datasets": [ds], "sites": ["a"]}
-    policy = load_policy(str(w.policy()))
-    with Load(inst):
-        bid = backup(w)
-    m = Catalog(open_sites(policy)["a"], "main").manifest(bid)
-
-    def started(dest):
-        base = pg.Instance(dest, pg.free_port(), socket_dir=workdir / "sock")
-        instances.append(str(dest))
-        base.start()
-        return base
-
-    first = started(fetch_base(policy, m, "a", workdir / "base-local"))
-    expected = invariants(first.conninfo())
-    assert consistent(expected) and expected["accounts"] == 100000
-    first.stop()
-    # Once the local snapshot is gone the base comes from the site's chain.
-    subprocess.run(["zfs", "destroy", f"{ds}@{bid}"], check=True)
-    second = started(fetch_base(policy, m, "a", workdir / "base-site"))
-    assert invariants(second.conninfo()) == expected  # the same snapshot, by another route
-    names = subprocess.run(["zfs", "list", "-H", "-o", "name"], capture_output=True, text=True).stdout
-    assert "pgvault-scratch" not in names
