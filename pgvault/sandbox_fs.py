@@ -101,7 +101,12 @@ class ZfsPool:
         return name, mnt
 
     def destroy(self) -> None:
-        proc.run(["zpool", "destroy", "-f", self.name], check=False)
+        def gone() -> bool:
+            if proc.run(["zpool", "list", self.name], check=False).returncode != 0:
+                return True
+            # Busy for a moment after a postmaster on it was stopped.
+            return proc.run(["zpool", "destroy", "-f", self.name], check=False).returncode == 0
+        wait_until(gone, 60, f"zpool destroy {self.name}", interval=0.3)
         self.image.unlink(missing_ok=True)
 
 

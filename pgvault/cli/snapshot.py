@@ -93,7 +93,9 @@ def restore(ctx, job, backup_id, target, from_site, port, start, socket_dir, as_
     """Receive a snapshot (default: the newest) from a site: full stream, then incrementals."""
     from ..restore.snapshot import receive_from_site
 
+    from .output import warn
+
     result = receive_from_site(load(ctx), job, backup_id, target, from_site=from_site, port=port, start=start,
-                               socket_dir=socket_dir)
+                               socket_dir=socket_dir, warn=warn)
     _report(result, as_json)
     return 0

@@ -179,7 +179,7 @@ def check(ctx) -> list[str]:
     problems = snapshot.check_server(ctx)
     try:
         proc.which("btrfs")
-        driver(ctx).volumes()
+        snapshot.plan_layout(ctx, driver(ctx).volumes())
     except PgvaultError as exc:
         problems.append(exc.message + (f" (HINT: {exc.hint})" if exc.hint else ""))
     return problems

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import pg
-from ..errors import PgvaultError, UsageError
+from ..errors import DatabaseError, PgvaultError, UsageError
 
 log = logging.getLogger("pgvault.snapshot")
 
@@ -223,7 +223,8 @@ def take(ctx, driver: Driver, backup_id: str, volumes: list[Volume], placements:
         stop_time = datetime.now(timezone.utc)
         stop_wal = _walfile(conn, fence)
         start_wal = _walfile(conn, start_lsn)
-    except BaseException:
+    except BaseException as exc:
+        failure = exc
         if in_backup:
             try:
                 pg.query(conn, "SELECT pg_backup_stop(false)")
@@ -234,6 +235,12 @@ def take(ctx, driver: Driver, backup_id: str, volumes: list[Volume], placements:
                 driver.destroy(s)
             except Exception as exc:
                 log.warning("could not remove partial snapshot %s: %s", s.name, exc)
+        import psycopg
+
+        if isinstance(failure, psycopg.Error):
+            raise DatabaseError(f"snapshot {backup_id} failed: {str(failure).strip()}",
+                                "no snapshot was kept; see the PostgreSQL server log (backup-api mode needs "
+                                "one free replication slot: max_replication_slots)") from failure
         raise
     finally:
         if mode == BACKUP_API:

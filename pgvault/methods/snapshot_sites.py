@@ -109,8 +109,6 @@ def _send(session, driver: Driver, taken: Taken, base_id: str | None, base: dict
 
 def backup(ctx, session, driver: Driver) -> dict:
     """Take a consistent snapshot set, store its metadata on it, send it to every site."""
-    from ..catalog.layout import backup_time  # noqa: F401  (ids come from run_backup)
-
     volumes: list[Volume] = driver.volumes()
     placements, mode = plan_layout(ctx, volumes)
     local = driver.local_sets()

@@ -60,12 +60,14 @@ def clone_argv(snap: str, target: str) -> list[str]:
     return ["zfs", "clone", snap, target]
 
 
-def destroy_argv(name: str, *, recursive: bool = False) -> list[str]:
+def destroy_argv(name: str, *, recursive: bool = False, force: bool = False) -> list[str]:
     """
     >>> destroy_argv("tank/pg@1")
     ['zfs', 'destroy', 'tank/pg@1']
+    >>> destroy_argv("tank/restore", recursive=True, force=True)
+    ['zfs', 'destroy', '-r', '-f', 'tank/restore']
     """
-    return ["zfs", "destroy", *(["-r"] if recursive else []), name]
+    return ["zfs", "destroy", *(["-r"] if recursive else []), *(["-f"] if force else []), name]
 
 
 def list_snapshots_argv(dataset: str) -> list[str]:
@@ -192,7 +194,7 @@ def check(ctx) -> list[str]:
         if proc.run(["zfs", "list", "-H", "-o", "name"], check=False).returncode != 0:
             problems.append("the zfs command cannot reach ZFS (HINT: start the zfs-fuse daemon or load the zfs module)")
             return problems
-        driver(ctx).volumes()
+        snapshot.plan_layout(ctx, driver(ctx).volumes())
     except PgvaultError as exc:
         problems.append(exc.message + (f" (HINT: {exc.hint})" if exc.hint else ""))
     return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ..backup import get_job
 from ..catalog.catalog import Catalog
 from ..catalog.formats import Manifest
 from ..catalog.streams import CHUNK
-from ..errors import ObjectNotFound, PgvaultError, RestoreRefused, UsageError
+from ..errors import IntegrityError, ObjectNotFound, PgvaultError, RestoreRefused, UsageError
 from ..methods import btrfs, zfs
 from ..methods.snapshot import Snap
 from ..sites import open_sites
@@ -88,12 +89,21 @@ def _btrfs_target(target: str) -> None:
 def _cleanup(kind: str, target: str, created: list[str]) -> None:
     try:
         if kind == "zfs":
-            proc.run(zfs.destroy_argv(target, recursive=True), check=False)
+            # A receive that was just killed can keep the dataset busy for a moment.
+            deadline = time.monotonic() + 30
+            while zfs.exists(target):
+                cp = proc.run(zfs.destroy_argv(target, recursive=True, force=True), check=False)
+                if cp.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise PgvaultError(f"could not remove {target}: {cp.stderr.decode(errors='replace').strip()}",
+                                       f"remove it by hand: zfs destroy -r {target}")
+                time.sleep(0.3)
         else:
             for sv in reversed(created):
                 proc.run(btrfs.delete_argv(sv), check=False)
     except PgvaultError as exc:
-        log.warning("cleanup of %s incomplete: %s", target, exc.message)
+        log.warning("cleanup of %s incomplete: %s", target, getattr(exc, "message", exc))
 
 
 def _start(prepared, socket_dir: str | None) -> str:
@@ -157,10 +167,11 @@ def chain(cat: Catalog, newest: Manifest) -> list[Manifest]:
     return list(reversed(out))
 
 
-def pick(policy, job_name: str, backup_id: str | None, from_site: str | None) -> tuple[Catalog, Manifest]:
+def candidates(policy, job_name: str, backup_id: str | None, from_site: str | None) -> list[tuple[Catalog, Manifest]]:
+    """Sites holding the wanted snapshot (default: each site's newest), in preference order."""
     job = get_job(policy, job_name)
     names = [from_site] if from_site else list(job.sites)
-    errors = []
+    out, errors = [], []
     for n, site in open_sites(policy, names).items():
         cat = Catalog(site, policy.cluster.name)
         try:
@@ -171,25 +182,53 @@ def pick(policy, job_name: str, backup_id: str | None, from_site: str | None) ->
         if backup_id:
             ms = [m for m in ms if m.backup_id == backup_id]
         if ms:
-            return cat, max(ms, key=lambda m: m.backup_id)
-    what = f"snapshot {backup_id}" if backup_id else "any snapshot"
-    raise PgvaultError(f"no site of job {job_name!r} holds {what}" + (f" ({'; '.join(errors)})" if errors else ""),
-                       "list backups with pgvault list")
+            out.append((cat, max(ms, key=lambda m: m.backup_id)))
+    if not out:
+        what = f"snapshot {backup_id}" if backup_id else "any snapshot"
+        raise PgvaultError(f"no site of job {job_name!r} holds {what}" + (f" ({'; '.join(errors)})" if errors else ""),
+                           "list backups with pgvault list")
+    if not backup_id:  # the newest snapshot wins, whichever site holds it
+        newest = max(m.backup_id for _, m in out)
+        out = [(c, m) for c, m in out if m.backup_id == newest]
+    return out
 
 
 def _feed(cat: Catalog, m: Manifest, artifact: str, argv: list[str]) -> None:
+    import zstandard
+
     reader = cat.open_artifact(m, artifact)
     with proc.Sink(argv, hint=f"the stream {artifact} of {m.backup_id} could not be received") as sink:
         # The reader checks size and sha256 at EOF and raises before finish(): a damaged
         # stream fails the restore, and the caller removes what was received.
-        while chunk := reader.read(CHUNK):
-            sink.write(chunk)
+        try:
+            while chunk := reader.read(CHUNK):
+                sink.write(chunk)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"site {cat.name!r}: {m.backup_id}/{artifact} is damaged (checksum/zstd: {exc})",
+                                 "restore from another site (--from-site)") from None
         sink.finish()
 
 
 def receive_from_site(policy, job_name: str, backup_id: str | None, target: str, *, from_site: str | None = None,
-                      port: int | None = None, start: bool = False, socket_dir: str | None = None) -> Restored:
-    cat, newest = pick(policy, job_name, backup_id, from_site)
+                      port: int | None = None, start: bool = False, socket_dir: str | None = None,
+                      warn=None) -> Restored:
+    """Receive the chain from the first site whose copy is intact; a damaged copy is reported
+    and the next site holding the snapshot is tried."""
+    found = candidates(policy, job_name, backup_id, from_site)
+    for i, (cat, newest) in enumerate(found):
+        try:
+            return _receive(cat, newest, target, port, start, socket_dir)
+        except IntegrityError as exc:
+            if i == len(found) - 1:
+                raise
+            note = f"{exc.message}; trying site {found[i + 1][0].name!r}"
+            log.warning("%s", note)
+            if warn:
+                warn(note)
+    raise AssertionError("unreachable")
+
+
+def _receive(cat: Catalog, newest: Manifest, target: str, port, start, socket_dir) -> Restored:
     kind = newest.method
     links = chain(cat, newest)
     volumes = [s["volume"] for s in newest.facts["snapshots"]]

@@ -66,7 +66,10 @@ def start_pg(workdir: Path, pgdata: Path, instances: Instances, waldir: Path | N
         # as `initdb --waldir` would.
         import shutil
 
+        from pgvault import pg
+
         shutil.move(str(pgdata / "pg_wal"), str(waldir))
+        pg.chown_to_run_user(waldir, recursive=True)  # a copy across file systems is root's
         os.symlink(waldir, pgdata / "pg_wal")
         os.lchown(pgdata / "pg_wal", *_pg_ids())
     inst.start()

@@ -68,3 +68,74 @@ def test_snapshot_under_load_clones_consistently(zpool, workdir, instances, snap
 
     listed = json.loads(w.cli("snapshot", "list", "snaps", "--json").stdout)
     assert [r["backup_id"] for r in listed] == [first, second]
+
+
+def test_pg_wal_on_second_dataset_uses_backup_api(zpool, workdir, instances, snapworld):
+    data_ds, data_mnt = zpool.dataset("pg", owner_postgres=True)
+    wal_ds, wal_mnt = zpool.dataset("wal", owner_postgres=True)
+    inst = start_pg(workdir, data_mnt / "data", instances, waldir=wal_mnt / "pg_wal")
+    pgbench_init(inst)
+    w = snapworld(inst)
+    site = w.local_site("a")
+    # A job that misses the pg_wal dataset would produce a snapshot that cannot restore: refused.
+    w.jobs["partial"] = {"method": "zfs", "datasets": [data_ds], "sites": ["a"]}
+    w.jobs["nothere"] = {"method": "zfs", "datasets": [f"{zpool.name}/nope"], "sites": ["a"]}
+    w.jobs["snaps"] = {"method": "zfs", "datasets": [data_ds, wal_ds], "sites": ["a"]}
+    w.policy()
+    cp = w.cli("backup", "partial", check=False)
+    assert cp.returncode != 0 and "pg_wal" in cp.stderr and "HINT" in cp.stderr and "Traceback" not in cp.stderr
+    cp = w.cli("backup", "nothere", check=False)
+    assert cp.returncode != 0 and "does not exist" in cp.stderr and "Traceback" not in cp.stderr
+    assert subprocess.run(["zfs", "list", "-H", "-t", "snapshot"], capture_output=True, text=True).stdout.count(zpool.name) == 0
+    with Load(inst):
+        bid = backup(w)
+    m = manifest(site, bid)
+    assert m["facts"]["mode"] == "backup-api"
+    assert "LABEL: pgvault snaps " + bid in m["facts"]["backup_label"]
+    assert {"backup_label"} <= {a["name"] for a in m["artifacts"]}
+    assert "START WAL LOCATION" in zget("pgvault:meta", f"{data_ds}@{bid}")
+    # Nothing is left of the backup window on the server.
+    assert inst.psql("SELECT count(*) FROM pg_replication_slots").strip() == "0"
+
+    out = json.loads(w.cli("snapshot", "clone", "snaps", bid, "--to", f"{zpool.name}/clone", "--start", "--json").stdout)
+    instances.append(out["pgdata"])
+    got = invariants(out["conninfo"])
+    assert got["accounts"] == 100000 and consistent(got), got
+    # The clone's pg_wal is the clone of the wal dataset, not production's.
+    import os
+    assert os.path.realpath(os.path.join(out["pgdata"], "pg_wal")).startswith(out["volumes"][wal_ds])
+
+
+def test_full_then_incremental_to_local_and_s3_then_receive(zpool, workdir, instances, snapworld, moto):
+    ds, mnt = zpool.dataset("pg", owner_postgres=True)
+    inst = start_pg(workdir, mnt / "data", instances)
+    pgbench_init(inst)
+    w = snapworld(inst, moto)
+    local = w.local_site("near")
+    w.s3_site("far", region="eu-west-1")
+    w.jobs["snaps"] = {"method": "zfs", "datasets": [ds], "sites": ["near", "far"]}
+    w.policy()
+    with Load(inst):
+        first = backup(w)
+    inst.psql("CREATE TABLE after_first AS SELECT g FROM generate_series(1, 1000) g")
+    second = backup(w)
+    expected = invariants(inst.conninfo())
+    assert manifest(local, second)["parent"] == first
+
+    out = json.loads(w.cli("snapshot", "restore", "snaps", "--from-site", "far", "--to", f"{zpool.name}/fromfar",
+                           "--start", "--json").stdout)
+    instances.append(out["pgdata"])
+    assert out["backup_id"] == second and out["chain"] == [first, second] and out["site"] == "far"
+    assert invariants(out["conninfo"]) == expected
+    assert pg.scalar(pg.connect(out["conninfo"]), "SELECT count(*) FROM after_first") == 1000
+
+    # A damaged stream at a site fails the restore cleanly and leaves no dataset behind.
+    stream = next(p for p in (local / "clusters/main/backups" / second / "streams").iterdir())
+    stream.write_bytes(stream.read_bytes()[:-10] + b"0123456789")
+    cp = w.cli("snapshot", "restore", "snaps", "--from-site", "near", "--to", f"{zpool.name}/broken", check=False)
+    assert cp.returncode == 1 and "checksum" in cp.stderr and "Traceback" not in cp.stderr
+    assert subprocess.run(["zfs", "list", f"{zpool.name}/broken"], capture_output=True).returncode != 0
+    # Without --from-site the damaged copy is reported and the intact one at the other site used.
+    out = json.loads(w.cli("snapshot", "restore", "snaps", "--to", f"{zpool.name}/fallback", "--json").stdout)
+    assert out["site"] == "far" and out["backup_id"] == second
+
