@@ -16,8 +16,9 @@ from ..policy.durations import parse_duration
 from ..policy.model import NAME, _cron
 
 EACH = "each"
-# Methods whose backups can be rolled forward with archived WAL to a chosen time.
-PITR_METHODS = ("barman",)
+# Methods whose backups can be rolled forward with archived WAL to a chosen time (snapshots
+# are PITR bases too: pgvault.restore.snapshot_base).
+PITR_METHODS = ("barman", "zfs", "btrfs")
 SNAPSHOT_METHODS = ("zfs", "btrfs")
 _OFFSET = re.compile(r"^-\s*\S+$")
 

@@ -16,7 +16,8 @@ from .. import pg
 from ..errors import PgvaultError
 from .load import policy_dir
 from .scratch import Scratch
-from .sources import DrillRun, Restored, choose_backup, requires
+from .model import SNAPSHOT_METHODS
+from .sources import DrillRun, Restored, backups_at, choose_backup, requires
 
 WAL_TIMEOUT = 120.0
 # Jobs whose sites may not be empty (the policy loader insists).
@@ -107,6 +108,18 @@ def wait_for_wal(policy, site: str, wal_file: str, timeout: float = WAL_TIMEOUT)
                            "the site may be down and its WAL spooled; see pgvault wal-status") from None
 
 
+def newest_before(policy, drill, site: str, method: str, when: datetime | None) -> str:
+    """A snapshot-sourced PITR drill recovers from the newest snapshot of its source that ends
+    before the target (the planner alone might pick another method's base)."""
+    found = [m for m in backups_at(policy, drill, site, method)
+             if when is None or (m.stop_time or m.finished_at) <= when]
+    if not found:
+        raise PgvaultError(f"site {site!r} holds no {method} snapshot of {drill.source.job or method} "
+                           f"taken before the target {when.isoformat() if when else ''}",
+                           "take a snapshot before the point you want to recover to")
+    return found[-1].backup_id
+
+
 def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
     requires("pgvault.restore.pitr", "point-in-time")
     from ..restore import pitr
@@ -119,6 +132,8 @@ def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
     backup_id = None
     if drill.target_kind == "random":
         backup_id = choose_backup(policy, drill, run.site, run.method).backup_id
+    elif run.method in SNAPSHOT_METHODS:
+        backup_id = newest_before(policy, drill, run.site, run.method, target.time)
     dest = scratch.pgdata
     # The instance is known before recovery starts, so the teardown stops it whatever happens.
     scratch.instance = pg.Instance(dest, scratch.port, socket_dir=dest, bindir=scratch.bindir)

@@ -52,6 +52,11 @@ def _remove_btrfs(target: str) -> None:
 
 
 def restore_snapshot(run: DrillRun, scratch: Scratch) -> Restored:
+    if run.drill.target_kind in ("offset", "canary"):
+        # A point in time: the snapshot is the base, archived WAL does the rest.
+        from .source_pitr import restore_pitr
+
+        return restore_pitr(run, scratch)
     from ..restore.snapshot import receive_from_site
 
     policy = only_site(run.policy, run.site)

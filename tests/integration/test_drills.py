@@ -318,36 +318,51 @@ def test_example_drills_in_restore_drills_pass(world):
 
 # -- snapshot drills ---------------------------------------------------------------------------
 
-from tests.integration.snapshots.conftest import btrfs_fs, instances, start_pg  # noqa: E402,F401 (fixtures)
+from tests.integration.snapshots.conftest import btrfs_fs, instances  # noqa: E402,F401 (fixtures)
 
 
-def test_btrfs_snapshot_drill_passes_and_removes_its_received_copy(btrfs_fs, workdir, instances, world):
+def test_btrfs_snapshot_drills_latest_and_canary(btrfs_fs, workdir, instances, world):
+    """A snapshot drill (received from the site into a fresh directory, removed afterwards)
+    and a canary drill that uses the snapshot as its PITR base."""
+    from pgvault.sandbox_fs import instance_on
+
     sv = btrfs_fs.subvolume("pg", owner_postgres=True)
-    inst = start_pg(workdir, sv / "data", instances)
-    load_data(inst, rows=500)
+    inst = instance_on(sv / "data", workdir / "sock", start=False, settings={
+        "archive_mode": "on", "archive_command": sandbox.pgvault_command(workdir / "policy.yaml") + " wal-push %p"})
+    instances.append(str(inst.pgdata))
     w = world
     w.pg = inst
     w.local_site("a")
     w.jobs["snaps"] = {"method": "btrfs", "subvolumes": [str(sv)], "sites": ["a"]}
-    w.extra["drills"] = ["drills/*.yaml"]
+    w.extra.update(drills=["drills/*.yaml"], wal={"sites": ["a"]},
+                   state_dir=str(sandbox.owned_dir(workdir / "state")))
     w.policy()
+    inst.start()
+    load_data(inst, rows=500)
     bid = backup(w, "snaps")
     write_drill(w, "snap", {"source": {"job": "snaps", "site": "each"},
                             "checks": [{"amcheck": True}, {"read_all": True}, {"row_counts": True},
                                        {"sql": "SELECT count(*) FROM orders", "database": "app", "expect": 500},
                                        {"sql": "SHOW archive_mode", "expect": "off"}]})
+    write_drill(w, "snap-canary", {"source": {"job": "snaps", "site": "a"}, "target": "canary", "canary_rows": 100,
+                                   "checks": [{"sql": "SELECT count(*) FROM orders", "database": "app", "expect": 500}]})
     cp, cases, doc = run_drills(w)
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert cases == {"snap @ a": None}
-    r = doc["results"][0]
+    assert cases == {"snap @ a": None, "snap-canary @ a": None}
+    by = {r["drill"]: r for r in doc["results"]}
+    r = by["snap"]
     assert r["backup_id"] == bid and "btrfs snapshot" in r["restored"]
     # Snapshots record no row counts: the check says so instead of failing or pretending.
     assert {c["kind"]: c["status"] for c in r["checks"]}["row_counts"] == "skipped"
-    assert_scratch_gone(w)
     received = btrfs_fs.mountpoint / ".pgvault-drills"
     assert f"received into {received}/pgvault-drill-snap-" in r["restored"]
     assert list(received.iterdir()) == []
+    canary = by["snap-canary"]
+    assert canary["backup_id"] == bid and "+ WAL to" in canary["restored"]
+    assert {c["kind"]: c["status"] for c in canary["checks"]}["canary"] == "passed"
+    assert_scratch_gone(w)
     assert inst.psql("SELECT count(*) FROM orders", dbname="app").strip() == "500"
+    assert inst.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgvault_drill'").strip() == "0"
 
 
 # -- point-in-time drills and the canary, from a local and an S3 site ---------------------------
