@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
@@ -88,6 +89,18 @@ def list_evidence(policy, sites: list[str]) -> tuple[list[dict], dict[str, str]]
 
 # -- reports ---------------------------------------------------------------------------------
 
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """Text safe in XML 1.0: tool output may carry control characters no XML parser accepts.
+
+    >>> xml_text("bad" + chr(27) + "[31m byte" + chr(0))
+    'bad?[31m byte?'
+    """
+    return _NOT_XML.sub("?", text)
+
+
 def junit_xml(results) -> bytes:
     """One testcase per drill x site; a failure carries the message and every check's verdict."""
     failures = sum(1 for r in results if not r.ok)
@@ -104,9 +117,9 @@ def junit_xml(results) -> bytes:
                              time=f"{duration:.3f}")
         lines = _summary_lines(r)
         if not r.ok:
-            f = ET.SubElement(case, "failure", message=r.failure or "failed", type="DrillFailed")
-            f.text = "\n".join([r.failure or "failed", ""] + lines)
-        ET.SubElement(case, "system-out").text = "\n".join(lines)
+            f = ET.SubElement(case, "failure", message=xml_text(r.failure or "failed"), type="DrillFailed")
+            f.text = xml_text("\n".join([r.failure or "failed", ""] + lines))
+        ET.SubElement(case, "system-out").text = xml_text("\n".join(lines))
     ET.indent(suites)
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True) + b"\n"
 
