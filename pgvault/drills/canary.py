@@ -25,6 +25,10 @@ SCHEMA = "pgvault_drill"
 ARCHIVE_TIMEOUT = 300.0
 
 
+class CanaryNotPlanted(PgvaultError):
+    """The production side of the canary failed; nothing of it is left behind."""
+
+
 @dataclass(frozen=True)
 class Canary:
     database: str
@@ -148,7 +152,10 @@ def plant_for(policy, drill):
         yield None
         return
     conninfo = policy.cluster.conninfo
-    canary = plant(conninfo, drill.canary_rows, database=drill.canary_database)
+    try:
+        canary = plant(conninfo, drill.canary_rows, database=drill.canary_database)
+    except PgvaultError as exc:
+        raise CanaryNotPlanted(f"the canary could not be planted: {exc.message}", exc.hint) from exc
     try:
         yield canary
     finally:

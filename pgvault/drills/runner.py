@@ -162,6 +162,13 @@ def run_one(policy, drill: Drill, site: str, *, scratch_root=None, canary=None, 
     return result
 
 
+def not_run(policy, drill: Drill, site: str, why: str) -> DrillResult:
+    """The result of a drill that could not start at a site."""
+    now = datetime.now(timezone.utc)
+    return DrillResult(drill.name, site, source_method(policy, drill), drill.target, now, finished_at=now,
+                       failure=why, rto_budget_seconds=_rto_budget(policy, drill))
+
+
 def _notify_failure(policy, r: DrillResult) -> None:
     """Best effort, like every notification: never fails the drill run."""
     try:
@@ -179,7 +186,7 @@ def run_drills(policy, names: list[str] | None = None, report_dir: str | Path | 
 
     This is what ``pgvault drill run`` and ``pgvault tick`` call. The caller decides the exit
     status from ``all(r.ok for r in results)``."""
-    from .canary import plant_for
+    from .canary import CanaryNotPlanted, plant_for
     from .load import load_drills
     from .reports import store_evidence as store, write_reports
 
@@ -199,12 +206,17 @@ def run_drills(policy, names: list[str] | None = None, report_dir: str | Path | 
         with signals_raise():
             for drill in drills:
                 sites = sites_for(policy, drill)
-                with plant_for(policy, drill) as canary:
+                try:
+                    with plant_for(policy, drill) as canary:
+                        for site in sites:
+                            r = run_one(policy, drill, site, scratch_root=scratch_root, canary=canary, warn=warn)
+                            done(r)
+                            if r.interrupted:
+                                raise DrillInterrupted(r.failure)
+                except CanaryNotPlanted as exc:
+                    # Every site's drill fails with the reason; the other drills still run.
                     for site in sites:
-                        r = run_one(policy, drill, site, scratch_root=scratch_root, canary=canary, warn=warn)
-                        done(r)
-                        if r.interrupted:
-                            raise DrillInterrupted(r.failure)
+                        done(not_run(policy, drill, site, exc.message + (f" (HINT: {exc.hint})" if exc.hint else "")))
     except KeyboardInterrupt:
         # Whatever ran is torn down and recorded; the reports say the run was cut short.
         if report_dir:

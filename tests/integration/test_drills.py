@@ -276,14 +276,24 @@ def test_canary_truncates_only_its_own_table_and_stock_pitr_brings_it_back(archi
     assert not scratch.dir.exists()
 
 
-def test_canary_without_archiving_refuses_and_leaves_nothing(pg):
-    from pgvault.drills import canary as canary_mod
-    from pgvault.errors import PgvaultError
+def test_canary_drill_without_archiving_fails_clearly_and_leaves_nothing(workdir, pg):
+    from tests.conftest import World
 
-    with pytest.raises(PgvaultError) as exc:
-        canary_mod.plant(pg.conninfo(), 10, archive_timeout=5)
-    assert "archive_mode is off" in exc.value.message and exc.value.hint
+    w = World(workdir, pg)
+    w.local_site("a")
+    w.local_site("b")
+    w.extra["drills"] = ["drills/*.yaml"]
+    w.policy()
+    write_drill(w, "canary", {"source": {"method": "barman", "site": "each"}, "target": "canary"})
+    before = relations_outside_canary(pg)
+    cp, cases, doc = run_drills(w)
+    assert cp.returncode == 1 and "Traceback" not in cp.stderr
+    assert set(cases) == {"canary @ a", "canary @ b"}
+    msg, _ = cases["canary @ a"]
+    assert "the canary could not be planted" in msg and "archive_mode is off" in msg and "HINT" in msg
     assert pg.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgvault_drill'").strip() == "0"
+    assert relations_outside_canary(pg) == before
+    assert_scratch_gone(w)
 
 
 def test_canary_check_fails_when_rows_are_missing(archiving_pg):
