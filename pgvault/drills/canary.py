@@ -35,7 +35,8 @@ class Canary:
     table: str
     token: str
     rows: int
-    planted_at: datetime          # after the INSERT committed, before the TRUNCATE: the restore target
+    planted_at: datetime          # after the INSERT committed, before the TRUNCATE (reported)
+    planted_lsn: str              # WAL insert position at that instant: the recovery target
     insert_xid: int
     truncate_xid: int
     truncate_lsn: str             # WAL position just after the TRUNCATE committed
@@ -84,9 +85,11 @@ def plant(conninfo: str, rows: int, *, database: str | None = None,
             pg.query(conn, f"INSERT INTO {fq} SELECT g, %s FROM generate_series(1, %s) g", (token, rows))
             insert_xid = int(pg.scalar(conn, "SELECT txid_current()"))
         try:
-            # Read after the INSERT's commit: any commit after this instant (the TRUNCATE's) is
-            # excluded by a recovery target of this time.
-            planted_at = pg.scalar(conn, "SELECT clock_timestamp()")
+            # Read after the INSERT's commit and before the TRUNCATE: recovery to this LSN keeps
+            # the rows and stops before the TRUNCATE's commit. An LSN rather than the time: the
+            # planner proves LSN coverage from segment names, while time coverage depends on
+            # object timestamps (whole seconds at S3).
+            planted_at, planted_lsn = pg.query(conn, "SELECT clock_timestamp(), pg_current_wal_insert_lsn()::text")[0]
             with conn.transaction():
                 pg.query(conn, f"TRUNCATE {fq}")
                 truncate_xid = int(pg.scalar(conn, "SELECT txid_current()"))
@@ -96,8 +99,8 @@ def plant(conninfo: str, rows: int, *, database: str | None = None,
         except BaseException:
             _drop(conn, table)
             raise
-        canary = Canary(db, table, token, rows, planted_at, insert_xid, truncate_xid, truncate_lsn, wal_file,
-                        int(wal_file[:8], 16))
+        canary = Canary(db, table, token, rows, planted_at, planted_lsn, insert_xid, truncate_xid, truncate_lsn,
+                        wal_file, int(wal_file[:8], 16))
         log.info("canary %s planted: %d rows, truncated by xid %d, WAL %s archived", fq, rows, truncate_xid, wal_file)
         return canary
     finally:

@@ -70,7 +70,7 @@ def one_site_policy(policy, site: str, directory: Path):
     return load_policy(path)
 
 
-def target_for(drill, started_at: datetime, planted_at: datetime | None = None):
+def target_for(drill, started_at: datetime, canary=None):
     """The recovery target of a PITR drill.
 
     >>> from datetime import timezone
@@ -87,8 +87,16 @@ def target_for(drill, started_at: datetime, planted_at: datetime | None = None):
     if drill.target_kind == "offset":
         return planner.Target("time", time=started_at - drill.target_offset, how=f"{drill.target} before the drill started")
     if drill.target_kind == "canary":
-        return planner.Target("time", time=planted_at, how="just before the canary's TRUNCATE")
+        return planner.Target("lsn", lsn=planner.parse_lsn(canary.planted_lsn),
+                              how=f"LSN {canary.planted_lsn}, just before the canary's TRUNCATE")
     return planner.Target("latest", how="the end of the archived WAL")
+
+
+def target_time(target, started_at: datetime, canary=None) -> datetime:
+    """The instant the target stands for, for RPO: its time, the canary's, or the drill's start."""
+    if target.kind == "time":
+        return target.time
+    return canary.planted_at if canary is not None else started_at
 
 
 def wait_for_wal(policy, site: str, wal_file: str, timeout: float = WAL_TIMEOUT) -> None:
@@ -128,12 +136,13 @@ def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
     drill = run.drill
     if drill.target_kind == "canary":
         wait_for_wal(policy, run.site, run.canary.wal_file)
-    target = target_for(drill, run.started_at, run.canary.planted_at if run.canary else None)
+    target = target_for(drill, run.started_at, run.canary)
+    when = target_time(target, run.started_at, run.canary)
     backup_id = None
     if drill.target_kind == "random":
         backup_id = choose_backup(policy, drill, run.site, run.method).backup_id
     elif run.method in SNAPSHOT_METHODS:
-        backup_id = newest_before(policy, drill, run.site, run.method, target.time)
+        backup_id = newest_before(policy, drill, run.site, run.method, None if target.kind == "latest" else when)
     dest = scratch.pgdata
     # The instance is known before recovery starts, so the teardown stops it whatever happens.
     scratch.instance = pg.Instance(dest, scratch.port, socket_dir=dest, bindir=scratch.bindir)
@@ -148,7 +157,7 @@ def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
     replayed = datetime.fromisoformat(replayed) if isinstance(replayed, str) else replayed
     restored = Restored(scratch.instance, base["backup_id"], None,
                         target=f"base {base['backup_id']} + WAL to {result.plan['target']}",
-                        target_time=target.time if target.kind == "time" else run.started_at,
+                        target_time=when,
                         replayed_until=replayed)
     restored.notes += [str(n) for n in result.warnings]
     if out.get("postgres_says"):

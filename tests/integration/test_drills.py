@@ -236,7 +236,7 @@ def archiving_pg(workdir):
 
 
 def test_canary_truncates_only_its_own_table_and_stock_pitr_brings_it_back(archiving_pg, workdir):
-    """Plant the canary, then recover a base backup to its noted time with stock PostgreSQL
+    """Plant the canary, then recover a base backup to its noted position with stock PostgreSQL
     recovery: all K rows are back. Only the pgvault_drill schema was ever written."""
     from pgvault import pg, proc
     from pgvault.drills import canary as canary_mod
@@ -258,7 +258,7 @@ def test_canary_truncates_only_its_own_table_and_stock_pitr_brings_it_back(archi
         assert relations_outside_canary(prod) == before
 
         inst = scratch.adopt_restored(base, restore_command=f"cp {archive}/%f %p",
-                                      recovery_target_time=c.planted_at.isoformat(), recovery_target_action="promote",
+                                      recovery_target_lsn=c.planted_lsn, recovery_target_action="promote",
                                       hot_standby="off")
         (base / "recovery.signal").touch()
         pg.chown_to_run_user(base / "recovery.signal")
