@@ -22,6 +22,12 @@ COMMANDS = {
     "list": "pgvault.cli.catalog:list_cmd",
     "verify": "pgvault.cli.catalog:verify",
     "restore": "pgvault.cli.restore:restore",
+    "tick": "pgvault.cli.tick:tick",
+    "schedule": "pgvault.cli.schedule:schedule",
+    "state": "pgvault.cli.state:state",
+    "expire": "pgvault.cli.expire:expire",
+    "pin": "pgvault.cli.expire:pin",
+    "unpin": "pgvault.cli.expire:unpin",
 }
 
 
