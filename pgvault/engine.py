@@ -191,7 +191,7 @@ def _holder_text(holder: dict | None) -> str:
     return f"running since {holder.get('started_at', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')})"
 
 
-def plan(policy, store: StateStore, now: datetime, *, save: bool = True) -> list[tuple[Scheduled, Due]]:
+def plan(policy, store: StateStore, now: datetime, *, save: bool = True) -> list[tuple[Scheduled, Due, JobState]]:
     """Every scheduled item with its due-ness at ``now`` (states missing locally are rebuilt
     from the sites first)."""
     items = scheduled(policy)
@@ -199,7 +199,7 @@ def plan(policy, store: StateStore, now: datetime, *, save: bool = True) -> list
     missing = [n for n, s in states.items() if s is None]
     if missing:
         states.update(rebuild_states(policy, store, missing, now, save=save))
-    return [(i, due(i.schedule, i.tz, states[i.name].anchor, now)) for i in items]
+    return [(i, due(i.schedule, i.tz, states[i.name].anchor, now), states[i.name]) for i in items]
 
 
 def tick(policy, clock: Clock, *, dry_run: bool = False, wait: bool = True, store: StateStore | None = None,
@@ -214,16 +214,17 @@ def tick(policy, clock: Clock, *, dry_run: bool = False, wait: bool = True, stor
     now = clock.now()
     report = TickReport(now)
     children = []
-    for item, d in plan(policy, store, now, save=not dry_run):
+    for item, d, st in plan(policy, store, now, save=not dry_run):
+        st_never = st.last is None
         if not d.due:
-            report.lines.append(Line(item.name, "idle", d.reason()))
+            report.lines.append(Line(item.name, "idle", d.reason(st_never)))
             continue
         holder = store.lock(item.name).held()
         if holder is not None:  # a hint only; the child's flock is what counts
-            report.lines.append(Line(item.name, "skipped", _holder_text(holder) + "; " + d.reason()))
+            report.lines.append(Line(item.name, "skipped", _holder_text(holder) + "; " + d.reason(st_never)))
             continue
         if dry_run:
-            report.lines.append(Line(item.name, "run", d.reason()))
+            report.lines.append(Line(item.name, "run", d.reason(st_never)))
             continue
         children.append((item, _fork(policy, item.name, clock, store, wait, log_dir)))
     for item, (pid, rfd) in children:
@@ -233,7 +234,7 @@ def tick(policy, clock: Clock, *, dry_run: bool = False, wait: bool = True, stor
         report.lines.append(_reap(item.name, pid, rfd))
         report.expiry.extend(x for x in report.lines[-1].expiry)
     if not dry_run:
-        _save_note(policy, store, [i for i, _ in plan(policy, store, now)], report, clock)
+        _save_note(policy, store, [i for i, _, _ in plan(policy, store, now)], report, clock)
     return report
 
 
@@ -313,6 +314,38 @@ def run_one(policy, name: str, clock: Clock, store: StateStore) -> "Line":
         _expire_after(policy, store, clock, list(item.sites), r)
         line.expiry, line.expiry_failed = r.expiry, r.expiry_failed
     return line
+
+
+def _run_locked(item: Scheduled, store: StateStore, lock, clock: Clock, now: datetime) -> Line:
+    from .errors import PgvaultError
+
+    st = store.load(item.name) or JobState(item.name, now)
+    d: Due = due(item.schedule, item.tz, st.anchor, now)
+    if not d.due:  # another tick ran it between our look and our lock
+        return Line(item.name, "idle", "just run by another tick; " + d.reason(st.last is None))
+    prefix = ""
+    never_ran = st.last is None
+    if st.running or lock.stale:
+        dead = st.running or lock.stale or {}
+        st.interrupted = Run(datetime.fromisoformat(dead["started_at"]) if dead.get("started_at") else now,
+                             None, "interrupted", None,
+                             f"the tick running it (pid {dead.get('pid', '?')}) died; its slot runs again")
+        prefix = f"previous run (pid {dead.get('pid', '?')}) was interrupted; "
+        log.warning("job %s: %s", item.name, st.interrupted.message)
+    start = clock.now()
+    st.running = {"pid": os.getpid(), "started_at": start.isoformat(), "host": os.uname().nodename}
+    store.save(st)
+    try:
+        o = item.run(start)
+    except PgvaultError as exc:
+        o = Outcome("failed", None, exc.message + (f" (HINT: {exc.hint})" if exc.hint else ""))
+    except Exception as exc:  # one broken job must not stop the others; the log has the traceback
+        log.exception("job %s failed unexpectedly", item.name)
+        o = Outcome("failed", None, f"unexpected error (a bug in pgvault): {exc!r}")
+    st.record(Run(start, clock.now(), o.outcome, o.backup_id, o.message))
+    store.save(st)
+    action = {"success": "ran", "partial": "partial", "failed": "failed"}[o.outcome]
+    return Line(item.name, action, prefix + d.reason(never_ran) + (f": {o.message}" if o.message else ""), o.backup_id)
 
 
 def _expire_after(policy, store, clock, sites, report) -> None:

@@ -41,7 +41,7 @@ def expire(ctx, dry_run, site, as_json):
             click.echo(f"site {r.site}:")
             rows = [[d.backup_id, d.job, d.action, ", ".join(d.reasons)] for d in r.decisions]
             if rows:
-                click.echo(table(rows, ["  BACKUP", "JOB", "ACTION", "REASON"]).replace("\n", "\n  "))
+                click.echo("  " + table(rows, ["BACKUP", "JOB", "ACTION", "REASON"]).replace("\n", "\n  "))
             if r.wal_total:
                 cut = f"before {r.wal_cutoff} (oldest kept base)" if r.wal_cutoff else "none: no PITR base kept here"
                 click.echo(f"  WAL: {r.wal_total} file(s); expire {len(r.wal)}, {cut}")

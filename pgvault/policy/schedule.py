@@ -46,16 +46,17 @@ class Due:
     missed: int                 # slots in (anchor, now]; >1 means a catch-up that runs once
     next: datetime | None       # the next slot after now (when the job is due next)
 
-    def reason(self) -> str:
+    def reason(self, never_ran: bool = False) -> str:
         """>>> from datetime import datetime, timezone as tz
         >>> d = due("0 * * * *", "UTC", datetime(2026, 1, 1, 1, tzinfo=tz.utc), datetime(2026, 1, 1, 4, 5, tzinfo=tz.utc))
         >>> d.reason()
         'due since 2026-01-01 02:00Z (3 slots missed, runs once), last run 2026-01-01 01:00Z'
         """
+        last = f"first seen {_fmt(self.anchor)}, never run" if never_ran else f"last run {_fmt(self.anchor)}"
         if not self.due:
-            return f"not due: next {_fmt(self.next)}, last run {_fmt(self.anchor)}"
+            return f"not due: next {_fmt(self.next)}, {last}"
         extra = f" ({self.missed} slots missed, runs once)" if self.missed > 1 else ""
-        return f"due since {_fmt(self.since)}{extra}, last run {_fmt(self.anchor)}"
+        return f"due since {_fmt(self.since)}{extra}, {last}"
 
 
 def _fmt(t: datetime | None) -> str:
