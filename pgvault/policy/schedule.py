@@ -53,6 +53,8 @@ class Due:
         'due since 2026-01-01 02:00Z (3 slots missed, runs once), last run 2026-01-01 01:00Z'
         """
         last = f"first seen {_fmt(self.anchor)}, never run" if never_ran else f"last run {_fmt(self.anchor)}"
+        if not self.due and self.next is None:
+            return f"manual only (no schedule), {last}"
         if not self.due:
             return f"not due: next {_fmt(self.next)}, {last}"
         extra = f" ({self.missed} slots missed, runs once)" if self.missed > 1 else ""
