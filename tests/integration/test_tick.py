@@ -111,47 +111,41 @@ def test_simulated_week_catch_up_and_retention(week):
     assert last["nightly"] in site_backups(week.w, "b")
 
 
-def test_dry_run_says_what_and_why_and_runs_nothing(week):
-    t0 = datetime(2026, 11, 16, tzinfo=UTC)
-    week.tick(t0)                                                  # first seen
-    cp = week.tick(t0 + timedelta(days=2, hours=6), "--dry-run")
-    assert "nightly: would run: due since 2026-11-16 02:00Z (3 slots missed, runs once), first seen 2026-11-16 00:00Z, never run" in cp.stdout
-    assert "twice: would run: due since 2026-11-16 05:00Z" in cp.stdout
-    assert "manual: idle: manual only (no schedule)" in cp.stdout
-    assert site_backups(week.w, "a") == {}
-
-
-def test_failure_is_recorded_and_does_not_stop_other_jobs(week):
+def test_dry_run_failure_and_state_rebuild(week):
     w = week.w
     w.jobs["broken"] = {"method": "logical", "databases": ["no_such_db"], "sites": ["a"], "schedule": "0 2 * * *"}
     w.policy()
     t0 = datetime(2026, 11, 16, tzinfo=UTC)
-    week.tick(t0)
+    week.tick(t0)                                                  # first seen
+
+    # --dry-run says what would run and why, and runs nothing.
+    cp = week.tick(t0 + timedelta(days=2, hours=6), "--dry-run")
+    assert ("nightly: would run: due since 2026-11-16 02:00Z (3 slots missed, runs once), "
+            "first seen 2026-11-16 00:00Z, never run") in cp.stdout
+    assert "twice: would run: due since 2026-11-16 05:00Z" in cp.stdout
+    assert "manual: idle: manual only (no schedule)" in cp.stdout
+    assert site_backups(w, "a") == {}
+
+    # A failure is recorded with its message, the other due jobs still run, the exit code says so.
     cp = week.tick(t0 + timedelta(hours=3), check=False)
     assert cp.returncode == 1, cp.stdout + cp.stderr
     assert "broken: failed" in cp.stdout and "no_such_db" in cp.stdout
-    assert "nightly: ran" in cp.stdout
+    assert "nightly: ran -> 20261116T030000Z" in cp.stdout
     state = {s["job"]: s for s in json.loads(week.cli(t0, "state", "show", "--json").stdout)}
     assert state["broken"]["last"]["outcome"] == "failed" and "no_such_db" in state["broken"]["last"]["message"]
     # A failed run is retried at its next slot, not every minute.
     assert "broken" not in week.tick(t0 + timedelta(hours=4)).stdout
 
-
-def test_state_rebuilt_from_the_sites(week):
-    t0 = datetime(2026, 11, 16, tzinfo=UTC)
-    week.tick(t0)
-    week.tick(t0 + timedelta(hours=3))                             # nightly runs
+    # With the local state gone, the sites say nightly ran at 03:00: not due again today.
     import shutil
 
-    shutil.rmtree(week.w.workdir / "state")
-    # With the local state gone, the sites say nightly ran at 03:00: not due again today.
+    shutil.rmtree(w.workdir / "state")
     cp = week.tick(t0 + timedelta(hours=4), "--dry-run")
     assert "nightly: idle: not due: next 2026-11-17 02:00Z, last run 2026-11-16 03:00Z" in cp.stdout
-    out = week.cli(t0, "state", "rebuild").stdout
-    assert "nightly: last backup 20261116T030000Z" in out
+    assert "nightly: last backup 20261116T030000Z" in week.cli(t0, "state", "rebuild").stdout
 
 
-def test_pin_keeps_a_backup_until_unpinned(week):
+def test_pins_and_schedule_install(week, tmp_path):
     t0 = datetime(2026, 11, 16, tzinfo=UTC)
     first = week.cli(t0, "backup", "nightly").stdout.strip().splitlines()[-1]
     second = week.cli(t0, "backup", "nightly").stdout.strip().splitlines()[-1]
@@ -169,9 +163,7 @@ def test_pin_keeps_a_backup_until_unpinned(week):
     cp = week.cli(t0, "pin", "20000101T000000Z", check=False)
     assert cp.returncode == 2 and "HINT:" in cp.stderr and "Traceback" not in cp.stderr
 
-
-def test_schedule_install_and_show(week, tmp_path):
-    t0 = datetime(2026, 11, 16, tzinfo=UTC)
+    # schedule install / show
     out = week.cli(t0, "schedule", "install", "--systemd", "--dir", str(tmp_path)).stdout
     timer = (tmp_path / "pgvault-main.timer").read_text()
     service = (tmp_path / "pgvault-main.service").read_text()
