@@ -13,7 +13,6 @@ ticks across a simulated week. Imports stay lean until something is actually due
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,12 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from .clock import Clock, parse_now  # noqa: F401  (re-exported)
 from .policy.schedule import Due, due
 from .state import JobState, Run, StateStore, state_dir
 
 log = logging.getLogger("pgvault.engine")
 
-NOW_ENV = "PGVAULT_NOW"
 BACKUP_METHODS = ("logical", "barman", "zfs", "btrfs")
 # Where scheduled items come from: "module:function(policy) -> list[Scheduled]". The drills
 # helper adds its line here; a module that does not exist yet is skipped.
@@ -34,36 +33,6 @@ SOURCES = [
     "pgvault.engine:backup_items",
     "pgvault.drills.schedule:scheduled",
 ]
-
-
-class Clock:
-    """The time a tick believes it is: fixed (tests, ``PGVAULT_NOW``) or the wall clock."""
-
-    def __init__(self, fixed: datetime | None = None):
-        self.fixed = fixed
-
-    @classmethod
-    def from_env(cls) -> "Clock":
-        text = os.environ.get(NOW_ENV)
-        return cls(parse_now(text) if text else None)
-
-    def now(self) -> datetime:
-        return self.fixed if self.fixed is not None else datetime.now(timezone.utc)
-
-
-def parse_now(text: str) -> datetime:
-    """An ISO time; without an offset it means UTC.
-
-    >>> parse_now("2026-11-20T02:00")
-    datetime.datetime(2026, 11, 20, 2, 0, tzinfo=datetime.timezone.utc)
-    """
-    from .errors import UsageError
-
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{NOW_ENV}={text!r} is not an ISO time", "e.g. 2026-11-20T02:00:00Z") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 @dataclass
@@ -381,13 +350,7 @@ def _busy_jobs(store: StateStore) -> bool:
     return False
 
 
-# -- the idle fast path: a tick with nothing due must cost little more than Python's start-up
-
-def policy_digest(data: bytes) -> str:
-    from . import __version__
-
-    return hashlib.sha256(data + b"\0" + __version__.encode()).hexdigest()
-
+# -- the note that lets an idle tick stop early (pgvault.tick_note)
 
 def _save_note(policy, store, items, report, clock) -> None:
     src = getattr(policy, "_source", None)
@@ -407,29 +370,9 @@ def _save_note(policy, store, items, report, clock) -> None:
         elif d.next is not None:
             nexts.append(d.next)
     try:
+        from .tick_note import policy_digest
+
         store.save_tick_note({"digest": policy_digest(Path(src).read_bytes()), "written_at": now.isoformat(),
                               "next_due": min(nexts).isoformat() if nexts else None, "jobs": len(items)})
     except OSError as exc:
         log.debug("cannot write the tick note: %s", exc)
-
-
-def idle_until(policy_file: str | None, now: datetime) -> datetime | None | bool:
-    """If the last full tick proved nothing is due before a time later than ``now`` for this
-    very policy file, return that time (or True when nothing is scheduled at all); else None
-    (take the full path). Reads the policy as bytes and the note; no validation, no pydantic —
-    the digest says this exact file was validated by a full tick."""
-    from .policy.load_light import light_read
-
-    found = light_read(policy_file)
-    if found is None:
-        return None
-    data, state_cfg, cluster = found
-    store = StateStore(state_dir(state_cfg, cluster))
-    note = store.tick_note()
-    if not note or note.get("digest") != policy_digest(data):
-        return None
-    nd = note.get("next_due")
-    if nd is None:
-        return True
-    t = datetime.fromisoformat(nd)
-    return t if now < t else None

@@ -19,7 +19,8 @@ def tick(ctx, dry_run, no_wait, now_text):
     """Run every job that is due since its last run (a missed window runs once)."""
     if now_text:
         os.environ["PGVAULT_NOW"] = now_text  # children and the state see the same clock
-    from ..engine import Clock, idle_until
+    from ..clock import Clock
+    from ..tick_note import idle_until
 
     clock = Clock.from_env()
     root = ctx.find_root()
