@@ -305,7 +305,7 @@ def _run_locked(item: Scheduled, store: StateStore, lock, clock: Clock, now: dat
     st.running = {"pid": os.getpid(), "started_at": start.isoformat(), "host": os.uname().nodename}
     store.save(st)
     try:
-        o = item.run(start)
+        o = item.run(store.reserve_second(start))
     except PgvaultError as exc:
         o = Outcome("failed", None, exc.message + (f" (HINT: {exc.hint})" if exc.hint else ""))
     except Exception as exc:  # one broken job must not stop the others; the log has the traceback

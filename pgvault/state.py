@@ -140,6 +140,32 @@ class StateStore:
         d = self.root / "jobs"
         return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
 
+    def reserve_second(self, now: datetime) -> datetime:
+        """A whole second at or after ``now`` that no other job on this host was given.
+
+        Backup ids are UTC seconds and run_backup only checks the ids already at the sites, so
+        two jobs started in the same second and sharing a site could pick the same id. Ticks run
+        jobs in parallel, so the engine hands each run a distinct second, under a host-wide lock."""
+        from datetime import timedelta
+
+        path = self.root / "locks" / ".ids"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            t = now.astimezone(timezone.utc).replace(microsecond=0)
+            last = os.pread(fd, 64, 0).decode().strip()
+            if last:
+                prev = datetime.fromisoformat(last)
+                # Only seconds reserved recently matter (a simulated clock may also go backwards).
+                if t <= prev < t + timedelta(minutes=10):
+                    t = prev + timedelta(seconds=1)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, t.isoformat().encode(), 0)
+            return t
+        finally:
+            os.close(fd)
+
     def lock(self, job: str) -> "JobLock":
         return JobLock(self.root / "locks" / f"{job}.lock")
 

@@ -75,18 +75,19 @@ def test_simulated_week_catch_up_and_retention(week):
             for line in cp.stdout.splitlines():
                 if ": ran -> " in line:
                     runs.append((line.split(":")[0], t))
-        t += timedelta(hours=3)
+        t += timedelta(hours=6)
 
     nightly = [r for j, r in runs if j == "nightly"]
     twice = [r for j, r in runs if j == "twice"]
     d = lambda day, h: datetime(2026, 11, day, h, tzinfo=UTC)  # noqa: E731
     # Each job runs at the first tick after its slot; the 36-hour outage is caught up ONCE.
-    assert nightly == [d(16, 3), d(17, 3), d(19, 12), d(20, 3), d(21, 3), d(22, 3)]
+    assert nightly == [d(16, 6), d(17, 6), d(19, 12), d(20, 6), d(21, 6), d(22, 6)]
     assert twice == [d(16, 6), d(16, 18), d(17, 6), d(17, 18), d(19, 12), d(19, 18), d(20, 6), d(20, 18),
                      d(21, 6), d(21, 18), d(22, 6), d(22, 18)]
     assert not any(j == "manual" for j, _ in runs), "a job without a schedule never runs from tick"
     catch_up = outputs[d(19, 12)]
     assert "nightly: ran" in catch_up and "(2 slots missed, runs once)" in catch_up
+    assert "twice: ran" in catch_up and "(3 slots missed, runs once)" in catch_up
 
     # Exactly what retention promises remains at each site.
     def ids(job, times, n):
@@ -103,8 +104,9 @@ def test_simulated_week_catch_up_and_retention(week):
     end = start + timedelta(days=7)
     doc = json.loads(week.cli(end, "expire", "--dry-run", "--json").stdout)
     a = next(s for s in doc if s["site"] == "a")
-    reasons = {b["backup_id"][:13]: b["reasons"] for b in a["backups"]}
-    assert reasons["20261122T0300"] == ["daily 2026-11-22"]
+    reasons = {(b["job"], b["backup_id"][:13]): b["reasons"] for b in a["backups"]}
+    assert reasons[("nightly", "20261122T0600")] == ["daily 2026-11-22"]
+    assert reasons[("twice", "20261122T1800")] == ["count 2"]
     assert all(b["action"] == "KEEP" for s in doc for b in s["backups"])
     state = json.loads(week.cli(end, "state", "show", "--json").stdout)
     last = {s["job"]: s["last"]["backup_id"] for s in state if s.get("last")}
@@ -113,10 +115,16 @@ def test_simulated_week_catch_up_and_retention(week):
 
 def test_dry_run_failure_and_state_rebuild(week):
     w = week.w
-    w.jobs["broken"] = {"method": "logical", "databases": ["no_such_db"], "sites": ["a"], "schedule": "0 2 * * *"}
-    w.policy()
     t0 = datetime(2026, 11, 16, tzinfo=UTC)
     week.tick(t0)                                                  # first seen
+    # An idle tick stops at the note the full tick left (no policy validation, no croniter) ...
+    cp = week.cli(t0 + timedelta(minutes=1), "-v", "tick")
+    assert "nothing due before 2026-11-16 02:00Z" in cp.stderr and cp.stdout == ""
+    # ... until the policy changes: then the full path validates it again.
+    w.jobs["broken"] = {"method": "logical", "databases": ["no_such_db"], "sites": ["a"], "schedule": "0 2 * * *"}
+    w.policy()
+    cp = week.cli(t0 + timedelta(minutes=2), "-v", "tick")
+    assert "nothing due" not in cp.stderr and "broken: idle: not due: next 2026-11-16 02:00Z" in cp.stdout
 
     # --dry-run says what would run and why, and runs nothing.
     cp = week.tick(t0 + timedelta(days=2, hours=6), "--dry-run")

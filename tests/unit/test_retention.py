@@ -47,7 +47,7 @@ rules = st.builds(Rule, count=st.none() | st.integers(0, 5), hourly=st.none() | 
                   min_keep=st.integers(1, 3))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(histories(), rules, rules, st.integers(0, 500))
 def test_invariants(backups, r1, r2, days_after):
     now = (max((b.time for b in backups), default=T0)) + timedelta(days=days_after)
@@ -84,7 +84,7 @@ def test_invariants(backups, r1, r2, days_after):
     assert order == [b.backup_id for b in sorted(backups, key=lambda b: (b.time, b.backup_id), reverse=True)]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(histories(), rules, st.integers(0, 80), st.integers(1, 2))
 def test_wal_kept_for_every_kept_base(backups, r, nsegs, tl):
     ds = decide(backups, {"nightly": Rule(count=1), "base": r}, max((b.time for b in backups), default=T0))

@@ -80,7 +80,7 @@ ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asi
 times = st.datetimes(min_value=datetime(2025, 1, 1), max_value=datetime(2028, 12, 31)).map(lambda d: d.replace(tzinfo=UTC))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.sampled_from(EXPRS), st.sampled_from(ZONES), times, st.integers(0, 60 * 24 * 9))
 def test_due_properties(expr, tz, anchor, minutes):
     now = anchor + timedelta(minutes=minutes)
