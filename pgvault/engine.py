@@ -180,6 +180,8 @@ def tick(policy, clock: Clock, *, dry_run: bool = False, wait: bool = True, stor
     children are detached (systemd, see docs/scheduling.md) and record their outcomes in the
     job state only."""
     store = store or open_store(policy)
+    if not dry_run:
+        store.ensure()
     now = clock.now()
     report = TickReport(now)
     children = []

@@ -121,6 +121,21 @@ class StateStore:
     def __init__(self, root: Path):
         self.root = Path(root)
 
+    def ensure(self) -> None:
+        """Create the state directory, or say clearly why it cannot be used."""
+        from .errors import EXIT_ENVIRONMENT, PgvaultError
+
+        try:
+            for sub in ("jobs", "locks"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            probe = self.root / "jobs" / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise PgvaultError(f"state directory {self.root} is not usable: {exc.strerror}",
+                               f"set state_dir in the policy or ${ENV} to a writable directory",
+                               exit_code=EXIT_ENVIRONMENT) from None
+
     def _job_path(self, job: str) -> Path:
         return self.root / "jobs" / f"{job}.json"
 
