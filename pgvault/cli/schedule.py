@@ -55,7 +55,9 @@ WantedBy=timers.target
 
 
 def cron_line(argv: list[str], user: str = "root") -> str:
-    """>>> cron_line(["/usr/bin/pgvault", "tick"])
+    """The /etc/cron.d line (pure).
+
+    >>> cron_line(["/usr/bin/pgvault", "tick"])
     '* * * * * root /usr/bin/pgvault tick >>/var/log/pgvault-tick.log 2>&1'
     """
     from ..proc import quote
