@@ -171,6 +171,21 @@ def test_pins_and_schedule_install(week, tmp_path):
     cp = week.cli(t0, "pin", "20000101T000000Z", check=False)
     assert cp.returncode == 2 and "HINT:" in cp.stderr and "Traceback" not in cp.stderr
 
+    # tick --no-wait (the systemd unit's mode) starts due jobs detached and returns at once;
+    # the outcome lands in the job state and the job's log.
+    from pgvault.sandbox import wait_until
+
+    # ("twice": nightly's state comes from the sites, where the backups above are from today)
+    t1 = t0 + timedelta(hours=6)
+    week.tick(t0 + timedelta(hours=1))                             # first seen at 01:00
+    cp = week.tick(t1, "--no-wait")
+    assert "twice: started: pid " in cp.stdout and "(detached)" in cp.stdout
+    job_state = week.w.workdir / "state" / "jobs" / "twice.json"
+    done = wait_until(lambda: (json.loads(job_state.read_text()).get("last") or {}).get("outcome"), 120,
+                      "the detached run to finish")
+    assert done == "success"
+    assert (week.w.workdir / "state" / "logs" / "twice.log").exists()
+
     # schedule install / show
     out = week.cli(t0, "schedule", "install", "--systemd", "--dir", str(tmp_path)).stdout
     timer = (tmp_path / "pgvault-main.timer").read_text()
