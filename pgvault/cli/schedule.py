@@ -112,7 +112,7 @@ def install(ctx, kind, unit_dir, install_cron, cron_dir):
 @click.option("--count", default=3, show_default=True, help="upcoming runs per job")
 @click.pass_context
 def show(ctx, count):
-    """Every job with its next run times, in UTC and in local time."""
+    """Every job with its next run times: in UTC, in the job's schedule_tz and in host local time."""
     from ..engine import Clock, open_store
     from ..policy.schedule import slots_between
 
@@ -124,14 +124,18 @@ def show(ctx, count):
         st = store.load(name)
         last = st.last.started_at.strftime("%Y-%m-%d %H:%MZ") if st and st.last else "never"
         if not job.schedule:
-            rows.append([name, "manual", "-", "-", last])
+            rows.append([name, "manual", "-", "-", "-", last])
             continue
         from datetime import timedelta
 
         nexts = slots_between(job.schedule, job.schedule_tz, now, now + timedelta(days=800), limit=count)
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(job.schedule_tz)
         for i, t in enumerate(nexts):
             rows.append([name if i == 0 else "", f"{job.schedule} ({job.schedule_tz})" if i == 0 else "",
-                         t.strftime("%Y-%m-%d %H:%M UTC"), t.astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-                         last if i == 0 else ""])
-    click.echo(table(rows, ["JOB", "SCHEDULE", "NEXT (UTC)", "NEXT (LOCAL)", "LAST RUN"]) if rows else "no jobs")
+                         t.strftime("%Y-%m-%d %H:%M UTC"), t.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
+                         t.astimezone().strftime("%Y-%m-%d %H:%M %Z"), last if i == 0 else ""])
+    headers = ["JOB", "SCHEDULE", "NEXT (UTC)", "NEXT (SCHEDULE TZ)", "NEXT (HOST LOCAL)", "LAST RUN"]
+    click.echo(table(rows, headers) if rows else "no jobs")
     return 0
