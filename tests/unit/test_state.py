@@ -75,7 +75,8 @@ def test_doctests_of_the_engine_modules():
 
     from pgvault import clock, state
     from pgvault.catalog import layout
+    from pgvault.policy import load_light
     from pgvault.cli import schedule as schedule_cli
 
-    for mod in (clock, state, layout, schedule_cli):
+    for mod in (clock, state, layout, schedule_cli, load_light):
         assert doctest.testmod(mod).failed == 0, mod.__name__
