@@ -53,6 +53,7 @@ class Scheduled:
     run: Callable[[datetime], Outcome]
     sites: list[str] = field(default_factory=list)
     kind: str = "backup"
+    timeout: float | None = None     # seconds; the run is aborted (and recorded failed) after this
 
 
 def backup_items(policy) -> list[Scheduled]:
@@ -60,7 +61,8 @@ def backup_items(policy) -> list[Scheduled]:
     for name, job in policy.jobs.items():
         if job.method in BACKUP_METHODS:
             items.append(Scheduled(name, job.schedule, job.schedule_tz, _backup_runner(policy, name),
-                                   list(job.sites), "backup"))
+                                   list(job.sites), "backup",
+                                   job.timeout.total_seconds() if job.timeout else None))
     return items
 
 
@@ -307,7 +309,8 @@ def _run_locked(item: Scheduled, store: StateStore, lock, clock: Clock, now: dat
     st.running = {"pid": os.getpid(), "started_at": start.isoformat(), "host": os.uname().nodename}
     store.save(st)
     try:
-        o = item.run(store.reserve_second(start))
+        with _time_limit(item.timeout):
+            o = item.run(store.reserve_second(start))
     except PgvaultError as exc:
         o = Outcome("failed", None, exc.message + (f" (HINT: {exc.hint})" if exc.hint else ""))
     except Exception as exc:  # one broken job must not stop the others; the log has the traceback
@@ -319,13 +322,49 @@ def _run_locked(item: Scheduled, store: StateStore, lock, clock: Clock, now: dat
     return Line(item.name, action, prefix + d.reason(never_ran) + (f": {o.message}" if o.message else ""), o.backup_id)
 
 
+class JobTimeout(Exception):
+    pass
+
+
+class _time_limit:
+    """Raise JobTimeout in this (child) process after ``seconds``. The exception unwinds through
+    the method, which kills its tool (proc.Stream) and aborts the backup session (no debris)."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+
+    def _fire(self, signum, frame):
+        raise JobTimeout()
+
+    def __enter__(self):
+        import signal
+
+        if self.seconds:
+            self.old = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import signal
+
+        if self.seconds:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+        if exc_type is JobTimeout:
+            from .errors import PgvaultError
+
+            raise PgvaultError(f"timed out after {self.seconds:g}s (the job's timeout) and was aborted",
+                               "raise jobs.<job>.timeout, or find what the job waits for") from None
+        return False
+
+
 def _expire_after(policy, store, clock, sites, report) -> None:
     from .errors import PgvaultError
     from .expire import expire_sites
 
     lock = store.lock(".expire")
     if not lock.acquire(clock.now()):
-        report.expiry.append("expiry skipped: another tick is expiring")
+        report.expiry.append("skipped: another process is expiring (the next successful backup expires again)")
         return
     try:
         results = expire_sites(policy, sites, now=clock.now(), busy=_busy_jobs(store))

@@ -94,10 +94,26 @@ def test_concurrent_ticks_and_a_killed_tick(world):
     t4 = t0 + timedelta(minutes=4)
     cp = run_tick(w, t4)
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert f"slow: ran -> 20261116T020400Z: previous run (pid {child}) was interrupted" in cp.stdout
-    assert "20261116T020400Z" in site_backups(w, "a")
+    line = next(x for x in cp.stdout.splitlines() if x.startswith("slow: "))
+    assert line.startswith("slow: ran -> 20261116T0204") and f"previous run (pid {child}) was interrupted" in line
+    new_id = line.split(" -> ")[1][:16]
+    assert new_id in site_backups(w, "a")
     doc = json.loads((state / "jobs" / "slow.json").read_text())
     assert doc["interrupted"]["outcome"] == "interrupted" and str(child) in doc["interrupted"]["message"]
-    assert doc["running"] is None and doc["last"]["backup_id"] == "20261116T020400Z"
+    assert doc["running"] is None and doc["last"]["backup_id"] == new_id
     # The killed run's half-written backup is debris, never a listed backup.
     assert "20261116T020300Z" not in site_backups(w, "a")
+
+    # A job that outlives its timeout is aborted (its pg_dump killed) and recorded failed.
+    w.jobs["slow"]["timeout"] = "2s"
+    w.policy()
+    holder = w.pg.connect(dbname="app", autocommit=False)
+    holder.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+    before = set(site_backups(w, "a"))
+    cp = run_tick(w, t0 + timedelta(minutes=5))
+    holder.rollback()
+    holder.close()
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    assert "slow: failed" in cp.stdout and "timed out after 2s" in cp.stdout and "quick: ran" in cp.stdout
+    assert set(site_backups(w, "a")) == before
+    assert slow_lock.held() is None
