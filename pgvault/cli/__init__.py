@@ -29,6 +29,10 @@ COMMANDS = {
     "pin": "pgvault.cli.expire:pin",
     "unpin": "pgvault.cli.expire:unpin",
     "demo": "pgvault.cli.demo:demo",
+    "wal-push": "pgvault.cli.wal:wal_push",
+    "wal-fetch": "pgvault.cli.wal:wal_fetch",
+    "wal-ship": "pgvault.cli.wal:wal_ship",
+    "wal-status": "pgvault.cli.wal:wal_status",
 }
 
 
