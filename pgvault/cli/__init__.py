@@ -29,6 +29,7 @@ COMMANDS = {
     "pin": "pgvault.cli.expire:pin",
     "unpin": "pgvault.cli.expire:unpin",
     "demo": "pgvault.cli.demo:demo",
+    "snapshot": "pgvault.cli.snapshot:snapshot",
     "wal-push": "pgvault.cli.wal:wal_push",
     "wal-fetch": "pgvault.cli.wal:wal_fetch",
     "wal-ship": "pgvault.cli.wal:wal_ship",
