@@ -22,6 +22,8 @@ COMMANDS = {
     "list": "pgvault.cli.catalog:list_cmd",
     "verify": "pgvault.cli.catalog:verify",
     "restore": "pgvault.cli.restore:restore",
+    "find": "pgvault.cli.find:find",
+    "relations": "pgvault.cli.find:relations_cmd",
 }
 
 

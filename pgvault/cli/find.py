@@ -1,0 +1,90 @@
+"""pgvault find: the transactions that truncated, dropped or emptied a table, from archived WAL;
+pgvault relations: take a relation-history record now."""
+from __future__ import annotations
+
+import click
+
+from . import load
+from .output import emit_json, human_size, table as fmt_table, warn
+
+
+def _duration(text):
+    if text is None:
+        return None
+    from ..errors import UsageError
+    from ..policy.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"bad --window {text!r}: {exc}", "use a duration such as 30m, 2h, 1d") from None
+
+
+@click.command("find")
+@click.option("--table", "table_name", required=True, metavar="SCHEMA.TABLE", help="the damaged table")
+@click.option("--database", "-d", help="its database (needed when the name exists in several)")
+@click.option("--around", help="roughly when it happened (ISO 8601, UTC unless an offset is given)")
+@click.option("--window", help="how far around --around to look (default 1h)")
+@click.option("--wal-dir", type=click.Path(), help="scan this directory of WAL segments instead of a site's archive")
+@click.option("--from-site", help="read the WAL archive and relation history from this site")
+@click.option("--timeline", type=int, help="timeline to scan (default: the newest present)")
+@click.option("--no-record", is_flag=True, help="do not refresh the relation history from the cluster first")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def find(ctx, table_name, database, around, window, wal_dir, from_site, timeline, no_record, as_json):
+    """List the transactions that truncated, dropped, rewrote or mass-deleted a table.
+
+    \b
+    pgvault find --table public.orders --around '2026-11-25 14:20' --window 30m
+    The first damaging candidate is what `pgvault restore --before-truncate` stops before.
+    """
+    from ..restore.finder import find as run_find
+
+    policy = load(ctx)
+    if window and not around:
+        from ..errors import UsageError
+
+        raise UsageError("--window needs --around", "give --around TIME, or drop --window to scan all archived WAL")
+    res = run_find(policy, table_name, database=database, around=around, window=_duration(window), wal_dir=wal_dir,
+                   from_site=from_site, record=not no_record, timeline=timeline)
+    for n in res.notes:
+        warn(n)
+    if as_json:
+        emit_json(res.to_dict())
+        return 0
+    s = res.stats
+    click.echo(f"table {res.table} in database {res.database}: scanned {s.segments} segments "
+               f"({human_size(s.bytes)}, {s.records} records) from {res.source} in {s.seconds:.1f}s")
+    if not res.candidates:
+        click.echo("no transaction truncated, dropped, rewrote or mass-deleted it in the scanned WAL")
+        return 0
+    rows = [[c.xid, c.lsn, c.time.strftime("%Y-%m-%d %H:%M:%S.%f UTC") if c.time else "-", c.kind,
+             c.confidence, "yes" if c.damaging else "no", c.detail] for c in res.candidates]
+    click.echo(fmt_table(rows, ["XID", "COMMIT LSN", "COMMIT TIME", "KIND", "CONFIDENCE", "DAMAGE", "DETAIL"]))
+    best = res.best
+    if best:
+        target = " ".join(f"{k}={v}" for k, v in best.recovery_target().items())
+        click.echo(f"\nrecover to just before it: {target}\n"
+                   f"  pgvault restore --before-truncate {res.table} --database-name {res.database}"
+                   + (f" --around '{around}'" if around else "") + " --target-dir DIR --start")
+    return 0
+
+
+@click.command("relations")
+@click.option("--force", is_flag=True, help="store a record even when nothing changed")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def relations_cmd(ctx, force, as_json):
+    """Record which file each table lives in now (the relation history used by find)."""
+    from ..restore.relations import record_relations
+
+    r = record_relations(load(ctx), force=force)
+    if as_json:
+        emit_json(r.__dict__)
+    elif r.key:
+        click.echo(f"recorded {r.tables} tables in {r.databases} databases at {', '.join(r.stored_at)}: {r.key}")
+    else:
+        click.echo("unchanged since the newest record; nothing stored")
+    for site, msg in r.failed.items():
+        warn(f"site {site!r}: {msg}")
+    return 0

@@ -1,0 +1,150 @@
+"""Where the WAL to scan comes from: a local directory of segments (an archive written by
+``cp %p DIR/%f``, or pg_wal itself), or a site's archive in Barman's cloud layout
+(``clusters/<cluster>/wals/<16hex>/<24hex>[.gz|.bz2|.zst]``), fetched and decompressed into a
+private temporary directory, because pg_waldump reads only plain segment files."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..catalog import layout
+from ..errors import PgvaultError, UsageError
+from ..sites import open_sites
+from ..sites.base import CHUNK
+
+log = logging.getLogger("pgvault.find")
+
+SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+_SITE_SEGMENT = re.compile(r"(?:^|/)([0-9A-F]{24})(\.gz|\.bz2|\.zst|\.zstd)?$")
+
+
+def segment_no(name: str, seg_size: int) -> int:
+    """Segment number of a segment file name (timeline stripped).
+
+    >>> segment_no('000000010000000100000002', 16 * 1024 * 1024)
+    258
+    """
+    m = SEGMENT.match(name)
+    return int(m.group(2), 16) * (0x100000000 // seg_size) + int(m.group(3), 16)
+
+
+def segment_of(lsn: int, seg_size: int) -> int:
+    return lsn // seg_size
+
+
+def segment_name(tli: int, segno: int, seg_size: int) -> str:
+    """
+    >>> segment_name(1, 258, 16 * 1024 * 1024)
+    '000000010000000100000002'
+    """
+    per = 0x100000000 // seg_size
+    return f"{tli:08X}{segno // per:08X}{segno % per:08X}"
+
+
+@dataclass
+class Segments:
+    """A run of segments of one timeline in one directory, ready for pg_waldump."""
+
+    directory: Path
+    timeline: int
+    first: str
+    last: str
+    count: int
+    bytes: int
+    seg_size: int
+
+
+def local_segments(directory: str | os.PathLike, timeline: int | None = None,
+                   start_lsn: int | None = None, end_lsn: int | None = None) -> Segments:
+    """The contiguous segments of the newest (or given) timeline in ``directory`` that cover
+    [start_lsn, end_lsn] (everything when not given)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise UsageError(f"WAL directory {d} does not exist", "pass a directory of WAL segment files")
+    files = [p for p in d.iterdir() if SEGMENT.match(p.name) and p.is_file()]
+    if not files:
+        raise UsageError(f"no WAL segment files in {d}", "the directory must hold uncompressed 24-hex-digit segments")
+    tlis = sorted({int(p.name[:8], 16) for p in files})
+    tli = timeline if timeline is not None else tlis[-1]
+    files = [p for p in files if int(p.name[:8], 16) == tli]
+    if not files:
+        raise UsageError(f"no WAL of timeline {tli} in {d}", f"timelines present: {tlis}")
+    seg_size = max(p.stat().st_size for p in files)
+    if seg_size & (seg_size - 1) or seg_size < 1 << 20:
+        raise UsageError(f"unexpected WAL segment size {seg_size} in {d}", "segments must be whole, uncompressed files")
+    nos = sorted((segment_no(p.name, seg_size), p) for p in files)
+    if start_lsn is not None:
+        s = segment_of(start_lsn, seg_size)
+        nos = [x for x in nos if x[0] >= s] or nos[-1:]
+    if end_lsn is not None:
+        e = segment_of(end_lsn, seg_size)
+        nos = [x for x in nos if x[0] <= e] or nos[:1]
+    # pg_waldump stops at the first gap, so keep only the leading contiguous run.
+    run = [nos[0]]
+    for x in nos[1:]:
+        if x[0] != run[-1][0] + 1:
+            log.warning("WAL gap after %s in %s: scanning stops there", run[-1][1].name, d)
+            break
+        run.append(x)
+    return Segments(d, tli, run[0][1].name, run[-1][1].name, len(run),
+                    sum(p.stat().st_size for _, p in run), seg_size)
+
+
+def _decompressor(suffix: str | None, src):
+    if not suffix:
+        return src
+    if suffix == ".gz":
+        return gzip.GzipFile(fileobj=src)
+    if suffix == ".bz2":
+        return bz2.BZ2File(src)
+    import zstandard
+
+    return zstandard.ZstdDecompressor().stream_reader(src)
+
+
+def fetch_site_segments(policy, dest: Path, *, site_name: str | None = None, seg_size: int = 16 << 20,
+                        start_lsn: int | None = None, end_lsn: int | None = None) -> str:
+    """Copy (and decompress) the archived segments in range from the first site that has WAL
+    into ``dest``. Returns the site's name."""
+    names = [site_name] if site_name else (list(policy.wal.sites) or list(policy.sites))
+    errors = {}
+    for name, site in open_sites(policy, names).items():
+        try:
+            objs = []
+            for o in site.list(layout.wal_prefix(policy.cluster.name)):
+                m = _SITE_SEGMENT.search(o.key)
+                if not m:
+                    continue
+                no = segment_no(m.group(1), seg_size)
+                if start_lsn is not None and no < segment_of(start_lsn, seg_size):
+                    continue
+                if end_lsn is not None and no > segment_of(end_lsn, seg_size):
+                    continue
+                objs.append((o.key, m.group(1), m.group(2)))
+            if not objs:
+                errors[name] = "no archived WAL"
+                continue
+            for key, seg, suffix in objs:
+                tmp = dest / (seg + ".part")
+                with site.get(key) as raw, open(tmp, "wb") as out:
+                    shutil.copyfileobj(_decompressor(suffix, raw), out, CHUNK)
+                os.replace(tmp, dest / seg)
+            log.info("fetched %d WAL segments from site %s", len(objs), name)
+            return name
+        except PgvaultError as exc:
+            errors[name] = exc.message
+    raise UsageError(f"no archived WAL to scan at the sites: {errors}",
+                     "is WAL archiving (pgvault wal-push) set up? or pass --wal-dir DIR")
+
+
+def private_tempdir(prefix: str = "pgvault-find-") -> Path:
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(d, 0o700)
+    return d
