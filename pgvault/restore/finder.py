@@ -155,7 +155,8 @@ def find(policy, table: str, *, database: str | None = None, around: str | datet
             notes.append(f"relation history not refreshed (cluster or site unreachable): {exc.message}")
     history = relations.load_history(policy, from_site)
     th = relations.table_history(history, table, database)
-    spec = TableSpec(frozenset(th.db_oids), frozenset(th.table_oids), frozenset(th.heap_files), th.rows)
+    spec = TableSpec(frozenset(th.db_oids), frozenset(th.table_oids), frozenset(th.heap_files), th.rows,
+                     other_files=frozenset(th.other_files))
     at = parse_time(around) if isinstance(around, str) else around
     lo = hi = None
     start_lsn = end_lsn = None

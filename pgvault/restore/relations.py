@@ -168,6 +168,7 @@ class TableHistory:
     db_oids: set[int] = field(default_factory=set)
     table_oids: set[int] = field(default_factory=set)
     heap_files: set[tuple[int, int]] = field(default_factory=set)
+    other_files: set[tuple[int, int]] = field(default_factory=set)   # TOAST and index files
     rows: int = -1
     seen: list[tuple[str, str]] = field(default_factory=list)    # (time, lsn) of records holding it
     marks: list[tuple[str, str]] = field(default_factory=list)   # (time, lsn) of every record
@@ -213,6 +214,9 @@ def table_history(history: list[dict], table: str, database: str | None) -> Tabl
         th.table_oids.add(t["oid"])
         if t["filenode"]:
             th.heap_files.add((d["oid"], t["filenode"]))
+        for f in [t.get("toast_filenode")] + [i[1] for i in t.get("indexes", [])]:
+            if f:
+                th.other_files.add((d["oid"], f))
         if t["rows"] > 0:
             th.rows = t["rows"]
         th.seen.append((doc["time"], doc["lsn"]))

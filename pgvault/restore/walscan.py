@@ -52,6 +52,7 @@ class TableSpec:
     heap_files: frozenset[tuple[int, int]]      # (db oid, relfilenode) of the table itself
     rows: int = -1                               # best known row count (reltuples), -1 unknown
     mass_delete_min: int = 1000                  # DELETEs in one transaction that count as mass
+    other_files: frozenset[tuple[int, int]] = frozenset()   # its TOAST and index files
 
 
 @dataclass
@@ -253,7 +254,9 @@ class Scanner:
         file_hit = rels & self.heap_files
         dropped_table = {(db, oid) for db, oid in stats if oid in spec.table_oids and db in spec.db_oids}
         oid_hit = False
-        if not file_hit and rels and dbs & spec.db_oids:
+        if not file_hit and rels and x.created and dbs & spec.db_oids and not rels <= spec.other_files:
+            # A TRUNCATE always creates new files; DROP INDEX (which also drops files and
+            # invalidates the table) creates none; REINDEX drops only known index files.
             inval = _section(line, b"inval msgs: ")
             oid_hit = any(int(o) in spec.table_oids for o in _RELCACHE.findall(inval))
         if dropped_table:
@@ -273,9 +276,9 @@ class Scanner:
                           f"rows rewritten into a new file (transient relation {sorted(o for _, o in transient)}); "
                           "no data lost")
             else:
-                # Only the OID matched (the old file is not in the history): DROP INDEX or
-                # REINDEX also drop files and invalidate the table, so say so.
-                conf = "high" if file_hit else ("medium" if x.created else "low")
+                # Only the OID matched (the old file is not in the history): REINDEX also
+                # creates and drops files and invalidates the table, so say so.
+                conf = "high" if file_hit else "medium"
                 created = sorted(f for f in x.created if f[0] == db)
                 if created:
                     self._follow(created[0])
