@@ -23,6 +23,7 @@ log = logging.getLogger("pgvault.find")
 
 RMGRS = ("Transaction", "Heap", "Storage", "Database")
 DEFAULT_WINDOW = timedelta(hours=1)
+CHUNK = 1 << 20
 _END_OF_WAL = ("error in WAL record", "could not find file", "could not read file", "invalid record length",
                "unexpected pageaddr", "invalid magic number", "no valid record")
 _CONF = {"high": 0, "medium": 1, "low": 2}
@@ -80,11 +81,21 @@ def scan_segments(segments: walsource.Segments, spec: TableSpec, *, bindir: str 
     stats = ScanStats(segments=segments.count, bytes=segments.bytes, first_segment=segments.first,
                       last_segment=segments.last)
     scanner = Scanner(spec)
-    feed = scanner.feed
     t0 = time.monotonic()
     with proc.Stream(waldump_argv(segments, bindir=bindir, end_lsn=end_lsn), extra_env={"TZ": "UTC", "PGTZ": "UTC"}) as st:
-        for line in st.stdout:
-            feed(line)
+        rest = b""
+        while True:
+            block = st.stdout.read(CHUNK)
+            if not block:
+                break
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:
+                rest += block
+                continue
+            scanner.feed_chunk(rest + block[:cut])
+            rest = block[cut:]
+        if rest:
+            scanner.feed_chunk(rest + b"\n")
         try:
             st.finish()
         except ToolFailed as exc:

@@ -39,6 +39,11 @@ _RELPATH = re.compile(rb"(?:base|pg_tblspc/\d+/[^/ ]+)/(\d+)/(\d+)")
 _STATS = re.compile(rb"2/(\d+)/(\d+)")
 _RELCACHE = re.compile(rb"relcache (\d+)")
 _DIRS = re.compile(rb" (\d+)/(\d+)")
+# Substrings of every line that can start or settle a candidate (COMMIT/ABORT lines of the
+# transactions they belong to are then looked up by xid).
+_MARKERS = (b"desc: DELETE", b"desc: TRUNCATE", b"desc: CREATE", b"desc: DROP dir", b"rels: ", b"dropped stats",
+            b"subxacts: ")
+_MAX_PENDING = 64
 _BLKREL = re.compile(rb"rel \d+/(\d+)/(\d+) ")
 
 
@@ -160,11 +165,50 @@ class Scanner:
 
     def feed_lines(self, lines) -> None:
         for line in lines:
+            self.records += 1
             self.feed(line)
+
+    def feed_chunk(self, buf: bytes) -> None:
+        """Classify a block of whole lines. Instead of visiting every line in Python, find the
+        few that can matter with C-speed substring searches: lines carrying a marker, then the
+        COMMIT/ABORT lines of the transactions those (and earlier pending ones) belong to —
+        then feed just those, in order. Equivalent to ``feed_lines`` on the same text."""
+        self.records += buf.count(b"\n")
+        starts = set()
+        xids = set(self.xacts)
+        for marker in _MARKERS:
+            i = buf.find(marker)
+            while i >= 0:
+                s = buf.rfind(b"\n", 0, i) + 1
+                starts.add(s)
+                if len(xids) <= _MAX_PENDING:
+                    m = _HEAD.search(buf, s, i)
+                    if m:
+                        xids.add(int(m.group(1)))
+                e = buf.find(b"\n", i)
+                if e < 0:
+                    break
+                i = buf.find(marker, e)
+        if len(xids) > _MAX_PENDING:
+            # Too many transactions to look up one by one (a DELETE-heavy stretch): visit
+            # every line of this block instead.
+            for line in buf.splitlines(keepends=True):
+                self.feed(line)
+            return
+        for xid in xids:
+            pat = b"tx: %10d, lsn" % xid
+            i = buf.find(pat)
+            while i >= 0:
+                s = buf.rfind(b"\n", 0, i) + 1
+                if buf[s + 6:s + 10] == b"Tran":
+                    starts.add(s)
+                i = buf.find(pat, i + len(pat))
+        for s in sorted(starts):
+            e = buf.find(b"\n", s)
+            self.feed(buf[s:e + 1 if e >= 0 else len(buf)])
 
     def feed(self, line: bytes) -> None:
         """Classify one pg_waldump output line (a hot loop: cheap checks first)."""
-        self.records += 1
         rm = line[6:10]
         if rm == b"Heap":
             if line[10:11] == b"2":

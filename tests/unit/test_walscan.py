@@ -119,3 +119,29 @@ def test_subtransaction_deletes_count_for_the_top_transaction():
            b"desc: COMMIT 2026-11-25 22:16:38.715409 UTC; subxacts: 902\n")
     [c] = s.candidates
     assert (c.kind, c.xid, c.confidence) == (MASS_DELETE, 901, "high")
+
+
+@pytest.mark.parametrize("level", ["replica", "logical"])
+@pytest.mark.parametrize("table,rows", [("orders", -1), ("items", -1), ("events", 200)])
+@pytest.mark.parametrize("chunk", [300, 4096, 1 << 20])
+def test_chunked_scan_equals_line_scan(level, table, rows, chunk):
+    """feed_chunk (the fast path) finds exactly what feeding every line finds, whatever the
+    block boundaries."""
+    meta, lines = load(level)
+    oid, filenode = meta["tables"][table]
+    spec = TableSpec(frozenset({meta["app_oid"]}), frozenset({oid}), frozenset({(meta["app_oid"], filenode)}), rows)
+    by_line = Scanner(spec)
+    by_line.feed_lines(lines)
+    by_chunk = Scanner(spec)
+    block = []
+    size = 0
+    for ln in lines:
+        block.append(ln)
+        size += len(ln)
+        if size >= chunk:
+            by_chunk.feed_chunk(b"".join(block))
+            block, size = [], 0
+    if block:
+        by_chunk.feed_chunk(b"".join(block))
+    assert by_chunk.candidates == by_line.candidates and by_line.candidates
+    assert by_chunk.records == by_line.records == len(lines)
