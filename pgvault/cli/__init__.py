@@ -25,6 +25,10 @@ COMMANDS = {
     "demo": "pgvault.cli.demo:demo",
     "find": "pgvault.cli.find:find",
     "relations": "pgvault.cli.find:relations_cmd",
+    "wal-push": "pgvault.cli.wal:wal_push",
+    "wal-fetch": "pgvault.cli.wal:wal_fetch",
+    "wal-ship": "pgvault.cli.wal:wal_ship",
+    "wal-status": "pgvault.cli.wal:wal_status",
 }
 
 
