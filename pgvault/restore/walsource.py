@@ -4,12 +4,9 @@
 private temporary directory, because pg_waldump reads only plain segment files."""
 from __future__ import annotations
 
-import bz2
-import gzip
 import logging
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +14,6 @@ from pathlib import Path
 from ..catalog import layout
 from ..errors import PgvaultError, UsageError
 from ..sites import open_sites
-from ..sites.base import CHUNK
 
 log = logging.getLogger("pgvault.find")
 
@@ -97,27 +93,18 @@ def local_segments(directory: str | os.PathLike, timeline: int | None = None,
                     sum(p.stat().st_size for _, p in run), seg_size)
 
 
-def _decompressor(suffix: str | None, src):
-    if not suffix:
-        return src
-    if suffix == ".gz":
-        return gzip.GzipFile(fileobj=src)
-    if suffix == ".bz2":
-        return bz2.BZ2File(src)
-    import zstandard
-
-    return zstandard.ZstdDecompressor().stream_reader(src)
-
-
 def fetch_site_segments(policy, dest: Path, *, site_name: str | None = None, seg_size: int = 16 << 20,
                         start_lsn: int | None = None, end_lsn: int | None = None) -> str:
-    """Copy (and decompress) the archived segments in range from the first site that has WAL
-    into ``dest``. Returns the site's name."""
-    names = [site_name] if site_name else (list(policy.wal.sites) or list(policy.sites))
+    """Copy the archived segments in range into ``dest``, decompressed and checked, with the
+    same fallback across sites as restore_command (pgvault.wal.fetch). The segment list is the
+    union of what the WAL sites hold. Returns the sites the segments came from."""
+    from ..wal.fetch import fetch, site_order
+
+    order = site_order(policy, site_name)
+    wanted: set[str] = set()
     errors = {}
-    for name, site in open_sites(policy, names).items():
+    for name, site in open_sites(policy, order).items():
         try:
-            objs = []
             for o in site.list(layout.wal_prefix(policy.cluster.name)):
                 m = _SITE_SEGMENT.search(o.key)
                 if not m:
@@ -127,21 +114,17 @@ def fetch_site_segments(policy, dest: Path, *, site_name: str | None = None, seg
                     continue
                 if end_lsn is not None and no > segment_of(end_lsn, seg_size):
                     continue
-                objs.append((o.key, m.group(1), m.group(2)))
-            if not objs:
-                errors[name] = "no archived WAL"
-                continue
-            for key, seg, suffix in objs:
-                tmp = dest / (seg + ".part")
-                with site.get(key) as raw, open(tmp, "wb") as out:
-                    shutil.copyfileobj(_decompressor(suffix, raw), out, CHUNK)
-                os.replace(tmp, dest / seg)
-            log.info("fetched %d WAL segments from site %s", len(objs), name)
-            return name
+                wanted.add(m.group(1))
         except PgvaultError as exc:
             errors[name] = exc.message
-    raise UsageError(f"no archived WAL to scan at the sites: {errors}",
-                     "is WAL archiving (pgvault wal-push) set up? or pass --wal-dir DIR")
+    if not wanted:
+        raise UsageError(f"no archived WAL to scan at the sites{': ' + str(errors) if errors else ''}",
+                         "is WAL archiving (pgvault wal-push) set up? or pass --wal-dir DIR")
+    used = set()
+    for seg in sorted(wanted):
+        used.add(fetch(policy, seg, dest / seg, from_site=site_name))
+    log.info("fetched %d WAL segments from %s", len(wanted), ", ".join(sorted(used)))
+    return ", ".join(sorted(used))
 
 
 def private_tempdir(prefix: str = "pgvault-find-") -> Path:

@@ -3,7 +3,6 @@ light pgbench load runs: TRUNCATE, DROP TABLE, VACUUM FULL (a rewrite, not a tru
 DELETE and DROP DATABASE are each found with the xid captured in the damaging session."""
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -38,9 +37,17 @@ def damaged(request):
 
 def _damage(wal_level, workdir):
     arch = sandbox.owned_dir(workdir / "archive", 0o755)
-    inst = sandbox.new_instance(workdir, settings={
-        "wal_level": wal_level, "archive_mode": "on", "archive_command": f"cp %p {arch}/%f"})
+    policy = workdir / "policy.yaml"
+    # Every segment goes both to a plain directory (find --wal-dir) and through the real
+    # wal-push to site a (find from the site's archive).
+    inst = sandbox.new_instance(workdir, start=False, settings={
+        "wal_level": wal_level, "archive_mode": "on",
+        "archive_command": f"cp %p {arch}/%f && " + sandbox.pgvault_command(policy) + " wal-push %p"})
     w = _World(workdir, inst, arch)
+    w.site = w.world.local_site("a")
+    state = sandbox.owned_dir(workdir / "state")
+    w.world.policy(wal={"sites": ["a"]}, state_dir=str(state))
+    inst.start()
     inst.psql("CREATE DATABASE app")
     inst.psql("CREATE DATABASE scratch")
     inst.psql("CREATE DATABASE bench")
@@ -55,8 +62,6 @@ def _damage(wal_level, workdir):
     inst.psql("CREATE TABLE keep (x int); INSERT INTO keep SELECT generate_series(1, 10);", dbname="scratch")
     subprocess.run([f"{BIN}/pgbench", "-i", "-s", "1", "-q", "-d", inst.conninfo("bench")], check=True,
                    capture_output=True, user="postgres")
-    w.site = w.world.local_site("a")
-    w.world.policy()
     w.world.cli("relations")
     load = subprocess.Popen([f"{BIN}/pgbench", "-c", "2", "-R", "100", "-T", "300", "-n", "-d",
                              inst.conninfo("bench")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -77,7 +82,9 @@ def _damage(wal_level, workdir):
         load.wait()
     last = inst.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
     inst.psql("SELECT pg_switch_wal()")
-    sandbox.wait_until(lambda: (arch / last).exists(), 60, "the last segment to be archived")
+    sandbox.wait_until(lambda: (arch / last).exists() and not [
+        f for f in os.listdir(inst.pgdata / "pg_wal" / "archive_status") if f.endswith(".ready")],
+        120, "the last segment to be archived")
     w.wal_level = wal_level
     return w
 
@@ -139,16 +146,14 @@ def test_drop_database_targets_the_drop_record(damaged):
 
 
 def test_find_reads_the_wal_archive_at_a_site(damaged):
-    """Segments stored gzip-compressed in Barman's cloud layout at the site are fetched and scanned."""
+    """Segments pushed by wal-push (gzip, Barman's cloud layout) are fetched and scanned."""
     from pgvault.catalog.layout import wal_key
 
-    for seg in sorted(os.listdir(damaged.arch)):
-        if len(seg) != 24:
-            continue
-        dest = damaged.site / wal_key("main", seg, ".gz")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(damaged.arch / seg, "rb") as src, gzip.open(dest, "wb", compresslevel=1) as out:
-            shutil.copyfileobj(src, out)
+    assert (damaged.site / wal_key("main", sorted(os.listdir(damaged.arch))[-1], ".gz")).exists()
     doc = damaged.find("--table", "public.orders", "--database", "app")
     assert doc["source"] == "site a"
+    first = damaging(doc)[0]
+    assert (first["xid"], first["kind"]) == (damaged.xids["truncate"], "TRUNCATE")
+    around = first["commit_time"]
+    doc = damaged.find("--table", "public.orders", "--database", "app", "--around", around, "--window", "10m")
     assert damaging(doc)[0]["xid"] == damaged.xids["truncate"]
