@@ -252,16 +252,3 @@ def resolve_before_truncate(policy, table: str, database: str | None = None, aro
     if best.kind == DROP_DATABASE:
         return RecoveryTarget(None, best.target_lsn, False, action, best), res
     return RecoveryTarget(best.xid, None, False, action, best), res
-
-
-def copy_back_commands(table: str, database: str, source_conninfo: str, dest_conninfo: str = "CONNINFO") -> list[list[str]]:
-    """The commands that hand the table back from the restored instance: dump it (custom
-    format) from the paused instance, restore its data into the production database.
-
-    >>> [c[0] for c in copy_back_commands('public.orders', 'app', 'host=/tmp port=5499')]
-    ['pg_dump', 'pg_restore']
-    """
-    dump = ["pg_dump", "--format=custom", "--table", table, "--file", f"/tmp/{table}.dump",
-            "--dbname", f"{source_conninfo} dbname={database}"]
-    restore = ["pg_restore", "--data-only", "--disable-triggers", "--dbname", dest_conninfo, f"/tmp/{table}.dump"]
-    return [dump, restore]
