@@ -134,3 +134,28 @@ def split_backup_key(cluster: str, key: str) -> tuple[str, str] | None:
         return None
     bid, name = rest.split("/", 1)
     return bid, name
+
+
+def barman_home(cluster: str) -> str:
+    """A local site's Barman home (stock Barman server layout: <home>/<cluster>/base/<id>/...).
+
+    >>> barman_home("main")
+    'clusters/main/barman'
+    """
+    return f"clusters/{cluster}/barman"
+
+
+def barman_config(cluster: str) -> str:
+    """The generated Barman configuration kept at a local site, next to the Barman home."""
+    return f"clusters/{cluster}/barman/barman.conf"
+
+
+def barman_cloud_url(site_url: str) -> str:
+    """barman-cloud's destination URL for an S3 site: server dirs then land in clusters/<cluster>/.
+
+    >>> barman_cloud_url("s3://bucket/prod")
+    's3://bucket/prod/clusters'
+    >>> barman_cloud_url("s3://bucket")
+    's3://bucket/clusters'
+    """
+    return site_url.rstrip("/") + "/clusters"

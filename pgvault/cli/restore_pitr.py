@@ -1,0 +1,59 @@
+"""pgvault restore --to-time/--to-lsn/--to-xid/--latest: plan, then (unless --plan) restore a
+base backup into --target-dir with recovery settings, and with --start recover to the target."""
+from __future__ import annotations
+
+import click
+
+from ..errors import NotSupported
+from .output import emit_json, warn
+
+
+def _print_plan(plan: dict) -> None:
+    b, w = plan["base"], plan["wal"]
+    click.echo(f"target:  {plan['target']}")
+    click.echo(f"         ({plan['target_read_as']})")
+    click.echo(f"base:    {b['backup_id']} ({b['method']}"
+               + (f", {b['route']} {b['backup_id_at_site']}" if b.get("route") else "")
+               + f") at site {b['site']!r}, timeline {b['timeline']}, LSN {b['start_lsn']}..{b['stop_lsn']}, "
+               f"consistent from {b['stop_time']}")
+    click.echo(f"wal:     {w['first']} .. {w['last_archived']} ({w['segments']} segments archived at {w['site']}), "
+               f"ends on timeline {w['timeline']} at LSN {w['end_lsn']}"
+               + (f", archived by {w['end_time_at_most']}" if w.get("end_time_at_most") else ""))
+    for note in plan.get("notes", []):
+        click.echo(f"note:    {note}")
+
+
+def run_pitr(ctx, policy, backup_id=None, from_site=None, force=False, as_json=False, *, to_time=None, to_lsn=None,
+             to_xid=None, latest=False, before_truncate=None, target_dir=None, port=None, start=False, action=None,
+             plan=False, **unused) -> int:
+    from ..restore import pitr
+    from ..restore.plan import make_target
+
+    if before_truncate:
+        raise NotSupported("--before-truncate is not available in this build",
+                           "find the time with pgvault find (when available) and use --to-time")
+    target = make_target(to_time, to_lsn, to_xid, latest)
+    if not as_json:
+        click.echo(f"target read as: {target.how}", err=True)
+    result = pitr.run(policy, target, target_dir=target_dir, from_site=from_site, port=port, start=start,
+                      plan_only=plan, action=action or "promote", force=force, backup_id=backup_id)
+    if as_json:
+        emit_json(result.__dict__)
+        return 0
+    for w in result.warnings:
+        warn(w)
+    _print_plan(result.plan)
+    if plan:
+        click.echo("plan only: nothing was changed")
+        return 0
+    click.echo(f"restored base into {result.target_dir} (recovery settings written; archive_mode off)")
+    if result.outcome:
+        o = result.outcome
+        click.echo(f"recovery {o['state']}: timeline {o['timeline']}, LSN {o['replay_lsn']}, "
+                   f"last replayed transaction at {o['last_replayed_transaction_time'] or 'none'}")
+        if o.get("postgres_says"):
+            click.echo(f"postgres: {o['postgres_says']}")
+    else:
+        click.echo(f"start it with: pg_ctl -D {result.target_dir} start   (as the postgres user)")
+    click.echo("timings: " + ", ".join(f"{k} {v}s" for k, v in result.timings.items()))
+    return 0

@@ -1,0 +1,285 @@
+"""Point-in-time restore, executed in phases: gather (bases and WAL listings from the sites),
+plan (pure, pgvault.restore.plan — coverage is proven BEFORE anything touches disk), fetch the
+base with the stock Barman tools, write the recovery settings, and optionally start the
+instance and wait until the target is reached."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import pg, proc
+from ..catalog import layout
+from ..catalog.catalog import Catalog
+from ..errors import DatabaseError, NotSupported, PgvaultError
+from ..methods import barman_tools as bt
+from ..sites import open_sites
+from ..sites.base import get_bytes
+from . import plan as planner
+from .source import site_order
+
+log = logging.getLogger("pgvault.restore.pitr")
+
+RECOVERY_TIMEOUT = 3600
+
+
+# -- gather
+
+
+def _dt(v) -> datetime:
+    return v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
+
+
+def bases_from_manifest(m, site: str) -> list[planner.Base]:
+    """Candidate bases from one manifest: barman records one Barman backup per site; any other
+    method that records start/stop LSN, time and timeline is a candidate as-is."""
+    per_site = (m.facts.get("barman") or {}).get(site) if m.method == "barman" else None
+    if per_site:
+        return [planner.Base(m.backup_id, site, m.method, int(per_site["timeline"]),
+                             planner.parse_lsn(per_site["begin_lsn"]), planner.parse_lsn(per_site["end_lsn"]),
+                             _dt(per_site["begin_time"]), _dt(per_site["end_time"]), m.facts.get("start_xmin"),
+                             {**per_site, "backup_id_at_site": per_site["backup_id"]})]
+    if m.method == "barman" or None in (m.start_lsn, m.stop_lsn, m.timeline):
+        return []
+    return [planner.Base(m.backup_id, site, m.method, m.timeline, planner.parse_lsn(m.start_lsn),
+                         planner.parse_lsn(m.stop_lsn), m.start_time or m.started_at, m.stop_time or m.finished_at,
+                         m.facts.get("start_xmin"), {"route": m.method, "manifest": m.model_dump(mode="json")})]
+
+
+def archive_of(site, cluster: str, segment_size: int) -> planner.Archive:
+    """List one site's WAL archive (names only; history files are read, they are tiny)."""
+    from ..wal import codec, names
+
+    arch = planner.Archive(site.name, segment_size=segment_size)
+    for obj in site.list(layout.wal_prefix(cluster)):
+        name, comp = names.split_stored(obj.key.rsplit("/", 1)[-1])
+        if not names.is_wal_name(name):
+            continue
+        k = names.kind(name)
+        if k == "segment":
+            tli, segno = names.parse_segment(name, segment_size)
+            arch.segments.setdefault(tli, set()).add(segno)
+            arch.stored_at[(tli, segno)] = datetime.fromtimestamp(obj.mtime, timezone.utc)
+        elif k == "history":
+            text = codec.decompress(get_bytes(site, obj.key), comp).decode("utf-8", "replace")
+            arch.histories[int(name[:8], 16)] = planner.parse_history(text)
+    return arch
+
+
+@dataclass
+class Gathered:
+    bases: list[planner.Base] = field(default_factory=list)
+    archives: list[planner.Archive] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def gather(policy, from_site: str | None) -> Gathered:
+    g = Gathered()
+    names = site_order(policy, from_site)
+    wal_sites = set(policy.wal.sites) or set(names)
+    for n, site in open_sites(policy, names).items():
+        cat = Catalog(site, policy.cluster.name)
+        try:
+            binding = cat.binding()
+            seg = binding.wal_segment_size if binding else planner.SEG
+            for m in cat.manifests():
+                g.bases.extend(bases_from_manifest(m, n))
+            if n in wal_sites:
+                g.archives.append(archive_of(site, policy.cluster.name, seg))
+        except (PgvaultError, OSError) as exc:
+            msg = getattr(exc, "message", None) or str(exc)
+            g.warnings.append(f"site {n!r} skipped: {msg}")
+            log.warning("site %s skipped: %s", n, msg)
+    return g
+
+
+# -- execute
+
+
+def policy_file(policy) -> str:
+    src = getattr(policy, "_source", None)
+    return str(Path(src).resolve()) if src else os.environ.get("PGVAULT_POLICY", "/etc/pgvault/policy.yaml")
+
+
+def restore_command(policy, wal_site: str | None) -> str:
+    """restore_command through this pgvault (absolute invocation: it runs as postgres)."""
+    from ..sandbox import pgvault_command
+
+    cmd = pgvault_command(policy_file(policy)) + " wal-fetch %f %p"
+    if wal_site and wal_site in policy.sites:
+        cmd += f" --from-site {proc.quote([wal_site])}"
+    return cmd
+
+
+def recovery_settings(p: planner.Plan, restore_cmd: str, action: str, port: int | None) -> dict:
+    """The settings appended to the restored postgresql.auto.conf (later lines win).
+
+    >>> from datetime import datetime, timezone
+    >>> b = planner.Base("b", "s", "barman", 1, 0, 1, datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 1, tzinfo=timezone.utc))
+    >>> t = planner.Target("lsn", lsn=0x3000060)
+    >>> s = recovery_settings(planner.Plan(t, b, "s", 1, "x", "y", 1, 0, None), "cmd %f %p", "pause", 5433)
+    >>> s["recovery_target_lsn"], s["archive_mode"], s["recovery_target_action"], s["port"]
+    ('0/3000060', False, 'pause', 5433)
+    """
+    s = {"restore_command": restore_cmd, "recovery_target_timeline": "latest",
+         # The restored instance must never write into the production archive.
+         "archive_mode": False, "archive_command": "", "hot_standby": True,
+         "primary_conninfo": "", "primary_slot_name": ""}
+    t = p.target
+    if t.kind == "time":
+        s["recovery_target_time"] = t.time.strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    elif t.kind == "lsn":
+        s["recovery_target_lsn"] = planner.format_lsn(t.lsn)
+    elif t.kind == "xid":
+        s["recovery_target_xid"] = str(t.xid)
+    if t.kind != "latest":
+        s["recovery_target_action"] = action
+    if port:
+        s["port"] = port
+    return s
+
+
+def fetch_base(policy, base: planner.Base, dest: Path) -> None:
+    """Lay the base backup down in ``dest`` with the stock Barman tools."""
+    ref = base.ref
+    route = ref.get("route")
+    cfg = policy.sites[base.site]
+    if route == "barman-cloud":
+        env = {"AWS_DEFAULT_REGION": cfg.region} if cfg.region else {}
+        proc.run(bt.cloud_restore_argv(layout.barman_cloud_url(cfg.url()), ref["server"], ref["backup_id"], str(dest),
+                                       cfg.endpoint_url), extra_env=env,
+                 hint=f"check that site {base.site!r} is reachable; barman-cloud-backup-list shows its backups")
+    elif route == "barman-server":
+        conf = Path(cfg.path) / ref["config"]
+        proc.run(bt.server_argv(str(conf), "recover", ref["server"], ref["backup_id"], str(dest)),
+                 hint=f"run: barman -c {conf} check-backup {ref['server']} {ref['backup_id']}")
+    else:
+        raise NotSupported(f"base {base.backup_id} at site {base.site!r} was taken by method {base.method!r}, "
+                           "which this pgvault cannot lay down for a point-in-time restore yet",
+                           "pick a barman base with --from-site, or restore that backup with its own method")
+
+
+def prepare(dest: Path, settings: dict) -> None:
+    """Make a laid-down base ready to recover: no stale pid/signal files, our settings last."""
+    for name in ("postmaster.pid", "postmaster.opts", "standby.signal", "recovery.signal", "recovery.conf"):
+        (dest / name).unlink(missing_ok=True)
+    # Files a base may carry that would be wrong on this instance.
+    shutil.rmtree(dest / "pg_replslot", ignore_errors=True)
+    (dest / "pg_replslot").mkdir(mode=0o700, exist_ok=True)
+    (dest / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+    inst = pg.Instance(dest, settings.get("port") or 5432, socket_dir=dest)
+    inst.configure(**settings)
+    (dest / "recovery.signal").touch()
+    os.chmod(dest, 0o700)
+    pg.chown_to_run_user(dest, recursive=True)
+
+
+@dataclass
+class Outcome:
+    state: str                        # paused | promoted | shut down
+    timeline: int | None = None
+    last_replay_time: datetime | None = None
+    replay_lsn: str | None = None
+    stop_line: str | None = None      # PostgreSQL's "recovery stopping ..." log line
+
+
+def _stop_line(logfile: Path) -> str | None:
+    try:
+        lines = logfile.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    hits = [ln for ln in lines if "recovery stopping" in ln or "last completed transaction" in ln]
+    return hits[-1].split("LOG:", 1)[-1].strip() if hits else None
+
+
+def start_and_wait(dest: Path, port: int, action: str, timeout: float = RECOVERY_TIMEOUT) -> Outcome:
+    """Start the restored instance and wait until recovery reaches its target."""
+    inst = pg.Instance(dest, port, socket_dir=dest)
+    inst.start(wait=False)
+    deadline = time.monotonic() + timeout
+    seen = False
+    while True:
+        if time.monotonic() > deadline:
+            raise DatabaseError(f"recovery in {dest} did not reach its target within {timeout:.0f}s",
+                                f"see the server log {inst.logfile}")
+        if not pg.running_postmaster(dest):
+            text = inst.logfile.read_text(errors="replace") if inst.logfile.exists() else ""
+            if seen or "FATAL" in text or "PANIC" in text:
+                if action == "shutdown" and "recovery stopping" in text:
+                    return Outcome("shut down", stop_line=_stop_line(inst.logfile))
+                raise DatabaseError(f"the restored instance in {dest} stopped during recovery:\n{text[-3000:]}",
+                                    f"see the server log {inst.logfile}")
+            time.sleep(0.2)
+            continue
+        seen = True
+        try:
+            conn = inst.connect()
+        except PgvaultError:
+            time.sleep(0.2)
+            continue
+        try:
+            in_rec = pg.scalar(conn, "SELECT pg_is_in_recovery()")
+            paused = in_rec and pg.scalar(conn, "SELECT pg_get_wal_replay_pause_state()") == "paused"
+            if not in_rec or paused:
+                # After a promotion the checkpoint timeline lags; the current WAL file names it.
+                row = pg.query(conn, """SELECT pg_last_xact_replay_timestamp(),
+                    CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
+                         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+                    CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END""")[0]
+                return Outcome("paused" if paused else "promoted", row[1], row[0], row[2], _stop_line(inst.logfile))
+        finally:
+            conn.close()
+        time.sleep(0.2)
+
+
+@dataclass
+class PitrResult:
+    plan: dict
+    target_dir: str | None = None
+    started: bool = False
+    outcome: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def run(policy, target: planner.Target, *, target_dir: str | None, from_site: str | None = None,
+        port: int | None = None, start: bool = False, plan_only: bool = False, action: str = "promote",
+        force: bool = False, backup_id: str | None = None) -> PitrResult:
+    t0 = time.monotonic()
+    g = gather(policy, from_site)
+    if backup_id:
+        g.bases = [b for b in g.bases if b.backup_id == backup_id]
+        if not g.bases:
+            from ..errors import UsageError
+
+            raise UsageError(f"no base backup {backup_id} at any reachable site", "list backups with pgvault list")
+    p = planner.plan(target, g.bases, g.archives, from_site=from_site)
+    result = PitrResult(p.as_dict(), target_dir, warnings=g.warnings + p.notes)
+    result.timings["plan"] = round(time.monotonic() - t0, 3)
+    if plan_only:
+        return result
+    from ..errors import UsageError
+
+    if not target_dir:
+        raise UsageError("--target-dir is required to restore", "give an empty or new directory, or use --plan")
+    dest = Path(target_dir).resolve()
+    pg.ensure_empty_target(dest, force=force)
+    t1 = time.monotonic()
+    fetch_base(policy, p.base, dest)
+    result.timings["base"] = round(time.monotonic() - t1, 3)
+    wal_site = from_site or (p.wal_site if p.wal_site in policy.sites else p.base.site)
+    prepare(dest, recovery_settings(p, restore_command(policy, wal_site), action, port))
+    if start:
+        t2 = time.monotonic()
+        out = start_and_wait(dest, port or pg.free_port(), action)
+        result.timings["recovery"] = round(time.monotonic() - t2, 3)
+        result.started = True
+        result.outcome = {"state": out.state, "timeline": out.timeline, "replay_lsn": out.replay_lsn,
+                          "last_replayed_transaction_time": out.last_replay_time.isoformat() if out.last_replay_time else None,
+                          "postgres_says": out.stop_line}
+    result.timings["total"] = round(time.monotonic() - t0, 3)
+    return result

@@ -1,0 +1,204 @@
+"""Point-in-time restore end to end: real PostgreSQL 15 archiving through `pgvault wal-push`,
+Barman base backups at a local site (Barman server) and an S3 site (barman-cloud on
+moto_server), an accidental TRUNCATE, and restores to just before it — from each site, after
+the local site is gone, after every local file pgvault keeps is gone, with stock Barman tools
+alone, and across a second timeline."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from pgvault import pg, sandbox
+from pgvault.catalog import layout
+from pgvault.methods import barman_tools as bt
+from pgvault.wal import names
+from tests.conftest import World
+
+
+def archived(w: World, site: str) -> set[str]:
+    from pgvault.policy import load_policy
+    from pgvault.sites import open_site
+
+    pol = load_policy(str(w.workdir / "policy.yaml"))
+    s = open_site(site, pol.sites[site])
+    return {names.split_stored(o.key.rsplit("/", 1)[1])[0] for o in s.list(layout.wal_prefix("main"))}
+
+
+def switch_and_wait(w: World, inst, sites=("a", "eu")) -> str:
+    """Close the current segment and wait until every WAL site holds it."""
+    seg = inst.psql("SELECT pg_walfile_name(pg_switch_wal())").strip()
+    for s in sites:
+        sandbox.wait_until(lambda: seg in archived(w, s), 90, f"{seg} at site {s}")
+    return seg
+
+
+def rows(inst) -> list[int]:
+    return [int(x) for x in inst.psql("SELECT id FROM orders ORDER BY id").split()]
+
+
+def restored(path, port) -> pg.Instance:
+    return pg.Instance(path, port, socket_dir=path)
+
+
+@pytest.fixture(scope="module")
+def scene(moto):
+    """A cluster with a base backup at both sites, 30 rows committed, then a TRUNCATE."""
+    workdir = sandbox.workdir("pgvault-pitr-")
+    policy = workdir / "policy.yaml"
+    inst = sandbox.new_instance(workdir, "pg", start=False, settings={
+        "archive_mode": "on", "archive_command": sandbox.pgvault_command(policy) + " wal-push %p"})
+    w = World(workdir, inst, moto)
+    w.local_site("a")
+    w.s3_site("eu", "eu-west-1")
+    w.state = sandbox.owned_dir(workdir / "state")
+    w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"], "compression": "lz4"}
+    w.policy(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
+    inst.start()
+    inst.psql("CREATE TABLE orders (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+    switch_and_wait(w, inst)
+    w.backup_id = w.cli("backup", "base").stdout.strip().splitlines()[-1]
+    for batch in range(3):
+        inst.psql(f"INSERT INTO orders (id) SELECT g FROM generate_series({batch * 10 + 1}, {batch * 10 + 10}) g")
+    w.before = inst.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')").strip()
+    w.expected = rows(inst)
+    inst.psql("TRUNCATE orders")
+    switch_and_wait(w, inst)
+    assert rows(inst) == [] and len(w.expected) == 30
+    yield w
+    for pidfile in workdir.glob("*/postmaster.pid"):
+        pg.Instance(pidfile.parent, 0).stop("immediate")
+    inst.stop("immediate")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_plan_prints_the_plan_and_changes_nothing(scene):
+    w = scene
+    target = w.workdir / "planned"
+    cp = w.cli("restore", "--to-time", w.before, "--target-dir", str(target), "--plan")
+    assert "read " + w.before + " as UTC (no offset given)" in cp.stderr
+    assert f"base:    {w.backup_id}" in cp.stdout and "plan only: nothing was changed" in cp.stdout
+    assert not target.exists()
+    doc = json.loads(w.cli("restore", "--to-time", w.before + "+00:00", "--plan", "--json").stdout)
+    assert doc["plan"]["base"]["backup_id"] == w.backup_id and doc["plan"]["wal"]["segments"] >= 2
+
+
+def test_refusals_name_the_recoverable_window(scene):
+    w = scene
+    cp = w.cli("restore", "--to-time", "2099-01-01 00:00:00", "--target-dir", str(w.workdir / "x"), check=False)
+    assert cp.returncode == 2, cp.stderr
+    assert "beyond the end of the archived WAL" in cp.stderr and "recoverable window: from" in cp.stderr
+    assert not (w.workdir / "x").exists()
+    cp = w.cli("restore", "--to-time", "2000-01-01T00:00:00Z", "--target-dir", str(w.workdir / "x"), check=False)
+    assert cp.returncode == 2 and "before the oldest base backup" in cp.stderr and "HINT:" in cp.stderr
+    busy = w.workdir / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("precious")
+    cp = w.cli("restore", "--to-time", w.before, "--target-dir", str(busy), check=False)
+    assert cp.returncode == 2 and "not empty" in cp.stderr
+    assert (busy / "keep.txt").read_text() == "precious"
+    cp = w.cli("restore", "--to-time", w.before, "--target-dir", str(w.pg.pgdata), check=False)
+    assert cp.returncode == 2 and "running PostgreSQL cluster" in cp.stderr
+
+
+@pytest.mark.parametrize("site", ["a", "eu"])
+def test_restore_to_before_the_truncate_brings_every_row_back(scene, site):
+    w = scene
+    dest, port = w.workdir / f"r-{site}", pg.free_port()
+    cp = w.cli("restore", "--to-time", w.before, "--from-site", site, "--target-dir", str(dest),
+               "--port", str(port), "--start")
+    assert f"at site '{site}'" in cp.stdout and "recovery promoted" in cp.stdout, cp.stdout
+    inst = restored(dest, port)
+    try:
+        assert rows(inst) == w.expected
+        conf = (dest / "postgresql.auto.conf").read_text()
+        assert "archive_mode = 'off'" in conf and "wal-fetch %f %p --from-site" in conf
+    finally:
+        inst.stop("immediate")
+
+
+def test_stock_barman_tools_alone_restore_from_s3(scene):
+    """barman-cloud-restore + barman-cloud-wal-restore, no pgvault involved."""
+    w = scene
+    cfg = w.sites["eu"]
+    url = f"s3://{cfg['bucket']}/{cfg['prefix']}/clusters"
+    m = json.loads(w.cli("list", "--json").stdout)
+    assert any(d["backup_id"] == w.backup_id for d in m)
+    listing = subprocess.run([bt.tool("barman-cloud-backup-list"), "--endpoint-url", cfg["endpoint_url"],
+                              "--format", "json", url, "main"], capture_output=True, text=True, check=True)
+    barman_id = json.loads(listing.stdout)["backups_list"][-1]["backup_id"]
+    dest, port = sandbox.owned_dir(w.workdir / "stock"), pg.free_port()
+    subprocess.run([bt.tool("barman-cloud-restore"), "--endpoint-url", cfg["endpoint_url"], url, "main", barman_id,
+                    str(dest)], check=True, capture_output=True)
+    inst = restored(dest, port)
+    inst.configure(restore_command=f"{bt.tool('barman-cloud-wal-restore')} --endpoint-url {cfg['endpoint_url']} "
+                                   f"{url} main %f %p",
+                   recovery_target_time=w.before + "+00", recovery_target_action="promote", archive_mode=False)
+    (dest / "recovery.signal").touch()
+    pg.chown_to_run_user(dest, recursive=True)
+    try:
+        inst.start(timeout=300)
+        sandbox.wait_until(lambda: inst.psql("SELECT pg_is_in_recovery()").strip() == "f", 120, "promotion")
+        assert rows(inst) == w.expected
+    finally:
+        inst.stop("immediate")
+
+
+def test_second_timeline(scene):
+    """Restore, make the restored cluster a primary that archives (timeline 2), write, and
+    restore again to a point on timeline 2."""
+    w = scene
+    first, port = w.workdir / "tl2", pg.free_port()
+    w.cli("restore", "--to-time", w.before, "--from-site", "a", "--target-dir", str(first), "--port", str(port))
+    inst = restored(first, port)
+    # The operator's choice: this restore becomes the new primary and archives.
+    inst.configure(archive_mode=True, archive_command=sandbox.pgvault_command(w.workdir / "policy.yaml") + " wal-push %p")
+    try:
+        inst.start(timeout=300)
+        sandbox.wait_until(lambda: inst.psql("SELECT pg_is_in_recovery()").strip() == "f", 120, "promotion")
+        assert inst.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)").strip() == "00000002"
+        sandbox.wait_until(lambda: "00000002.history" in archived(w, "a") and "00000002.history" in archived(w, "eu"),
+                           60, "history file archived")
+        inst.psql("INSERT INTO orders (id) SELECT g FROM generate_series(101, 105) g")
+        on_tl2 = inst.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')").strip()
+        want = rows(inst)
+        inst.psql("DELETE FROM orders")
+        switch_and_wait(w, inst)
+    finally:
+        inst.stop("fast")
+    dest, port2 = w.workdir / "tl2-again", pg.free_port()
+    cp = w.cli("restore", "--to-time", on_tl2, "--target-dir", str(dest), "--port", str(port2), "--start", "--plan")
+    assert "ends on timeline 2" in cp.stdout, cp.stdout
+    cp = w.cli("restore", "--to-time", on_tl2, "--target-dir", str(dest), "--port", str(port2), "--start")
+    again = restored(dest, port2)
+    try:
+        assert rows(again) == want == w.expected + [101, 102, 103, 104, 105]
+        assert "timeline 3" in cp.stdout     # promoted again: a new timeline after 2
+    finally:
+        again.stop("immediate")
+
+
+def test_restore_from_s3_after_local_site_and_local_state_are_gone(scene):
+    w = scene
+    shutil.rmtree(w.workdir / "site-a")
+    dest, port = w.workdir / "r-no-local", pg.free_port()
+    cp = w.cli("restore", "--to-time", w.before, "--target-dir", str(dest), "--port", str(port), "--start")
+    assert "at site 'eu'" in cp.stdout
+    inst = restored(dest, port)
+    try:
+        assert rows(inst) == w.expected
+    finally:
+        inst.stop("immediate")
+    # Every local file pgvault keeps: its state dir (spool, caches) too. Only the policy remains.
+    shutil.rmtree(w.state)
+    dest2, port2 = w.workdir / "r-nothing-local", pg.free_port()
+    w.cli("restore", "--to-time", w.before, "--target-dir", str(dest2), "--port", str(port2), "--start",
+          env={"HOME": str(w.workdir)})
+    inst = restored(dest2, port2)
+    try:
+        assert rows(inst) == w.expected
+    finally:
+        inst.stop("immediate")
