@@ -88,3 +88,59 @@ def relations_cmd(ctx, force, as_json):
     for site, msg in r.failed.items():
         warn(f"site {site!r}: {msg}")
     return 0
+
+
+# -- restore --before-truncate (called from pgvault.cli.restore_pitr.run_pitr)
+
+def before_truncate_target(policy, table_name, *, from_site=None, as_json=False, around=None, window=None,
+                           find_database=None, **_):
+    """Find the damaging transaction, say which one was chosen, and return the PITR target
+    that stops just before it (inclusive off) with what was found."""
+    from ..restore.finder import resolve_before_truncate
+    from ..restore.plan import Target
+    from ..restore.walscan import parse_lsn
+
+    if window and not around:
+        from ..errors import UsageError
+
+        raise UsageError("--window needs --around", "give --around TIME, or drop --window")
+    rt, res = resolve_before_truncate(policy, table_name, find_database, around, _duration(window), from_site=from_site)
+    c = rt.candidate
+    for n in res.notes:
+        warn(n)
+    when = c.time.isoformat() if c.time else "unknown time"
+    if not as_json:
+        click.echo(f"damaging transaction: {c.kind} of {res.table} (database {res.database}) by xid {c.xid}, "
+                   f"committed {when} at {c.lsn} [{c.confidence}]: {c.detail}", err=True)
+    if rt.lsn:
+        target = Target("lsn", lsn=parse_lsn(rt.lsn), inclusive=False,
+                        how=f"just before the DROP DATABASE record at {rt.lsn} (inclusive off)")
+    else:
+        target = Target("xid", xid=rt.xid, inclusive=False,
+                        how=f"just before transaction {rt.xid} (recovery_target_inclusive = off)")
+    return target, res
+
+
+def hand_back(result, found, port, *, as_json=False, copy_back_to=None):
+    """Print (or run, with --copy-back-to) the commands that copy the table back from the
+    restored instance; record them in the result."""
+    from ..restore import copyback
+
+    best = found.best
+    src = f"host={result.target_dir} port={port or 'PORT'} user=postgres"
+    cb = copyback.plan(best.kind, found.table, found.database, src, copy_back_to or "CONNINFO")
+    result.plan["before_truncate"] = {**best.to_dict(), "table": found.table, "database": found.database,
+                                      "copy_back": cb.shell()}
+    paused = bool(result.outcome and result.outcome.get("state") == "paused")
+    if copy_back_to:
+        from ..errors import UsageError
+
+        if not paused:
+            raise UsageError("--copy-back-to needs the restored instance running and paused",
+                             "add --start (and keep --action pause)")
+        copyback.run(cb)
+        result.plan["before_truncate"]["copied_back_to"] = True
+        if not as_json:
+            click.echo(f"copied {found.table} back into the target database", err=True)
+    elif not as_json:
+        click.echo("hand the table back with:\n  " + "\n  ".join(cb.shell()), err=True)
