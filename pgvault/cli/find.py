@@ -54,7 +54,7 @@ def find(ctx, table_name, database, around, window, wal_dir, from_site, timeline
         return 0
     s = res.stats
     click.echo(f"table {res.table} in database {res.database}: scanned {s.segments} segments "
-               f"({human_size(s.bytes)}, {s.records} records) from {res.source} in {s.seconds:.1f}s")
+               f"({human_size(s.bytes)}) from {res.source} in {s.seconds:.1f}s")
     if not res.candidates:
         click.echo("no transaction truncated, dropped, rewrote or mass-deleted it in the scanned WAL")
         return 0
@@ -124,6 +124,7 @@ def before_truncate_target(policy, table_name, *, from_site=None, as_json=False,
 def hand_back(result, found, port, *, as_json=False, copy_back_to=None):
     """Print (or run, with --copy-back-to) the commands that copy the table back from the
     restored instance; record them in the result."""
+    from .. import proc
     from ..restore import copyback
 
     best = found.best
@@ -138,9 +139,17 @@ def hand_back(result, found, port, *, as_json=False, copy_back_to=None):
         if not paused:
             raise UsageError("--copy-back-to needs the restored instance running and paused",
                              "add --start (and keep --action pause)")
+        if best.kind != "MASS DELETE":
+            copyback.end_recovery(src)
+            result.plan["before_truncate"]["side_instance"] = "promoted after pausing, to read the table"
         copyback.run(cb)
         result.plan["before_truncate"]["copied_back_to"] = True
         if not as_json:
             click.echo(f"copied {found.table} back into the target database", err=True)
     elif not as_json:
-        click.echo("hand the table back with:\n  " + "\n  ".join(cb.shell()), err=True)
+        steps = cb.shell()
+        if best.kind != "MASS DELETE":
+            # While paused, the replayed lock of the damaging transaction still blocks the table.
+            steps.insert(0, proc.quote(["psql", f"{src} dbname=postgres", "-c", "SELECT pg_wal_replay_resume()"])
+                         + "   # end recovery on the side instance: releases the damaging transaction's lock")
+        click.echo("hand the table back with:\n  " + "\n  ".join(steps), err=True)

@@ -4,7 +4,13 @@ table (or database) from the side instance with pg_dump, load it with pg_restore
 What is loaded depends on the damage: after TRUNCATE or a mass DELETE the table still exists
 in production, so only its rows go back (``--data-only``); after DROP TABLE the table itself
 (definition, rows, indexes) goes back; after DROP DATABASE the whole database is dumped and
-restored into a database created under the same name."""
+restored into a database created under the same name.
+
+While the side instance is paused before the damaging transaction's commit, that
+transaction is in progress as far as the standby knows, and its AccessExclusiveLock (logged
+before the commit, replayed by the startup process) blocks every read of the table. Ending
+recovery on the side instance aborts it and releases the lock; the side instance never
+archives (archive_mode off), so promoting it touches nothing else."""
 from __future__ import annotations
 
 import os
@@ -58,6 +64,20 @@ def plan(kind: str, table: str, database: str, source_conninfo: str, dest_connin
         load = [tool("pg_restore"), "--data-only", "--exit-on-error", "--dbname", _with_db(dest_conninfo, database),
                 dump_file]
     return CopyBack([dump, load], dump_file)
+
+
+def end_recovery(conninfo: str, timeout: float = 120) -> None:
+    """Resume the paused side instance past its target: recovery ends, the instance is promoted."""
+    from ..sandbox import wait_until
+
+    conn = pg.connect(conninfo, dbname="postgres")
+    try:
+        if pg.scalar(conn, "SELECT pg_is_in_recovery()"):
+            pg.query(conn, "SELECT pg_wal_replay_resume()")
+        wait_until(lambda: not pg.scalar(conn, "SELECT pg_is_in_recovery()"), timeout, "the side instance to end recovery",
+                   interval=0.2)
+    finally:
+        conn.close()
 
 
 def run(cb: CopyBack) -> None:

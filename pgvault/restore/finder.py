@@ -33,7 +33,7 @@ _CONF = {"high": 0, "medium": 1, "low": 2}
 class ScanStats:
     segments: int = 0
     bytes: int = 0
-    records: int = 0
+    output_bytes: int = 0     # pg_waldump text classified
     seconds: float = 0.0
     first_segment: str | None = None
     last_segment: str | None = None
@@ -59,7 +59,7 @@ class FindResult:
         s = self.stats
         return {"table": self.table, "database": self.database, "source": self.source,
                 "history_records": self.history_records, "notes": self.notes,
-                "scan": {"segments": s.segments, "bytes": s.bytes, "records": s.records,
+                "scan": {"segments": s.segments, "bytes": s.bytes, "waldump_output_bytes": s.output_bytes,
                          "seconds": round(s.seconds, 3), "first_segment": s.first_segment,
                          "last_segment": s.last_segment, "end": s.end_note},
                 "candidates": [c.to_dict() for c in self.candidates]}
@@ -105,7 +105,7 @@ def scan_segments(segments: walsource.Segments, spec: TableSpec, *, bindir: str 
                 raise
             stats.end_note = exc.stderr_tail.strip().splitlines()[-1][:300]
     stats.seconds = time.monotonic() - t0
-    stats.records = scanner.records
+    stats.output_bytes = scanner.bytes
     return scanner.candidates, stats
 
 

@@ -148,7 +148,8 @@ class Scanner:
         self.spec = spec
         self.xacts: dict[int, _Xact] = {}
         self.candidates: list[Candidate] = []
-        self.records = 0
+        self.records = 0          # lines fed one by one (feed_lines)
+        self.bytes = 0            # bytes fed in blocks (feed_chunk)
         self.last_lsn: str | None = None
         self.first_lsn: str | None = None
         # The table's heap files; grows as rewrites and truncates give it new ones, so a later
@@ -173,7 +174,8 @@ class Scanner:
         few that can matter with C-speed substring searches: lines carrying a marker, then the
         COMMIT/ABORT lines of the transactions those (and earlier pending ones) belong to —
         then feed just those, in order. Equivalent to ``feed_lines`` on the same text."""
-        self.records += buf.count(b"\n")
+        # (No per-line count here: even bytes.count costs a quarter of the scan.)
+        self.bytes += len(buf)
         starts = set()
         xids = set(self.xacts)
         for marker in _MARKERS:
