@@ -187,7 +187,9 @@ def find(policy, table: str, *, database: str | None = None, around: str | datet
                                                  start_lsn=start_lsn, end_lsn=end_lsn)
             source = f"site {name}"
             segs = walsource.local_segments(tmp, timeline)
-        cands, stats = scan_segments(segs, spec, bindir=policy.cluster.bin_dir, end_lsn=end_lsn)
+        # The segment range already stops at end_lsn's segment; no --end (pg_waldump refuses
+        # an --end outside its last file, e.g. when the archive ends earlier).
+        cands, stats = scan_segments(segs, spec, bindir=policy.cluster.bin_dir)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
