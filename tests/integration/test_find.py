@@ -157,3 +157,14 @@ def test_find_reads_the_wal_archive_at_a_site(damaged):
     around = first["commit_time"]
     doc = damaged.find("--table", "public.orders", "--database", "app", "--around", around, "--window", "10m")
     assert damaging(doc)[0]["xid"] == damaged.xids["truncate"]
+
+
+def test_bad_input_is_refused_with_a_hint(damaged):
+    w = damaged.world
+    for args, words in ((["--table", "public.nosuch", "--wal-dir", str(damaged.arch)], "no record of table public.nosuch"),
+                        (["--table", "orders", "--window", "1h"], "--window needs --around"),
+                        (["--table", "orders", "--around", "yesterday-ish"], "not a time"),
+                        (["--table", "orders", "--wal-dir", "/nonexistent/wal"], "does not exist")):
+        cp = w.cli("find", *args, check=False)
+        assert cp.returncode == 2, (args, cp.stderr)
+        assert words in cp.stderr and "HINT:" in cp.stderr and "Traceback" not in cp.stderr, cp.stderr
