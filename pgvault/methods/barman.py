@@ -91,8 +91,15 @@ def cloud_backup(ctx: BackupContext, name: str, pgvault_id: str) -> dict:
     path_env = {**env, "PATH": f"{ctx.tool('pg_basebackup').rsplit('/', 1)[0]}:{os.environ.get('PATH', '')}"}
     try:
         proc.run(argv, extra_env=path_env, hint=f"check site {name!r} ({cfg.url()}) and the server log")
-    finally:
-        new = _cloud_ids(ctx, name) - before
+    except PgvaultError:
+        # barman-cloud leaves a FAILED backup.info behind; nothing that looks like a backup stays.
+        try:
+            for bid in _cloud_ids(ctx, name) - before:
+                cloud_delete(ctx, name, bid)
+        except PgvaultError as exc:
+            log.warning("site %s: could not remove the failed Barman backup: %s", name, exc.message)
+        raise
+    new = _cloud_ids(ctx, name) - before
     if len(new) != 1:
         raise PgvaultError(f"site {name!r}: could not find the backup barman-cloud-backup just took ({sorted(new)})")
     bid = new.pop()
@@ -202,7 +209,9 @@ def server_backup(ctx: BackupContext, name: str) -> dict:
 
 
 def _iso(text: str) -> str:
-    """>>> _iso("2026-11-25 22:19:39.305838+00:00")
+    """Barman's time text as ISO 8601.
+
+    >>> _iso("2026-11-25 22:19:39.305838+00:00")
     '2026-11-25T22:19:39.305838+00:00'
     """
     return datetime.fromisoformat(text).isoformat()

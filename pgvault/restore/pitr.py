@@ -20,6 +20,7 @@ from ..methods import barman_tools as bt
 from ..sites import open_sites
 from ..sites.base import get_bytes
 from . import plan as planner
+from . import prefetch
 from .source import site_order
 
 log = logging.getLogger("pgvault.restore.pitr")
@@ -274,14 +275,21 @@ def run(policy, target: planner.Target, *, target_dir: str | None, from_site: st
     fetch_base(policy, p.base, dest)
     result.timings["base"] = round(time.monotonic() - t1, 3)
     wal_site = from_site or (p.wal_site if p.wal_site in policy.sites else p.base.site)
-    prepare(dest, recovery_settings(p, restore_command(policy, wal_site), action, port))
+    fallback = restore_command(policy, wal_site)
+    staging = dest / prefetch.STAGING
+    cmd = prefetch.restore_command(staging, fallback) if start else fallback
+    prepare(dest, recovery_settings(p, cmd, action, port))
     if start:
         t2 = time.monotonic()
-        out = start_and_wait(dest, port or pg.free_port(), action)
+        fetcher = prefetch.Prefetcher(policy, p.wal_names, staging, from_site=wal_site).start()
+        try:
+            out = start_and_wait(dest, port or pg.free_port(), action)
+        finally:
+            fetcher.stop()
         result.timings["recovery"] = round(time.monotonic() - t2, 3)
         result.started = True
         result.outcome = {"state": out.state, "timeline": out.timeline, "replay_lsn": out.replay_lsn,
                           "last_replayed_transaction_time": out.last_replay_time.isoformat() if out.last_replay_time else None,
-                          "postgres_says": out.stop_line}
+                          "postgres_says": out.stop_line, "prefetched_segments": fetcher.fetched}
     result.timings["total"] = round(time.monotonic() - t0, 3)
     return result

@@ -233,6 +233,7 @@ class Plan:
     reach_lsn: int                     # end of the archived WAL on the path
     reach_time: datetime | None        # upper bound of the time of the last archived record
     notes: list[str] = field(default_factory=list)
+    wal_names: list[str] = field(default_factory=list)   # every segment on the path, in replay order
 
     def as_dict(self) -> dict:
         return {"target": self.target.describe(), "target_read_as": self.target.how,
@@ -255,6 +256,15 @@ def seg_name(tli: int, segno: int, size: int = SEG) -> str:
     """
     per = 0x100000000 // size
     return f"{tli:08X}{segno // per:08X}{segno % per:08X}"
+
+
+def parse_segment_no(name: str, size: int = SEG) -> int:
+    """The segment number of a segment name (timeline ignored).
+
+    >>> parse_segment_no("000000020000000100000003")
+    259
+    """
+    return int(name[8:16], 16) * (0x100000000 // size) + int(name[16:24], 16)
 
 
 def _window(bases: list[Base], reach: dict) -> str:
@@ -335,7 +345,8 @@ def plan(target: Target, bases: list[Base], archives: list[Archive], *, from_sit
                 if arch.site != b.site:
                     notes.append(f"WAL comes from several sites (wal-fetch falls back from {b.site!r})")
                 return Plan(target, b, arch.site, tli, seg_name(b.timeline, b.start_lsn // arch.segment_size, arch.segment_size),
-                            seg_name(*last, arch.segment_size), len(found), r_lsn, r_time, notes)
+                            seg_name(*last, arch.segment_size), len(found), r_lsn, r_time, notes,
+                            [seg_name(t, s, arch.segment_size) for t, s in found])
     if target.kind == "xid":
         raise RestoreRefused(f"no base backup has contiguous WAL archived up to its end for {target.describe()}",
                              _window(bases, reach))

@@ -75,6 +75,29 @@ def scene(moto):
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def test_barman_backup_facts_and_stock_layout(scene):
+    w = scene
+    local = w.workdir / "site-a"
+    m = json.loads((local / "clusters/main/backups" / w.backup_id / "manifest.json").read_text())
+    assert m["method"] == "barman" and m["start_lsn"] and m["stop_wal"] >= m["start_wal"]
+    for site in ("a", "eu"):
+        f = m["facts"]["barman"][site]
+        assert f["begin_wal"] <= f["end_wal"] and f["timeline"] == 1 and f["begin_time"] <= f["end_time"]
+        assert "START WAL LOCATION" in f["backup_label"]
+    # Stock Barman sees each backup in its own layout.
+    conf = local / "clusters/main/barman/barman.conf"
+    out = subprocess.run([bt.tool("barman"), "-c", str(conf), "-f", "json", "list-backups", "main"],
+                         capture_output=True, text=True, check=True).stdout
+    assert m["facts"]["barman"]["a"]["backup_id"] in out
+    cfg = w.sites["eu"]
+    keys = [o["Key"] for o in w.moto.client("eu-west-1").list_objects_v2(Bucket=cfg["bucket"])["Contents"]]
+    assert f"pg/clusters/main/base/{m['facts']['barman']['eu']['backup_id']}/backup.info" in keys
+    for p in (local / "clusters/main/barman").rglob("*"):
+        assert p.is_symlink() or p.stat().st_mode & 0o077 == 0, p
+    # The replication slot Barman streamed through is gone: it must never hold WAL on the server.
+    assert w.pg.psql("SELECT count(*) FROM pg_replication_slots").strip() == "0"
+
+
 def test_plan_prints_the_plan_and_changes_nothing(scene):
     w = scene
     target = w.workdir / "planned"
