@@ -98,6 +98,15 @@ def pin_key(cluster: str, backup_id: str) -> str:
     return f"clusters/{cluster}/pins/{backup_id}.json"
 
 
+def relations_key(cluster: str, record_id: str) -> str:
+    """One relation-history record (see pgvault.restore.relations).
+
+    >>> relations_key("main", "20261125T221530Z-0000000001BC7990")
+    'clusters/main/relations/20261125T221530Z-0000000001BC7990.json'
+    """
+    return f"clusters/{cluster}/relations/{record_id}.json"
+
+
 def new_backup_id(now: datetime | None = None, taken: set[str] | frozenset[str] = frozenset()) -> str:
     """A sortable UTC id; one second later while the id is taken.
 

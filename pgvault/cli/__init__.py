@@ -30,6 +30,8 @@ COMMANDS = {
     "unpin": "pgvault.cli.expire:unpin",
     "demo": "pgvault.cli.demo:demo",
     "snapshot": "pgvault.cli.snapshot:snapshot",
+    "find": "pgvault.cli.find:find",
+    "relations": "pgvault.cli.find:relations_cmd",
     "wal-push": "pgvault.cli.wal:wal_push",
     "wal-fetch": "pgvault.cli.wal:wal_fetch",
     "wal-ship": "pgvault.cli.wal:wal_ship",

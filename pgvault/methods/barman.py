@@ -209,7 +209,9 @@ def server_backup(ctx: BackupContext, name: str) -> dict:
 
 
 def _iso(text: str) -> str:
-    """>>> _iso("2026-11-25 22:19:39.305838+00:00")
+    """Barman's time text as ISO 8601.
+
+    >>> _iso("2026-11-25 22:19:39.305838+00:00")
     '2026-11-25T22:19:39.305838+00:00'
     """
     return datetime.fromisoformat(text).isoformat()
