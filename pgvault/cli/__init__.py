@@ -22,6 +22,7 @@ COMMANDS = {
     "list": "pgvault.cli.catalog:list_cmd",
     "verify": "pgvault.cli.catalog:verify",
     "restore": "pgvault.cli.restore:restore",
+    "status": "pgvault.cli.status:status",
 }
 
 

@@ -1,0 +1,159 @@
+"""Gather the facts behind `pgvault status` from the sites (the source of truth) and the
+cluster. Nothing here judges: evaluate.py compares these facts with the policy.
+
+Every site is read independently: one unreachable site is a fact about that site, never a
+reason to stop reading the others."""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+from .. import pg
+from ..catalog import layout
+from ..catalog.catalog import Catalog
+from ..errors import PgvaultError
+from ..sites import open_site
+from . import wal as walscan
+
+log = logging.getLogger("pgvault.status")
+
+PASSED = ("passed", "ok", "success", "succeeded")
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+def cluster_facts(policy) -> dict:
+    """The cluster's position in WAL, read over SQL; an unreachable cluster is a fact too."""
+    try:
+        with pg.connect(policy.cluster.conninfo) as conn:
+            info = pg.server_info(conn)
+            row = pg.query(conn, """
+                SELECT current_setting('archive_mode'), archived_count, last_archived_wal, last_archived_time,
+                       failed_count, last_failed_wal, last_failed_time FROM pg_stat_archiver""")[0]
+    except PgvaultError as exc:
+        return {"reachable": False, "error": exc.message, "hint": exc.hint}
+    return {"reachable": True, "version": info.version, "system_identifier": info.system_identifier,
+            "timeline": info.timeline, "in_recovery": info.in_recovery, "current_lsn": info.current_lsn,
+            "wal_segment_size": info.wal_segment_size, "archive_mode": row[0],
+            "archiver": {"archived_count": row[1], "last_archived_wal": row[2], "last_archived_time": _dt(row[3]),
+                         "failed_count": row[4], "last_failed_wal": row[5], "last_failed_time": _dt(row[6])}}
+
+
+def _dt(v: datetime | None) -> str | None:
+    return None if v is None else v.astimezone(timezone.utc).isoformat()
+
+
+def _backup_facts(cat: Catalog, jobs: list[str]) -> tuple[dict, str | None]:
+    """Per job: count kept, newest backup; plus the start WAL of the oldest PITR base here."""
+    by_job: dict[str, list] = {j: [] for j in jobs}
+    oldest_wal = None
+    for m in cat.manifests():
+        if m.job in by_job:
+            by_job[m.job].append(m)
+        if m.start_wal and (oldest_wal is None or m.start_wal[8:] < oldest_wal[8:]):
+            oldest_wal = m.start_wal
+    out = {}
+    for job, ms in by_job.items():
+        last = max(ms, key=lambda m: m.finished_at) if ms else None
+        out[job] = {"count": len(ms), "total_size": sum(m.total_size for m in ms), "last": None if last is None else {
+            "backup_id": last.backup_id, "method": last.method, "started_at": last.started_at.isoformat(),
+            "finished_at": last.finished_at.isoformat(), "size": last.total_size, "stop_lsn": last.stop_lsn}}
+    return out, oldest_wal
+
+
+def _drill_docs(cat: Catalog) -> list[dict]:
+    """Drill evidence at one site, read defensively: a damaged or foreign object is skipped."""
+    from ..sites.base import get_bytes
+
+    docs = []
+    for obj in cat.site.list(layout.drills_prefix(cat.cluster)):
+        if not obj.key.endswith(".json"):
+            continue
+        try:
+            doc = json.loads(get_bytes(cat.site, obj.key))
+        except (PgvaultError, ValueError) as exc:
+            log.warning("site %s: skipping drill evidence %s: %s", cat.name, obj.key, getattr(exc, "message", exc))
+            continue
+        if not isinstance(doc, dict):
+            continue
+        drill_id = obj.key.rsplit("/", 1)[-1][: -len(".json")]
+        when = doc.get("finished_at") or doc.get("started_at")
+        docs.append({"drill": str(doc.get("drill") or drill_id), "id": drill_id, "site": cat.name,
+                     "started_at": doc.get("started_at"), "finished_at": doc.get("finished_at"),
+                     "when": when if isinstance(when, str) else _iso(obj.mtime),
+                     "outcome": str(doc.get("outcome", "unknown")).lower(),
+                     "rto_seconds": _num(doc.get("rto_seconds")), "rpo_seconds": _num(doc.get("rpo_seconds")),
+                     "message": doc.get("message")})
+    return docs
+
+
+def _instant(text) -> datetime:
+    from ..clock import parse_instant
+
+    try:
+        return parse_instant(text)
+    except (TypeError, ValueError, AttributeError):
+        return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def site_facts(policy, name: str, segment_size: int) -> dict:
+    """Backups, WAL and drill evidence held at one site."""
+    cluster = policy.cluster.name
+    jobs = [j for j, job in policy.jobs.items() if name in job.sites]
+    facts: dict = {"reachable": True, "error": None, "describe": None}
+    try:
+        site = open_site(name, policy.sites[name])
+        facts["describe"] = site.describe()
+        cat = Catalog(site, cluster)
+        binding = cat.binding()
+        facts["bound_at"] = binding.created_at.isoformat() if binding else None
+        facts["backups"], oldest_wal = _backup_facts(cat, jobs)
+        if name in policy.wal.sites:
+            objs = [(o.key, o.mtime) for o in site.list(layout.wal_prefix(cluster))]
+            s = walscan.scan(objs, segment_size, oldest_wal)
+            facts["wal"] = {"count": s.count, "newest": s.newest, "newest_time": _iso(s.newest_mtime),
+                            "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
+                            "gaps": s.gaps, "gap_count": s.gap_count}
+        facts["drills"] = _drill_docs(cat)
+    except PgvaultError as exc:
+        return {"reachable": False, "error": exc.message, "hint": exc.hint, "describe": facts["describe"]}
+    except OSError as exc:
+        return {"reachable": False, "error": f"site {name!r}: {exc}", "hint": "check the path and its permissions",
+                "describe": facts["describe"]}
+    return facts
+
+
+def _segment_size(policy, cluster: dict) -> int:
+    if cluster.get("reachable"):
+        return cluster["wal_segment_size"]
+    # The cluster is down: the size it was bound with at any site still tells us how to count.
+    for name in policy.sites:
+        try:
+            b = Catalog(open_site(name, policy.sites[name]), policy.cluster.name).binding()
+        except PgvaultError:
+            continue
+        if b:
+            return b.wal_segment_size
+    return 16 << 20
+
+
+def collect(policy, now: datetime) -> dict:
+    """All facts status needs, as a JSON-able document."""
+    cluster = cluster_facts(policy)
+    seg = _segment_size(policy, cluster)
+    sites = {name: site_facts(policy, name, seg) for name in policy.sites}
+    drills: dict[str, dict] = {}
+    for name, f in sites.items():
+        for d in f.pop("drills", []):
+            cur = drills.get(d["drill"])
+            if cur is None or _instant(d["when"]) > _instant(cur["when"]):
+                drills[d["drill"]] = d
+    return {"cluster_name": policy.cluster.name, "collected_at": now.isoformat(), "wal_segment_size": seg,
+            "cluster": cluster, "sites": sites, "drills": drills}
