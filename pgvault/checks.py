@@ -92,11 +92,28 @@ def check_tools(policy, info: pg.ServerInfo | None) -> list[CheckResult]:
     return out
 
 
-def run_checks(policy) -> list[CheckResult]:
+def status_results(doc: dict) -> list[CheckResult]:
+    """The status items (backups, WAL, drills, objectives) as check results. The cluster and
+    site items are left out: the probes above test the same things more strictly."""
+    from .status import all_items
+
+    out = []
+    for i in all_items(doc):
+        if i["kind"] in ("cluster", "site"):
+            continue
+        where = f" at {i['site']}" if i["site"] and i["kind"] != "drill" else ""
+        out.append(CheckResult(f"{i['kind']} {i['name']}{where}", i["code"], i["message"], i.get("hint")))
+    return out
+
+
+def run_checks(policy, *, status_doc: dict | None = None) -> list[CheckResult]:
+    """Probes of the cluster, every site and the tools; plus the status items when given."""
     results, info = check_cluster(policy)
     for name in policy.sites:
         results.append(check_site(policy, name, info))
     results += check_tools(policy, info)
+    if status_doc is not None:
+        results += status_results(status_doc)
     return results
 
 
