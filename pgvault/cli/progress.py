@@ -43,9 +43,11 @@ class Progress:
         self.json = (not self.tty) and (json_logging() if as_json is None else as_json)
         self.interval = 0.2 if self.tty else interval
         self.start = time.monotonic()
-        self.last = 0.0
+        # Plain output: the first line after one interval, so short operations print nothing.
+        self.last = 0.0 if self.tty else self.start
         self.label = ""
         self.by_label: dict[str, int] = {}
+        self.printed = False
 
     @property
     def done(self) -> int:
@@ -85,6 +87,7 @@ class Progress:
         return text
 
     def _emit(self, now: float, final: bool = False) -> None:
+        self.printed = True
         f = self.figures(now)
         if self.json:
             doc = {"time": datetime.now(timezone.utc).isoformat(), "level": "info", "logger": "pgvault.progress",
@@ -97,5 +100,6 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.by_label and (self.last or self.json):
+        # A closing line only after progress lines: short operations stay silent.
+        if self.printed:
             self._emit(time.monotonic(), final=True)
