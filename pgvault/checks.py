@@ -101,8 +101,41 @@ def status_results(doc: dict) -> list[CheckResult]:
     for i in all_items(doc):
         if i["kind"] in ("cluster", "site"):
             continue
-        where = f" at {i['site']}" if i["site"] and i["kind"] != "drill" else ""
-        out.append(CheckResult(f"{i['kind']} {i['name']}{where}", i["code"], i["message"], i.get("hint")))
+        if i["kind"] == "wal":
+            name = f"wal {i['site']}"
+        elif i["kind"] == "job":
+            name = f"job {i['name']}" + (f" at {i['site']}" if i["site"] else "")
+        else:
+            name = f"{i['kind']} {i['name']}"
+        out.append(CheckResult(name, i["code"], i["message"], i.get("hint")))
+    return out
+
+
+def check_wal(policy) -> list[CheckResult]:
+    """Per WAL site: gaps are CRITICAL (PITR cannot cross them); a backlog or lag is a WARNING."""
+    if not policy.wal.sites:
+        return []
+    from .wal.status import archive_status
+
+    out = []
+    status = archive_status(policy)
+    for name, st in status["sites"].items():
+        label = f"wal {name}"
+        if not st["reachable"]:
+            out.append(CheckResult(label, CRITICAL, f"unreachable: {st['error']}; {st['spooled']} file(s) spooled for it",
+                                   "WAL for this site waits in the spool; it is shipped when the site answers again"))
+        elif st["gaps"]:
+            gaps = ", ".join(f"{a}..{b}" for a, b in st["gaps"][:3])
+            out.append(CheckResult(label, CRITICAL, f"gap in the archive: {gaps}",
+                                   "point-in-time recovery cannot cross a gap: take a new base backup"))
+        elif st["spooled"] or (st["lag_segments"] or 0) > 0:
+            age = f", {st['lag_seconds']:.0f}s behind" if st["lag_seconds"] else ""
+            out.append(CheckResult(label, WARNING, f"lagging: {st['lag_segments']} segment(s) behind, "
+                                                   f"{st['spooled']} spooled{age}",
+                                   "the backlog is shipped on the next wal-push after wal.retry_interval, "
+                                   "or now with `pgvault wal-ship`"))
+        else:
+            out.append(CheckResult(label, OK, f"{st['files']} file(s), newest {st['newest'] or '-'}, no lag"))
     return out
 
 
@@ -113,7 +146,12 @@ def run_checks(policy, *, status_doc: dict | None = None) -> list[CheckResult]:
         results.append(check_site(policy, name, info))
     results += check_tools(policy, info)
     if status_doc is not None:
-        results += status_results(status_doc)
+        results += status_results(status_doc)  # WAL per site included, judged against the objectives
+    else:
+        try:
+            results += check_wal(policy)
+        except PgvaultError as exc:
+            results.append(CheckResult("wal", UNKNOWN, exc.message, exc.hint))
     return results
 
 

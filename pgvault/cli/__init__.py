@@ -24,6 +24,10 @@ COMMANDS = {
     "restore": "pgvault.cli.restore:restore",
     "status": "pgvault.cli.status:status",
     "demo": "pgvault.cli.demo:demo",
+    "wal-push": "pgvault.cli.wal:wal_push",
+    "wal-fetch": "pgvault.cli.wal:wal_fetch",
+    "wal-ship": "pgvault.cli.wal:wal_ship",
+    "wal-status": "pgvault.cli.wal:wal_status",
 }
 
 

@@ -103,6 +103,22 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def spool_facts(policy, name: str) -> dict:
+    """WAL waiting in wal-push's local spool for a site that did not take it (a dead site's
+    backlog), and since when the site is marked down. Empty when this host has no spool."""
+    try:
+        from ..wal import spool_dir
+        from ..wal.spool import Spool
+
+        spool = Spool(spool_dir(policy))
+        state = spool.site_state(name) or {}
+        backlog = spool.backlog(name)
+        return {"spooled": len(backlog), "spooled_age": spool.backlog_age(name),
+                "down_since": state.get("down_since"), "names": backlog}
+    except (OSError, ValueError):
+        return {"spooled": 0, "spooled_age": None, "down_since": None, "names": []}
+
+
 def site_facts(policy, name: str, segment_size: int) -> dict:
     """Backups, WAL and drill evidence held at one site."""
     cluster = policy.cluster.name
@@ -117,7 +133,8 @@ def site_facts(policy, name: str, segment_size: int) -> dict:
         facts["backups"], oldest_wal = _backup_facts(cat, jobs)
         if name in policy.wal.sites:
             objs = [(o.key, o.mtime) for o in site.list(layout.wal_prefix(cluster))]
-            s = walscan.scan(objs, segment_size, oldest_wal)
+            facts["spool"] = spool_facts(policy, name)
+            s = walscan.scan(objs, segment_size, oldest_wal, pending=facts["spool"].pop("names"))
             facts["wal"] = {"count": s.count, "newest": s.newest, "newest_time": _iso(s.newest_mtime),
                             "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
                             "gaps": s.gaps, "gap_count": s.gap_count}
@@ -149,6 +166,10 @@ def collect(policy, now: datetime) -> dict:
     cluster = cluster_facts(policy)
     seg = _segment_size(policy, cluster)
     sites = {name: site_facts(policy, name, seg) for name in policy.sites}
+    for name in policy.wal.sites:
+        if "spool" not in sites[name]:  # unreachable: the spool still says what waits for it
+            sites[name]["spool"] = spool_facts(policy, name)
+            sites[name]["spool"].pop("names")
     drills: dict[str, dict] = {}
     for name, f in sites.items():
         for d in f.pop("drills", []):

@@ -108,13 +108,19 @@ def wal_items(policy, facts: dict, now: datetime) -> list[dict]:
     out = []
     for sname in policy.wal.sites:
         site = facts["sites"][sname]
+        spool = site.get("spool") or {"spooled": 0, "spooled_age": None, "down_since": None}
         if not site["reachable"]:
-            out.append(_item("wal", "wal", UNKNOWN, f"wal at {sname}: site unreachable", sname))
+            # WAL piling up in the spool for it is an outage of archiving, not just of reading.
+            state = CRITICAL if spool["spooled"] else UNKNOWN
+            out.append(_item("wal", "wal", state, f"wal at {sname}: site unreachable, {spool['spooled']} file(s) "
+                             "spooled for it", sname, spooled=spool["spooled"], spooled_age_seconds=spool["spooled_age"],
+                             hint="WAL for this site waits in the spool; it is shipped when the site answers again"))
             continue
         w = site["wal"]
         info = {"last_segment": w["newest"], "last_archived_at": w["newest_time"], "oldest_segment": w["oldest"],
                 "segments": w["count"], "gaps": w["gaps"], "gap_count": w["gap_count"],
-                "lag_segments": None, "lag_seconds": None}
+                "lag_segments": None, "lag_seconds": None, "spooled": spool["spooled"],
+                "spooled_age_seconds": spool["spooled_age"]}
         if w["newest"] is None:
             state = CRITICAL if cluster.get("archive_mode") == "off" else WARNING
             out.append(_item("wal", "wal", state, f"wal at {sname}: nothing archived yet", sname, **info))
@@ -124,6 +130,9 @@ def wal_items(policy, facts: dict, now: datetime) -> list[dict]:
             info["lag_segments"] = lag
             # Data at risk is as old as the newest segment here: everything after it is not here.
             info["lag_seconds"] = 0.0 if lag == 0 else _age(w["newest_time"], now)
+        if spool["spooled_age"] is not None:
+            # The oldest spooled file waits for this site since then: at least that much is at risk.
+            info["lag_seconds"] = max(info["lag_seconds"] or 0.0, spool["spooled_age"])
         state, why = OK, []
         if w["gap_count"]:
             state = CRITICAL
@@ -139,6 +148,8 @@ def wal_items(policy, facts: dict, now: datetime) -> list[dict]:
         elif not cluster.get("reachable"):
             state = max(state, UNKNOWN)
             why.append("cluster unreachable: lag unknown")
+        if spool["spooled"]:
+            why.append(f"{spool['spooled']} file(s) spooled for it")
         msg = (f"wal at {sname}: last {w['newest']}, lag {lg if lg is not None else '?'} segment(s) / {_fmt(ls)}"
                + (f" ({'; '.join(why)})" if why else ""))
         out.append(_item("wal", "wal", state, msg, sname, **info))

@@ -5,46 +5,27 @@ site it is stored in Barman's cloud layout, ``wals/<first 16 hex>/<name>[.gz|.bz
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-_SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.[a-z0-9]+)?$")
+from ..wal import names
+
 GAPS_LISTED = 10  # a broken archive can miss thousands; name the first few, count the rest
-
-
-def segments_per_log(segment_size: int) -> int:
-    """Example:
-
-    >>> segments_per_log(16 * 1024 * 1024)
-    256
-    """
-    return 0x100000000 // segment_size
+segment_name = names.segment_name
 
 
 def parse_segment(filename: str, segment_size: int = 16 << 20) -> tuple[int, int] | None:
     """(timeline, segment number) of a stored segment file; None for anything else
-    (.history, .backup labels, .partial files).
+    (.history, .backup labels, .partial files, foreign objects).
 
     >>> parse_segment("000000020000000100000003.gz")
     (2, 259)
     >>> parse_segment("00000002.history") is None, parse_segment("000000010000000000000003.partial") is None
     (True, True)
     """
-    m = _SEGMENT.match(filename)
-    if not m or m.group(4) == ".partial":
+    name, _compression = names.split_stored(filename)
+    if not names.is_wal_name(name) or names.kind(name) != "segment":
         return None
-    tli, log, seg = (int(g, 16) for g in m.groups()[:3])
-    return tli, log * segments_per_log(segment_size) + seg
-
-
-def segment_name(timeline: int, segno: int, segment_size: int = 16 << 20) -> str:
-    """Example:
-
-    >>> segment_name(2, 259)
-    '000000020000000100000003'
-    """
-    per = segments_per_log(segment_size)
-    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
+    return names.parse_segment(name, segment_size)
 
 
 def parse_lsn(text: str) -> int:
@@ -81,12 +62,14 @@ class ArchiveScan:
     gap_count: int = 0
 
 
-def scan(objects: list[tuple[str, float]], segment_size: int = 16 << 20, required_from: str | None = None) -> ArchiveScan:
+def scan(objects: list[tuple[str, float]], segment_size: int = 16 << 20, required_from: str | None = None,
+         pending: list[str] = ()) -> ArchiveScan:
     """Summarise (key, mtime) pairs listed under a cluster's wals/ prefix.
 
     Gaps are segment numbers missing between the first one needed (``required_from``: the start
     WAL of the oldest retained base, else the oldest archived) and the newest archived, on any
-    timeline: after a promotion, the new timeline continues the old one's numbering.
+    timeline: after a promotion, the new timeline continues the old one's numbering. Segments
+    ``pending`` in wal-push's spool for this site are on their way, not gaps.
 
     >>> s = scan([("w/0000000100000000/000000010000000000000002.gz", 1.0),
     ...           ("w/0000000100000000/000000010000000000000003.gz", 2.0),
@@ -119,8 +102,9 @@ def scan(objects: list[tuple[str, float]], segment_size: int = 16 << 20, require
         req = parse_segment(required_from, segment_size)
         if req:
             start = min(start, req[1])
+    waiting = {p[1] for p in (parse_segment(n, segment_size) for n in pending) if p}
     for segno in range(start, newest_key[0] + 1):
-        if segno not in present:
+        if segno not in present and segno not in waiting:
             out.gap_count += 1
             if len(out.gaps) < GAPS_LISTED:
                 # Name it on the timeline of the nearest archived segment before it.

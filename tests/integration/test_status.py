@@ -1,11 +1,7 @@
 """pgvault status and check against real states of a real cluster and real sites: fresh,
-healthy, a job overdue, a site that stops receiving WAL, an unreachable site, a failed drill;
-the Prometheus file parsed back; notifications to a real local webhook and a failing command.
-
-WAL reaches the sites through a real archive_command. Until `pgvault wal-push` lands on main,
-that command is a small shell script that copies each segment into Barman's cloud layout
-(``clusters/<c>/wals/<16hex>/<name>``, temp file + rename) at every site it can write, and
-fails only when no site took the segment: the stand-in for wal-push's per-site behaviour."""
+healthy, a job overdue, a site that stops receiving WAL, a gap, an unreachable site, a failed
+drill; the Prometheus file parsed back; notifications to a real local webhook and a failing
+command. WAL reaches the sites through the real archive_command, `pgvault wal-push %p`."""
 from __future__ import annotations
 
 import http.server
@@ -23,20 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from pgvault import sandbox
 from pgvault.catalog import layout
 from tests.conftest import World
-
-ARCHIVE_SCRIPT = r"""#!/bin/sh
-# archive_command stand-in: copy %p to every site given, Barman layout, atomically.
-p="$1"; f="$2"; shift 2
-ok=0
-for site in "$@"; do
-  d="$site/clusters/main/wals/$(echo "$f" | cut -c1-16)"
-  if mkdir -p "$d" 2>/dev/null && cp "$p" "$d/.tmp-$f" 2>/dev/null && mv "$d/.tmp-$f" "$d/$f"; then
-    ok=$((ok + 1))
-  fi
-done
-[ "$ok" -gt 0 ]
-"""
-
 
 def status(w, *args, env=None):
     cp = w.cli("status", "--json", *args, check=False, env=env)
@@ -57,12 +39,12 @@ def one(items, **match):
     return found[0]
 
 
-def enable_archiving(w, *site_paths: Path) -> None:
-    script = w.workdir / "archive.sh"
-    script.write_text(ARCHIVE_SCRIPT)
-    os.chmod(script, 0o755)
-    sites = " ".join(str(p) for p in site_paths)
-    w.pg.configure(archive_mode="on", archive_command=f"{script} %p %f {sites}", archive_timeout=0)
+def enable_archiving(w) -> None:
+    """archive_command = pgvault wal-push, to the policy's wal.sites; restart to apply."""
+    w.extra["state_dir"] = str(sandbox.owned_dir(w.workdir / "state"))  # wal-push's spool lives there
+    w.extra["wal"]["retry_interval"] = "1s"
+    policy = w.policy()
+    w.pg.configure(archive_mode="on", archive_command=sandbox.pgvault_command(policy) + " wal-push %p")
     w.pg.stop()
     w.pg.start()
 
@@ -73,8 +55,13 @@ def switch_wal(w) -> str:
     return w.pg.psql("SELECT pg_walfile_name(pg_switch_wal())").strip()
 
 
+def wal_file(site: Path, name: str) -> Path | None:
+    found = list((site / "clusters/main/wals" / name[:16]).glob(name + "*"))
+    return found[0] if found else None
+
+
 def wal_at(site: Path, name: str) -> bool:
-    return (site / "clusters/main/wals" / name[:16] / name).exists()
+    return wal_file(site, name) is not None
 
 
 def backup(w, job="nightly") -> str:
@@ -114,7 +101,7 @@ def test_fresh_cluster(two_sites):
     assert cluster["state"] == "CRITICAL" and "archive_mode is off" in cluster["message"] and cluster["hint"]
 
     # Archiving on, nothing taken yet: WARNING everywhere, nothing invented.
-    enable_archiving(w, a, b)
+    enable_archiving(w)
     code, doc = status(w)
     assert code == 1 and doc["state"] == "WARNING"
     assert {(j["site"], j["state"], j["count"]) for j in doc["jobs"]} == {("a", "WARNING", 0), ("b", "WARNING", 0)}
@@ -130,7 +117,7 @@ def test_healthy_after_backup_wal_and_drill(two_sites):
     w, a, b = two_sites
     w.extra["wal"] = {"sites": ["a", "b"]}
     w.policy()
-    enable_archiving(w, a, b)
+    enable_archiving(w)
     bid = backup(w)
     closed = switch_wal(w)
     sandbox.wait_until(lambda: wal_at(a, closed) and wal_at(b, closed), 60, f"{closed} at both sites")
@@ -206,14 +193,14 @@ def test_site_that_stops_receiving_wal_lags_and_goes_critical(two_sites):
     w.extra["wal"] = {"sites": ["a", "b"]}
     w.extra["monitoring"] = {"wal_crit_segments": 3}
     w.policy()
-    enable_archiving(w, a, b)
+    enable_archiving(w)
     closed = switch_wal(w)
     sandbox.wait_until(lambda: wal_at(a, closed) and wal_at(b, closed), 60, f"{closed} at both sites")
     code, doc = status(w)
     lags = {x["site"]: x["lag_segments"] for x in doc["wal"]}
     assert max(lags.values()) <= 1, lags
 
-    os.chmod(b, 0o000)  # site b stops accepting writes from the archiver (postgres)
+    os.chmod(b, 0o000)  # site b stops accepting writes from wal-push (run by postgres)
     try:
         for _ in range(4):
             closed = switch_wal(w)
@@ -225,6 +212,7 @@ def test_site_that_stops_receiving_wal_lags_and_goes_critical(two_sites):
     assert wa["state"] == "OK" and wa["lag_segments"] <= 1
     assert wb["state"] == "CRITICAL" and wb["lag_segments"] >= 4 and wb["lag_seconds"] >= wa["lag_seconds"]
     assert wb["last_segment"] < wa["last_segment"]
+    assert wb["spooled"] >= 4 and "spooled for it" in wb["message"]  # wal-push kept b's backlog
     assert code == 2 and "wal at b" in doc["summary"]
     prom = w.workdir / "pgvault.prom"
     w.cli("status", "--prometheus", str(prom), check=False)
@@ -233,7 +221,7 @@ def test_site_that_stops_receiving_wal_lags_and_goes_critical(two_sites):
 
     # A segment lost at site a is a gap: PITR through it is impossible.
     lost = wa["last_segment"][:16] + "%08X" % (int(wa["last_segment"][16:], 16) - 2)
-    (a / "clusters/main/wals" / lost[:16] / lost).unlink()
+    wal_file(a, lost).unlink()
     code, doc = status(w)
     wa = one(doc["wal"], site="a")
     assert code == 2 and wa["state"] == "CRITICAL" and wa["gaps"] == [lost] and wa["gap_count"] == 1

@@ -1,0 +1,113 @@
+"""wal-fetch: bring one WAL file back from the first site that holds a sound copy.
+
+Sites are tried in ``wal.sites`` order (``--from-site`` first). A copy is sound when it
+decompresses (gzip/bzip2/zstd checksums) and, for a segment, its page header names this
+segment, carries the cluster's system identifier and the file has the segment size. A
+damaged copy is reported loudly and the next site is tried. A file that no site holds is the
+normal end of recovery: WalMissing, exit code 1, no message.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..errors import ObjectNotFound, PgvaultError, SiteError
+from . import codec, names
+from .push import stored_variants
+
+log = logging.getLogger("pgvault.wal")
+
+
+class WalMissing(PgvaultError):
+    """No site holds the file (quiet: PostgreSQL asks for files past the archive's end)."""
+
+
+class WalUnavailable(PgvaultError):
+    """No sound copy could be read, but some site was unreachable or held a damaged copy."""
+
+
+def site_order(policy, from_site: str | None) -> list[str]:
+    order = list(policy.wal.sites) or list(policy.sites)
+    if from_site:
+        if from_site not in policy.sites:
+            from ..errors import UsageError
+
+            raise UsageError(f"unknown site {from_site!r}", f"defined sites: {', '.join(policy.sites)}")
+        order = [from_site] + [s for s in order if s != from_site]
+    return order
+
+
+def verify(name: str, raw: bytes, sysid: str | None) -> str | None:
+    """Why ``raw`` is not a sound copy of WAL file ``name`` (None when it is)."""
+    if not names.has_header(name):
+        return None
+    try:
+        hdr = names.parse_header(raw)
+    except ValueError as exc:
+        return str(exc)
+    problem = names.check_header(name, hdr)
+    if problem:
+        return problem
+    if names.kind(name) == "segment" and len(raw) != hdr.segment_size:
+        return f"{len(raw)} bytes, expected a {hdr.segment_size}-byte segment"
+    if sysid and str(hdr.system_identifier) != sysid:
+        return f"system identifier {hdr.system_identifier}, expected {sysid}"
+    return None
+
+
+def write_file(dest: Path, data: bytes) -> None:
+    """Write where PostgreSQL expects it, all at once (temp file + rename)."""
+    tmp = dest.with_name(f".{dest.name}.pgvault-tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.rename(tmp, dest)
+
+
+def fetch(policy, name: str, dest: str | os.PathLike, *, from_site: str | None = None, sites: dict | None = None) -> str:
+    """Fetch ``name`` into ``dest``; return the site it came from."""
+    from ..catalog.catalog import Catalog
+    from ..sites import open_site
+
+    if not names.is_wal_name(name):
+        from ..errors import UsageError
+
+        raise UsageError(f"{name!r} is not a WAL file name", "restore_command must be 'pgvault wal-fetch %f %p'")
+    cluster = policy.cluster.name
+    troubles: list[str] = []
+    for sname in site_order(policy, from_site):
+        site = (sites or {}).get(sname) or open_site(sname, policy.sites[sname])
+        try:
+            keys = stored_variants(site, cluster, name)
+            if not keys:
+                continue
+            sysid = None
+            if names.has_header(name):
+                b = Catalog(site, cluster).binding()
+                sysid = b.system_identifier if b else None
+            for key in keys:
+                from ..sites.base import get_bytes
+
+                comp = names.split_stored(key.rsplit("/", 1)[1])[1]
+                try:
+                    raw = codec.decompress(get_bytes(site, key), comp)
+                    problem = verify(name, raw, sysid)
+                except ObjectNotFound:
+                    continue
+                except codec.CorruptWal as exc:
+                    problem = str(exc)
+                if problem:
+                    msg = f"site {sname!r}: {key} is damaged: {problem}"
+                    log.error("%s; trying the next site", msg)
+                    troubles.append(msg)
+                    continue
+                write_file(Path(dest), raw)
+                return sname
+        except (SiteError, OSError) as exc:
+            msg = getattr(exc, "message", None) or str(exc)
+            log.warning("site %r: %s; trying the next site", sname, msg)
+            troubles.append(f"site {sname!r}: {msg}")
+    if troubles:
+        raise WalUnavailable(f"no sound copy of {name} could be fetched:\n  " + "\n  ".join(troubles),
+                             "recovery stops here unless another site holds the file; fix the site and retry")
+    raise WalMissing(f"{name} is not in the archive at any site")

@@ -1,0 +1,153 @@
+"""The local WAL spool: per-site backlog of files a site has not received yet, the state of
+each site's circuit breaker, and a cache of the cluster's identity.
+
+    <spool>/files/<name><suffix>           compressed bytes, fsynced before wal-push succeeds
+    <spool>/pending/<site>/<name><suffix>  one empty marker per site still owed the file
+    <spool>/sites/<site>.json              {"down_since", "retry_at", "error"} while a site fails
+    <spool>/identity.json                  the system identifier and the sites already bound
+
+A file leaves the spool only when the last site owed it has confirmed it (marker removed,
+then the bytes). The site stays the source of truth: identity.json only saves a read of
+cluster.json per push and can be deleted at any time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    if sync:
+        _fsync_dir(path.parent)
+
+
+class Spool:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.files = self.root / "files"
+        self.pending_dir = self.root / "pending"
+        self.sites_dir = self.root / "sites"
+
+    def ensure(self) -> "Spool":
+        for d in (self.root, self.files, self.pending_dir, self.sites_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self
+
+    # -- backlog
+    def enqueue(self, stored: str, data: bytes, sites: list[str]) -> None:
+        """Make ``stored`` durable here for ``sites``: bytes fsynced first, then the markers."""
+        self.ensure()
+        path = self.files / stored
+        if not path.exists() or path.stat().st_size != len(data):
+            _write_atomic(path, data)
+        for site in sites:
+            d = self.pending_dir / site
+            d.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(d / stored, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+            _fsync_dir(d)
+
+    def backlog(self, site: str) -> list[str]:
+        """Stored names owed to ``site``, in archive order (history files first)."""
+        from .names import sort_key, split_stored
+
+        d = self.pending_dir / site
+        try:
+            names = [n for n in os.listdir(d) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+        return sorted(names, key=lambda n: sort_key(split_stored(n)[0]))
+
+    def backlog_age(self, site: str, now: float | None = None) -> float | None:
+        """Seconds since the oldest file owed to ``site`` was spooled."""
+        d = self.pending_dir / site
+        oldest = None
+        for n in self.backlog(site):
+            try:
+                m = (d / n).stat().st_mtime
+            except FileNotFoundError:
+                continue
+            oldest = m if oldest is None else min(oldest, m)
+        return None if oldest is None else max(0.0, (now or time.time()) - oldest)
+
+    def read(self, stored: str) -> bytes | None:
+        try:
+            return (self.files / stored).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delivered(self, site: str, stored: str) -> None:
+        """``site`` holds ``stored`` now: drop its marker, and the bytes once no site is owed them."""
+        try:
+            (self.pending_dir / site / stored).unlink()
+        except FileNotFoundError:
+            pass
+        for d in self.pending_dir.iterdir() if self.pending_dir.is_dir() else ():
+            if (d / stored).exists():
+                return
+        try:
+            (self.files / stored).unlink()
+        except FileNotFoundError:
+            pass
+
+    def sites_with_backlog(self) -> list[str]:
+        if not self.pending_dir.is_dir():
+            return []
+        return sorted(d.name for d in self.pending_dir.iterdir() if d.is_dir() and self.backlog(d.name))
+
+    # -- circuit breaker
+    def site_state(self, site: str) -> dict | None:
+        try:
+            return json.loads((self.sites_dir / f"{site}.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def mark_down(self, site: str, error: str, retry_interval: float, now: float | None = None) -> None:
+        now = now or time.time()
+        prev = self.site_state(site) or {}
+        state = {"down_since": prev.get("down_since", now), "retry_at": now + retry_interval, "error": error}
+        self.ensure()
+        _write_atomic(self.sites_dir / f"{site}.json", json.dumps(state).encode(), sync=False)
+
+    def mark_up(self, site: str) -> None:
+        try:
+            (self.sites_dir / f"{site}.json").unlink()
+        except FileNotFoundError:
+            pass
+
+    def is_resting(self, site: str, now: float | None = None) -> bool:
+        """True while a failed site waits for its next retry (wal-push spools without trying it)."""
+        state = self.site_state(site)
+        return bool(state) and state.get("retry_at", 0) > (now or time.time())
+
+    # -- identity cache
+    def identity(self) -> dict:
+        try:
+            return json.loads((self.root / "identity.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def save_identity(self, doc: dict) -> None:
+        self.ensure()
+        _write_atomic(self.root / "identity.json", json.dumps(doc, indent=1).encode(), sync=False)
