@@ -1,35 +1,36 @@
-"""The one place pgvault reads the wall clock, so tests (and a curious operator) can ask
-"what would status say at time T?" with ``PGVAULT_NOW=2026-11-27T03:00:00Z``."""
+"""The time pgvault believes it is: the wall clock, or a fixed time injected with $PGVAULT_NOW
+(tests run tick across a simulated week with it). Tiny on purpose: tick's idle path uses it."""
 from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
 
-ENV = "PGVAULT_NOW"
+NOW_ENV = "PGVAULT_NOW"
 
 
-def parse_instant(text: str) -> datetime:
-    """An ISO 8601 instant; no offset means UTC.
+class Clock:
+    def __init__(self, fixed: datetime | None = None):
+        self.fixed = fixed
 
-    >>> parse_instant("2026-11-27T03:00:00Z").isoformat()
-    '2026-11-27T03:00:00+00:00'
-    >>> parse_instant("2026-11-27 04:00:00+01:00").isoformat()
-    '2026-11-27T03:00:00+00:00'
+    @classmethod
+    def from_env(cls) -> "Clock":
+        text = os.environ.get(NOW_ENV)
+        return cls(parse_now(text) if text else None)
+
+    def now(self) -> datetime:
+        return self.fixed if self.fixed is not None else datetime.now(timezone.utc)
+
+
+def parse_now(text: str) -> datetime:
+    """An ISO time; without an offset it means UTC.
+
+    >>> parse_now("2026-11-20T02:00")
+    datetime.datetime(2026, 11, 20, 2, 0, tzinfo=datetime.timezone.utc)
     """
-    t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc)
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        from .errors import UsageError
 
-
-def now() -> datetime:
-    """The current UTC time, or $PGVAULT_NOW when set."""
-    fixed = os.environ.get(ENV)
-    if fixed:
-        try:
-            return parse_instant(fixed)
-        except ValueError:
-            from .errors import UsageError
-
-            raise UsageError(f"{ENV}={fixed!r} is not an ISO 8601 time", "e.g. 2026-11-27T03:00:00Z, or unset it") from None
-    return datetime.now(timezone.utc)
+        raise UsageError(f"{NOW_ENV}={text!r} is not an ISO time", "e.g. 2026-11-20T02:00:00Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)

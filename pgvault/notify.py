@@ -130,8 +130,9 @@ def notify(policy, event: dict) -> bool:
 
 def state_file(policy) -> Path:
     """Where the last notified states are remembered (the engine's state directory)."""
-    base = os.environ.get("PGVAULT_STATE_DIR") or policy.state_dir or f"/var/lib/pgvault/{policy.cluster.name}"
-    return Path(base) / "notify.json"
+    from .state import state_dir
+
+    return state_dir(policy.state_dir, policy.cluster.name) / "notify.json"
 
 
 def transitions(previous: dict[str, str], items: list[dict]) -> tuple[list[dict], dict[str, str]]:

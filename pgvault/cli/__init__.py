@@ -28,6 +28,12 @@ COMMANDS = {
     "wal-fetch": "pgvault.cli.wal:wal_fetch",
     "wal-ship": "pgvault.cli.wal:wal_ship",
     "wal-status": "pgvault.cli.wal:wal_status",
+    "tick": "pgvault.cli.tick:tick",
+    "schedule": "pgvault.cli.schedule:schedule",
+    "state": "pgvault.cli.state:state",
+    "expire": "pgvault.cli.expire:expire",
+    "pin": "pgvault.cli.expire:pin",
+    "unpin": "pgvault.cli.expire:unpin",
 }
 
 

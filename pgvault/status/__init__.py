@@ -11,9 +11,9 @@ from .evaluate import CRITICAL, OK, STATE_NAMES, UNKNOWN, WARNING, all_items, ev
 
 def status(policy, now: datetime | None = None) -> dict:
     """Collect and evaluate; the document `pgvault status --json` prints."""
-    from ..clock import now as clock_now
+    from ..clock import Clock
 
-    now = now or clock_now()
+    now = now or Clock.from_env().now()  # $PGVAULT_NOW: "what would status say at time T?"
     facts = collect(policy, now)
     doc = evaluate(policy, facts, now)
     doc["facts"] = facts

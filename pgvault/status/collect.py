@@ -91,7 +91,7 @@ def _drill_docs(cat: Catalog) -> list[dict]:
 
 
 def _instant(text) -> datetime:
-    from ..clock import parse_instant
+    from .evaluate import parse_instant
 
     try:
         return parse_instant(text)
@@ -161,6 +161,25 @@ def _segment_size(policy, cluster: dict) -> int:
     return 16 << 20
 
 
+def run_facts(policy) -> dict:
+    """The last finished run of each job as this host's engine recorded it (a local cache: it
+    knows about failures, which leave nothing at the sites). Empty on a host that runs no tick."""
+    from ..state import StateStore, state_dir
+
+    store = StateStore(state_dir(policy.state_dir, policy.cluster.name))
+    out = {}
+    for job in policy.jobs:
+        try:
+            st = store.load(job)
+        except OSError:
+            continue
+        if st and st.last:
+            out[job] = {"outcome": st.last.outcome, "started_at": st.last.started_at.isoformat(),
+                        "finished_at": st.last.finished_at.isoformat() if st.last.finished_at else None,
+                        "message": st.last.message, "running": bool(st.running)}
+    return out
+
+
 def collect(policy, now: datetime) -> dict:
     """All facts status needs, as a JSON-able document."""
     cluster = cluster_facts(policy)
@@ -177,4 +196,4 @@ def collect(policy, now: datetime) -> dict:
             if cur is None or _instant(d["when"]) > _instant(cur["when"]):
                 drills[d["drill"]] = d
     return {"cluster_name": policy.cluster.name, "collected_at": now.isoformat(), "wal_segment_size": seg,
-            "cluster": cluster, "sites": sites, "drills": drills}
+            "cluster": cluster, "sites": sites, "drills": drills, "runs": run_facts(policy)}

@@ -1,4 +1,5 @@
-"""Schedule arithmetic for status: which scheduled runs were missed. Pure functions.
+"""Schedule arithmetic for status: which scheduled runs were missed. Pure functions over the
+engine's slots (pgvault.policy.schedule).
 
 A run fired at T starts at or after T, so a backup that *started* at S covers every fire time
 up to S; fires after S and more than ``grace`` before now are missed runs."""
@@ -15,21 +16,17 @@ def _iter(expr: str, tz: str, start: datetime) -> croniter:
 
 
 def fires(expr: str, tz: str, after: datetime, until: datetime, limit: int = 1000) -> list[datetime]:
-    """Scheduled times in (after, until], at most ``limit`` of them.
+    """Scheduled times in (after, until], at most ``limit`` of them — the engine's own slots
+    (pgvault.policy.schedule), so status and tick agree on daylight-saving days too.
 
     >>> from datetime import timezone
     >>> t = lambda h, d=25: datetime(2026, 11, d, h, tzinfo=timezone.utc)
     >>> [f.hour for f in fires("0 */6 * * *", "UTC", t(1), t(13))]
     [6, 12]
     """
-    out: list[datetime] = []
-    it = _iter(expr, tz, after)
-    while len(out) < limit:
-        nxt = it.get_next(datetime)
-        if nxt > until:
-            break
-        out.append(nxt)
-    return out
+    from ..policy.schedule import slots_between
+
+    return slots_between(expr, tz, after, until, limit)
 
 
 def interval(expr: str, tz: str, at: datetime) -> timedelta:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from ..clock import parse_instant
 from ..policy.durations import format_duration
 from . import cron
 from .wal import lag_segments
@@ -16,6 +15,18 @@ PASSED = ("passed", "ok", "success", "succeeded")
 # always worth a page.
 DEFAULT_WAL_WARN = timedelta(minutes=15)
 DEFAULT_WAL_CRIT = timedelta(hours=1)
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO 8601 instant as stored in manifests and drill evidence; no offset means UTC.
+
+    >>> parse_instant("2026-11-27T04:00:00+01:00").isoformat()
+    '2026-11-27T03:00:00+00:00'
+    >>> parse_instant("2026-11-27T03:00:00Z").isoformat()
+    '2026-11-27T03:00:00+00:00'
+    """
+    t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def worst(states: list[int]) -> int:
@@ -81,11 +92,15 @@ def job_items(policy, facts: dict, now: datetime) -> list[dict]:
                     state, why = CRITICAL, f"older than {format_duration(limits.crit_age)}"
                 elif limits.warn_age and age > limits.warn_age.total_seconds():
                     state, why = max(state, WARNING), why or f"older than {format_duration(limits.warn_age)}"
+            run = facts.get("runs", {}).get(jname)
+            if run and run["outcome"] == "failed" and (last is None or _t(run["started_at"]) > _t(last["started_at"])):
+                state = max(state, WARNING)
+                why = (why + "; " if why else "") + f"last run failed at {run['started_at'][:19]}Z: {run['message'][:200]}"
             base["missed_runs"] = missed
             if last is None:
                 if job.schedule and state == OK:
-                    state, why = WARNING, "no backup yet"
-                msg = f"job {jname} at {sname}: no backup" + (f" ({why})" if why and why != "no backup yet" else " yet")
+                    state = WARNING
+                msg = f"job {jname} at {sname}: no backup yet" + (f" ({why})" if why else "")
             else:
                 msg = (f"job {jname} at {sname}: last {last['backup_id']} {_fmt(age)} ago, "
                        f"{b['count']} kept" + (f" ({why})" if why else ""))

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..clock import parse_instant
+from .evaluate import parse_instant
 
 # name -> (type, help)
 METRICS = {

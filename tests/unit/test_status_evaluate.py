@@ -18,7 +18,7 @@ SEG = 16 << 20
 
 
 @pytest.mark.parametrize("module", ["pgvault.status.wal", "pgvault.status.cron", "pgvault.status.evaluate",
-                                    "pgvault.status.prometheus", "pgvault.notify", "pgvault.clock",
+                                    "pgvault.status.prometheus", "pgvault.notify",
                                     "pgvault.cli.progress"])
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
@@ -146,3 +146,15 @@ def test_textfile_parses_and_escapes_labels():
     assert sample.labels == {"cluster": "main", "job": 'we"ird\\job', "site": "a"} and sample.value == 3
     assert fams["pgvault_drill_rto_seconds"].samples[0].value == 60.0
     assert fams["pgvault_backup_last_success_timestamp_seconds"].samples[0].value == (NOW - timedelta(hours=10)).timestamp()
+
+
+def test_a_failed_run_recorded_by_the_engine_warns_until_a_success():
+    f = facts()
+    f["runs"] = {"nightly": {"outcome": "failed", "started_at": iso(NOW - timedelta(hours=1)), "finished_at": None,
+                             "message": "pg_dump exited with code 1", "running": False}}
+    (job,) = evaluate(policy(), f, NOW)["jobs"]
+    assert job["state"] == "WARNING" and "last run failed" in job["message"] and "pg_dump" in job["message"]
+    # A later success at the site supersedes the failure.
+    f["runs"]["nightly"]["started_at"] = iso(NOW - timedelta(hours=11))
+    (job,) = evaluate(policy(), f, NOW)["jobs"]
+    assert job["state"] == "OK"
