@@ -81,7 +81,8 @@ def _drill_docs(cat: Catalog) -> list[dict]:
             continue
         drill_id = obj.key.rsplit("/", 1)[-1][: -len(".json")]
         when = doc.get("finished_at") or doc.get("started_at")
-        docs.append({"drill": str(doc.get("drill") or drill_id), "id": drill_id, "site": cat.name,
+        site = doc.get("site") if isinstance(doc.get("site"), str) else cat.name
+        docs.append({"drill": str(doc.get("drill") or drill_id), "id": drill_id, "site": site, "stored_at": cat.name,
                      "started_at": doc.get("started_at"), "finished_at": doc.get("finished_at"),
                      "when": when if isinstance(when, str) else _iso(obj.mtime),
                      "outcome": str(doc.get("outcome", "unknown")).lower(),
@@ -189,11 +190,14 @@ def collect(policy, now: datetime) -> dict:
         if "spool" not in sites[name]:  # unreachable: the spool still says what waits for it
             sites[name]["spool"] = spool_facts(policy, name)
             sites[name]["spool"].pop("names")
+    # The newest evidence per drill and drilled site: a drill that passes from one site and
+    # fails from another is two facts, both shown.
     drills: dict[str, dict] = {}
     for name, f in sites.items():
         for d in f.pop("drills", []):
-            cur = drills.get(d["drill"])
+            key = f"{d['drill']}@{d['site']}"
+            cur = drills.get(key)
             if cur is None or _instant(d["when"]) > _instant(cur["when"]):
-                drills[d["drill"]] = d
+                drills[key] = d
     return {"cluster_name": policy.cluster.name, "collected_at": now.isoformat(), "wal_segment_size": seg,
             "cluster": cluster, "sites": sites, "drills": drills, "runs": run_facts(policy)}

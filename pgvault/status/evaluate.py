@@ -174,7 +174,8 @@ def wal_items(policy, facts: dict, now: datetime) -> list[dict]:
 def drill_items(policy, facts: dict, now: datetime) -> list[dict]:
     obj, mon = policy.objectives, policy.monitoring
     out = []
-    for name, d in sorted(facts["drills"].items()):
+    for _key, d in sorted(facts["drills"].items()):
+        name = d["drill"]
         age = _age(d["when"], now)
         info = {k: d.get(k) for k in ("id", "started_at", "finished_at", "outcome", "rto_seconds", "rpo_seconds")}
         info["age_seconds"] = age
@@ -191,7 +192,7 @@ def drill_items(policy, facts: dict, now: datetime) -> list[dict]:
         if age is not None and age > mon.drill_max_age.total_seconds():
             state = max(state, WARNING)
             why.append(f"older than {format_duration(mon.drill_max_age)}")
-        msg = (f"drill {name}: {d['outcome']} {_fmt(age)} ago, RTO {_fmt(d['rto_seconds'])}, RPO {_fmt(d['rpo_seconds'])}"
+        msg = (f"drill {name} from {d.get('site')}: {d['outcome']} {_fmt(age)} ago, RTO {_fmt(d['rto_seconds'])}, RPO {_fmt(d['rpo_seconds'])}"
                + (f" ({'; '.join(why)})" if why else ""))
         out.append(_item("drill", name, state, msg, d.get("site"), **info))
     if policy.drills and not out:

@@ -90,7 +90,7 @@ def samples(doc: dict) -> list[tuple[str, dict, float]]:
     for d in doc["drills"]:
         if "outcome" not in d:
             continue
-        lab = {**c, "drill": d["name"]}
+        lab = {**c, "drill": d["name"], "site": d["site"] or ""}
         out += [("pgvault_drill_last_run_timestamp_seconds", lab, _ts(d.get("finished_at") or d.get("started_at"))),
                 ("pgvault_drill_success", lab, 1 if d["code"] != 2 and d["outcome"] in ("passed", "ok", "success", "succeeded") else 0),
                 ("pgvault_drill_rto_seconds", lab, d.get("rto_seconds")),

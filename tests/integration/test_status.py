@@ -281,7 +281,7 @@ def test_failed_drill_is_critical_and_notified_once_to_the_webhook(two_sites, we
     backup(w)
     now = datetime.now(timezone.utc)
     put_drill(a, "restore-app-1", **drill_doc("restore-app", "passed", now - timedelta(days=1)))
-    put_drill(b, "restore-app-2", **drill_doc("restore-app", "failed", now - timedelta(minutes=5),
+    put_drill(a, "restore-app-2", **drill_doc("restore-app", "failed", now - timedelta(minutes=5),
                                               message="row count of public.orders differs"))
     (a / layout.drill_key("main", "garbage")).write_text("{not json")  # read defensively
 
@@ -304,7 +304,7 @@ def test_failed_drill_is_critical_and_notified_once_to_the_webhook(two_sites, we
     cp = w.cli("status", "--json", "--notify", check=False, env=env)
     assert json.loads(cp.stdout)["notified"] == [] and len(Hook.received) == 1
     code, lines = check(w, env=env)
-    assert code == 2 and lines[0].startswith("PGVAULT CRITICAL") and "drill restore-app" in lines[0]
+    assert code == 2 and lines[0].startswith("PGVAULT CRITICAL") and "drill restore-app from a: failed" in lines[0]
 
 
 def test_notify_failures_are_logged_never_fatal(two_sites, webhook):

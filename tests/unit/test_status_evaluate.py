@@ -125,7 +125,7 @@ def drill(outcome="passed", rto=60.0, rpo=10.0, age=timedelta(hours=1)):
     (drill(age=timedelta(days=9)), "WARNING", "older than 8d"),
 ])
 def test_drill_judgement(d, state, words):
-    doc = evaluate(policy(), facts(drills={"d1": d}), NOW)
+    doc = evaluate(policy(), facts(drills={"d1@a": d}), NOW)
     (item,) = doc["drills"]
     assert item["state"] == state and words in item["message"]
 
@@ -137,7 +137,7 @@ def test_configured_drills_without_evidence_warn():
 
 def test_textfile_parses_and_escapes_labels():
     p = policy(jobs={'we"ird\\job': {"method": "logical", "sites": ["a"], "schedule": "0 2 * * *"}})
-    f = facts(drills={"d1": drill()})
+    f = facts(drills={"d1@a": drill()})
     f["sites"]["a"]["backups"] = {'we"ird\\job': f["sites"]["a"]["backups"]["nightly"]}
     doc = evaluate(p, f, NOW)
     doc["facts"] = f
