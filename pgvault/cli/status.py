@@ -12,7 +12,7 @@ COLORS = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red", "UNKNOWN": "mag
 
 
 def _styled(state: str, tty: bool) -> str:
-    return click.style(f"{state:8}", fg=COLORS[state], bold=state != "OK") if tty else state
+    return click.style(f"{state:8}", fg=COLORS[state]) if tty else state
 
 
 def _dur(seconds) -> str:
