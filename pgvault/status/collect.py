@@ -115,9 +115,9 @@ def spool_facts(policy, name: str) -> dict:
         state = spool.site_state(name) or {}
         backlog = spool.backlog(name)
         return {"spooled": len(backlog), "spooled_age": spool.backlog_age(name),
-                "down_since": state.get("down_since"), "names": backlog}
+                "down_since": _iso(state.get("down_since")), "failing": state.get("error"), "names": backlog}
     except (OSError, ValueError):
-        return {"spooled": 0, "spooled_age": None, "down_since": None, "names": []}
+        return {"spooled": 0, "spooled_age": None, "down_since": None, "failing": None, "names": []}
 
 
 def _impatient(policy, config):

@@ -123,7 +123,7 @@ def wal_items(policy, facts: dict, now: datetime) -> list[dict]:
     out = []
     for sname in policy.wal.sites:
         site = facts["sites"][sname]
-        spool = site.get("spool") or {"spooled": 0, "spooled_age": None, "down_since": None}
+        spool = site.get("spool") or {"spooled": 0, "spooled_age": None, "down_since": None, "failing": None}
         if not site["reachable"]:
             # WAL piling up in the spool for it is an outage of archiving, not just of reading.
             state = CRITICAL if spool["spooled"] else UNKNOWN
@@ -135,7 +135,7 @@ def wal_items(policy, facts: dict, now: datetime) -> list[dict]:
         info = {"last_segment": w["newest"], "last_archived_at": w["newest_time"], "oldest_segment": w["oldest"],
                 "segments": w["count"], "gaps": w["gaps"], "gap_count": w["gap_count"],
                 "lag_segments": None, "lag_seconds": None, "spooled": spool["spooled"],
-                "spooled_age_seconds": spool["spooled_age"]}
+                "spooled_age_seconds": spool["spooled_age"], "failing": spool.get("failing")}
         if w["newest"] is None:
             state = CRITICAL if cluster.get("archive_mode") == "off" else WARNING
             out.append(_item("wal", "wal", state, f"wal at {sname}: nothing archived yet", sname, **info))
@@ -163,6 +163,10 @@ def wal_items(policy, facts: dict, now: datetime) -> list[dict]:
         elif not cluster.get("reachable"):
             state = max(state, UNKNOWN)
             why.append("cluster unreachable: lag unknown")
+        if spool.get("failing"):
+            # wal-push cannot write there (full disk, permissions) although the site reads fine.
+            state = max(state, WARNING)
+            why.append(f"wal-push failing since {str(spool.get('down_since'))[:19]}: {spool['failing'][:200]}")
         if spool["spooled"]:
             why.append(f"{spool['spooled']} file(s) spooled for it")
         msg = (f"wal at {sname}: last {w['newest']}, lag {lg if lg is not None else '?'} segment(s) / {_fmt(ls)}"

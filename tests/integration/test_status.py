@@ -213,6 +213,7 @@ def test_site_that_stops_receiving_wal_lags_and_goes_critical(two_sites):
     assert wb["state"] == "CRITICAL" and wb["lag_segments"] >= 4 and wb["lag_seconds"] >= wa["lag_seconds"]
     assert wb["last_segment"] < wa["last_segment"]
     assert wb["spooled"] >= 4 and "spooled for it" in wb["message"]  # wal-push kept b's backlog
+    assert wb["failing"] and "wal-push failing since" in wb["message"]
     assert code == 2 and "wal at b" in doc["summary"]
     prom = w.workdir / "pgvault.prom"
     w.cli("status", "--prometheus", str(prom), check=False)
