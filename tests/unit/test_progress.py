@@ -21,6 +21,8 @@ def test_plain_lines_carry_rate_percent_and_eta():
 
 
 def test_json_lines_when_the_root_asked_for_json_logs():
+    logger = logging.getLogger("pgvault")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
     setup_logging(0, "json")
     try:
         out = io.StringIO()  # not a TTY
@@ -32,7 +34,7 @@ def test_json_lines_when_the_root_asked_for_json_logs():
         assert docs[0]["event"] == "progress" and docs[0]["bytes"] == 250 and docs[0]["total"] == 1000
         assert docs[0]["percent"] == 25.0 and docs[0]["eta_seconds"] is not None and docs[0]["logger"] == "pgvault.progress"
     finally:
-        setup_logging(0, "text")
+        logger.handlers[:], logger.level, logger.propagate = saved  # other tests rely on caplog
 
 
 def test_short_operations_print_nothing_when_not_a_tty():
@@ -41,4 +43,3 @@ def test_short_operations_print_nothing_when_not_a_tty():
     p("app", 100)
     p.close()
     assert out.getvalue() == ""
-    assert logging.getLogger("pgvault").handlers  # logging left configured
