@@ -105,6 +105,8 @@ def status_results(doc: dict) -> list[CheckResult]:
             name = f"wal {i['site']}"
         elif i["kind"] == "job":
             name = f"job {i['name']}" + (f" at {i['site']}" if i["site"] else "")
+        elif i["kind"] == "drill" and i["site"]:
+            name = f"drill {i['name']} from {i['site']}"
         else:
             name = f"{i['kind']} {i['name']}"
         out.append(CheckResult(name, i["code"], i["message"], i.get("hint")))

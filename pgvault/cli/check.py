@@ -42,7 +42,7 @@ def check(ctx, as_json, probes_only, send):
     else:
         click.echo(summary)
         for r in results:
-            click.echo(f"{checks.STATE_NAMES[r.state]:8} {r.name}: {r.message}")
+            click.echo(f"{checks.STATE_NAMES[r.state]:8} {r.name}: {_detail(r)}")
             if r.hint and r.state != checks.OK:
                 click.echo(f"         HINT: {r.hint}")
     return state
@@ -59,3 +59,17 @@ def perfdata(doc: dict) -> str:
             parts.append(f"'wal_lag_{w['site']}'={w['lag_seconds']:.0f}s")
             parts.append(f"'wal_lag_segments_{w['site']}'={w['lag_segments']}")
     return (" | " + " ".join(parts)) if parts else ""
+
+
+def _detail(r) -> str:
+    """The message without a leading subject that repeats the name ("job x at a: ...").
+
+    >>> from pgvault.checks import CheckResult
+    >>> _detail(CheckResult("wal a", 0, "wal at a: last 0000000100000000000000A3"))
+    'last 0000000100000000000000A3'
+    >>> _detail(CheckResult("objective rpo", 0, "objective RPO 5m: 3s now"))
+    'objective RPO 5m: 3s now'
+    """
+    subject, sep, rest = r.message.partition(": ")
+    same = sep and subject.replace(" at ", " ") == r.name.replace(" at ", " ")
+    return rest if same else r.message

@@ -76,7 +76,13 @@ def status(ctx, as_json, prom_file, send):
     if prom_file:
         from ..status.prometheus import render as prom, write_textfile
 
-        write_textfile(prom_file, prom(doc))
+        try:
+            write_textfile(prom_file, prom(doc))
+        except OSError as exc:
+            from ..errors import UsageError
+
+            raise UsageError(f"cannot write metrics to {prom_file}: {exc.strerror}",
+                             "give a file in an existing, writable directory (node_exporter's textfile directory)") from None
     if send:
         from ..notify import notify_changes
         from ..status import all_items

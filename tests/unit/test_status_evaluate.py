@@ -19,7 +19,7 @@ SEG = 16 << 20
 
 @pytest.mark.parametrize("module", ["pgvault.status.wal", "pgvault.status.cron", "pgvault.status.evaluate",
                                     "pgvault.status.prometheus", "pgvault.notify",
-                                    "pgvault.cli.progress"])
+                                    "pgvault.cli.progress", "pgvault.cli.check"])
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
