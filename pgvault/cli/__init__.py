@@ -22,6 +22,13 @@ COMMANDS = {
     "list": "pgvault.cli.catalog:list_cmd",
     "verify": "pgvault.cli.catalog:verify",
     "restore": "pgvault.cli.restore:restore",
+
+    "status": "pgvault.cli.status:status",
+    "demo": "pgvault.cli.demo:demo",
+    "wal-push": "pgvault.cli.wal:wal_push",
+    "wal-fetch": "pgvault.cli.wal:wal_fetch",
+    "wal-ship": "pgvault.cli.wal:wal_ship",
+    "wal-status": "pgvault.cli.wal:wal_status",
     "tick": "pgvault.cli.tick:tick",
     "schedule": "pgvault.cli.schedule:schedule",
     "state": "pgvault.cli.state:state",
