@@ -282,6 +282,11 @@ def run_one(policy, name: str, clock: Clock, store: StateStore) -> "Line":
         line = _run_locked(item, store, lock, clock, now)
     finally:
         lock.release()
+    if line.action in ("failed", "partial"):
+        from .notify import notify
+
+        notify(policy, {"event": "job_failed", "job": name, "outcome": line.action, "message": line.reason,
+                        "started_at": now.isoformat()})
     if line.action in ("ran", "partial") and item.kind == "backup" and item.sites:
         r = TickReport(now)
         _expire_after(policy, store, clock, list(item.sites), r)

@@ -3,6 +3,7 @@ failures that do not stop other jobs. The clock is injected with PGVAULT_NOW."""
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -122,6 +123,9 @@ def test_dry_run_failure_and_state_rebuild(week):
     assert "nothing due before 2026-11-16 02:00Z" in cp.stderr and cp.stdout == ""
     # ... until the policy changes: then the full path validates it again.
     w.jobs["broken"] = {"method": "logical", "databases": ["no_such_db"], "sites": ["a"], "schedule": "0 2 * * *"}
+    events = w.workdir / "events.jsonl"
+    w.extra["notify"] = {"events": ["job_failed"], "command": [
+        sys.executable, "-c", f"import sys; open({str(events)!r}, 'a').write(sys.stdin.read() + '\\n')"]}
     w.policy()
     cp = week.cli(t0 + timedelta(minutes=2), "-v", "tick")
     assert "nothing due" not in cp.stderr and "broken: idle: not due: next 2026-11-16 02:00Z" in cp.stdout
@@ -141,6 +145,10 @@ def test_dry_run_failure_and_state_rebuild(week):
     assert "nightly: ran -> 20261116T030000Z" in cp.stdout
     state = {s["job"]: s for s in json.loads(week.cli(t0, "state", "show", "--json").stdout)}
     assert state["broken"]["last"]["outcome"] == "failed" and "no_such_db" in state["broken"]["last"]["message"]
+    # The failure was notified once, through the configured command; the jobs that ran were not.
+    sent = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    assert [(e["event"], e["job"]) for e in sent] == [("job_failed", "broken")]
+    assert "no_such_db" in sent[0]["message"]
     # A failed run is retried at its next slot, not every minute.
     assert "broken" not in week.tick(t0 + timedelta(hours=4)).stdout
 
