@@ -139,6 +139,8 @@ def recovery_settings(p: planner.Plan, restore_cmd: str, action: str, port: int 
         s["recovery_target_xid"] = str(t.xid)
     if t.kind != "latest":
         s["recovery_target_action"] = action
+        if not t.inclusive:
+            s["recovery_target_inclusive"] = False
     if port:
         s["port"] = port
     return s
