@@ -436,3 +436,22 @@ def test_pitr_and_canary_drills_pass_from_a_local_and_an_s3_site(pitr_world):
     assert_scratch_gone(w)
     listed = json.loads(w.cli("list", "--drills", "--site", "eu", "--json").stdout)
     assert [d["drill"] for d in listed] == ["canary"]
+
+
+def test_tick_runs_a_scheduled_drill_and_status_shows_its_evidence(world):
+    w = drill_world(world)
+    w.extra["state_dir"] = str(sandbox.owned_dir(w.workdir / "state"))
+    w.policy()
+    backup(w)
+    write_drill(w, "weekly", {"source": {"job": "nightly", "site": "a"}, "schedule": "*/5 * * * *",
+                              "checks": [{"row_counts": True}]})
+    first = w.cli("tick", env={"PGVAULT_NOW": "2030-01-01T00:00:00Z", "PGVAULT_DRILL_DIR": str(scratch_dir(w))})
+    assert "drill:weekly: ran" not in first.stdout
+    assert not (w.workdir / "site-a" / "clusters/main/drills").exists()
+    due = w.cli("tick", env={"PGVAULT_NOW": "2030-01-01T00:05:30Z", "PGVAULT_DRILL_DIR": str(scratch_dir(w))})
+    assert "drill:weekly: ran" in due.stdout and "drill passed at a" in due.stdout, due.stdout + due.stderr
+    evidence = json.loads(w.cli("list", "--drills", "--json").stdout)
+    assert [(d["site"], d["drill"], d["outcome"]) for d in evidence] == [("a", "weekly", "passed")]
+    status = json.loads(w.cli("status", "--json", check=False).stdout)
+    assert "weekly" in json.dumps(status["drills"])
+    assert_scratch_gone(w)
