@@ -328,7 +328,7 @@ def test_example_drills_in_restore_drills_pass(world):
 
 # -- snapshot drills ---------------------------------------------------------------------------
 
-from tests.integration.snapshots.conftest import btrfs_fs, instances  # noqa: E402,F401 (fixtures)
+from tests.integration.snapshots.conftest import btrfs_fs, instances, zfs_daemon, zpool  # noqa: E402,F401 (fixtures)
 
 
 def test_btrfs_snapshot_drills_latest_and_canary(btrfs_fs, workdir, instances, world):
@@ -373,6 +373,32 @@ def test_btrfs_snapshot_drills_latest_and_canary(btrfs_fs, workdir, instances, w
     assert_scratch_gone(w)
     assert inst.psql("SELECT count(*) FROM orders", dbname="app").strip() == "500"
     assert inst.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgvault_drill'").strip() == "0"
+
+
+def test_zfs_snapshot_drill_receives_into_a_new_dataset_and_destroys_it(zpool, workdir, instances, world):
+    from pgvault.methods import zfs
+    from pgvault.sandbox_fs import instance_on
+
+    ds, mnt = zpool.dataset("db/pg", owner_postgres=True)
+    inst = instance_on(mnt / "data", workdir / "sock")
+    instances.append(str(inst.pgdata))
+    load_data(inst, rows=300)
+    w = world
+    w.pg = inst
+    w.local_site("a")
+    w.jobs["snaps"] = {"method": "zfs", "datasets": [ds], "sites": ["a"]}
+    w.extra["drills"] = ["drills/*.yaml"]
+    w.policy()
+    bid = backup(w, "snaps")
+    write_drill(w, "zsnap", {"source": {"job": "snaps", "site": "a"},
+                             "checks": [{"sql": "SELECT count(*) FROM orders", "database": "app", "expect": 300}]})
+    cp, cases, doc = run_drills(w)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    r = doc["results"][0]
+    assert r["backup_id"] == bid and f"received into {zpool.name}/db/pgvault-drill-zsnap-" in r["restored"]
+    received = r["restored"].rsplit(" ", 1)[-1]
+    assert not zfs.exists(received)
+    assert_scratch_gone(w)
 
 
 # -- point-in-time drills and the canary, from a local and an S3 site ---------------------------
