@@ -111,8 +111,8 @@ def _rto_budget(policy, drill: Drill) -> float | None:
 
 
 def run_one(policy, drill: Drill, site: str, *, scratch_root=None, canary=None, warn=None) -> DrillResult:
-    """One drill at one site. Never raises for a drill that fails; re-raises interruptions
-    after the teardown."""
+    """One drill at one site. Never raises: a failure, or an interruption (then ``interrupted``
+    is set and the caller stops the run), is recorded in the result after the teardown."""
     method = source_method(policy, drill)
     result = DrillResult(drill.name, site, method, drill.target, datetime.now(timezone.utc),
                          rto_budget_seconds=_rto_budget(policy, drill))
