@@ -8,6 +8,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def which(program: str, path: str | None = None) -> str:
         found = None
     else:
         found = shutil.which(program, path=path)
+        if not found and path is None:
+            # Programs installed with pgvault (barman-cloud-*, moto_server) live beside its
+            # interpreter, which need not be on PATH (cron, systemd, archive_command).
+            beside = Path(sys.executable).parent / program
+            found = str(beside) if os.access(beside, os.X_OK) else None
     if not found:
         base = Path(program).name
         hint = INSTALL_HINTS.get(base)
