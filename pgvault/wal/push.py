@@ -269,6 +269,8 @@ class Archiver:
     def push(self, path: str | os.PathLike, *, batch: int | None = None) -> PushResult:
         path = Path(path)
         batch = batch or self.policy.wal.batch
+        if self.compression == "none":
+            batch = min(batch, 16)  # uncompressed files owed to a slow site stay in memory: bound it
         stale = path.parent / ".pgvault-prefetch"
         if stale.is_dir():  # left by a recovery that ended at its target: this cluster archives now
             import shutil
