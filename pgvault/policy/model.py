@@ -151,7 +151,7 @@ class Objectives(Strict):
 
 class Policy(Strict):
     version: Literal[1] = Field(description="policy format version")
-    cluster: Cluster
+    cluster: Cluster = Field(description="the PostgreSQL cluster this policy protects")
     sites: dict[str, Site] = Field(min_length=1, description="where backups are kept, by name")
     wal: Wal = Field(default_factory=Wal, description="continuous WAL archiving")
     jobs: dict[str, Job] = Field(default_factory=dict, description="backup jobs, by name")
