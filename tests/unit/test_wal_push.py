@@ -228,3 +228,29 @@ def test_slow_site_is_left_behind_and_spooled(tmp_path, pg_wal):
         assert Archiver(pol).drain() == {"slow": 2}
     finally:
         moto.stop()
+
+
+def test_cli_bad_input_is_explained_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "cluster": {"name": "main", "conninfo": "host=/x"},
+                                      "sites": {"a": {"type": "local", "path": str(tmp_path / "a")}},
+                                      "wal": {"sites": ["a"]}, "state_dir": str(tmp_path / "state")}))
+    root = Path(__file__).resolve().parents[2]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pgvault", "--policy", str(policy), *args], capture_output=True,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(root)))
+
+    cp = run("wal-push", str(tmp_path / "pg_wal" / "000000010000000000000001"))
+    assert cp.returncode == 2 and "does not exist" in cp.stderr and "HINT" in cp.stderr
+    cp = run("wal-fetch", "not-a-wal-name", str(tmp_path / "x"))
+    assert cp.returncode == 2 and "not a WAL file name" in cp.stderr
+    for out in (cp.stderr,):
+        assert "Traceback" not in out
+    cp = run("wal-fetch", "000000010000000000000001", str(tmp_path / "x"))
+    assert (cp.returncode, cp.stderr) == (1, "")
