@@ -19,43 +19,13 @@ from pathlib import Path
 from ..catalog import layout
 from ..errors import ClusterMismatch, PgvaultError, SiteError, UsageError
 from . import WalConflict, codec, names, pgdata_of, spool_dir
+from .pgwal import control_sysid, is_segment, mark_done, pg_major, ready_neighbours
 from .spool import Spool
+from .workers import DaemonPool
 
 log = logging.getLogger("pgvault.wal")
 
-# Page-header magic -> PostgreSQL major (used to bind a cluster at a site on first push).
-MAGIC_MAJOR = {0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17, 0xD118: 18}
 DRAIN_PER_PUSH = 64
-
-
-class DaemonPool:
-    """Worker threads that never hold the process open (unlike ThreadPoolExecutor's, which are
-    joined at exit): wal-push can leave a request to a slow site behind, spool the file for that
-    site, and return to PostgreSQL."""
-
-    def __init__(self, workers: int, name: str):
-        import queue
-
-        self.q: queue.SimpleQueue = queue.SimpleQueue()
-        for i in range(workers):
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
-
-    def _work(self) -> None:
-        while True:
-            fut, fn, args = self.q.get()
-            if fut is None:
-                return
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:  # handed to whoever waits on the future
-                fut.set_exception(exc)
-
-    def submit(self, fn, *args) -> Future:
-        fut: Future = Future()
-        self.q.put((fut, fn, args))
-        return fut
 
 
 @dataclass
@@ -189,7 +159,7 @@ class Archiver:
         problem = names.check_header(name, hdr)
         if problem:
             raise PgvaultError(f"{path}: {problem}", "the file is damaged or misnamed; it was not archived")
-        if kind_is_segment(name) and len(raw) != hdr.segment_size:
+        if is_segment(name) and len(raw) != hdr.segment_size:
             raise PgvaultError(f"{path} is {len(raw)} bytes, but its header says segments are {hdr.segment_size}",
                                "the file is truncated; it was not archived")
         if sysid is not None and str(hdr.system_identifier) != sysid:
@@ -321,6 +291,7 @@ class Archiver:
                 mark_done(path.parent, it.name)
             else:  # PostgreSQL will ask for it again, alone, and then the error is its answer
                 log.warning("%s", it.error.message)
+        self.close()
         log.info("wal-push %s: %d file(s) in %.2fs, %d spooled, %s drained", path.name, len(items),
                  time.time() - now, sum(1 for i in items if i.spool_for), sum(drained.values()))
         return PushResult(items, drained)
@@ -357,6 +328,12 @@ class Archiver:
                                                    f"had the whole batch")
                     for it in late:
                         it.spool_for.add(sname)
+
+    def close(self) -> None:
+        """Release the worker threads (a long-running caller such as tick reuses the process)."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools = {}
 
     def _pool(self, site: str) -> DaemonPool:
         if site not in self._pools:
@@ -412,51 +389,3 @@ class Archiver:
             hdr = names.parse_header(it.content(names.split_stored(it.stored)[1]))
             sysid = sysid or str(hdr.system_identifier)
         return (sysid, pg_major(hdr, None), hdr.segment_size if hdr else 16 << 20)
-
-
-def kind_is_segment(name: str) -> bool:
-    return names.kind(name) == "segment"
-
-
-def ready_neighbours(path: Path, limit: int) -> list[Path]:
-    """Other files PostgreSQL has marked ready to archive, in the archiver's own order."""
-    status = path.parent / "archive_status"
-    if limit <= 0 or not status.is_dir():
-        return []
-    try:
-        ready = [f[:-6] for f in os.listdir(status) if f.endswith(".ready")]
-    except OSError:
-        return []
-    ready = sorted((n for n in ready if n != path.name and names.is_wal_name(n)), key=names.sort_key)
-    return [path.parent / n for n in ready[:limit]]
-
-
-def mark_done(pg_wal: Path, name: str) -> None:
-    """Tell PostgreSQL a file is archived (what its archiver does after archive_command)."""
-    status = pg_wal / "archive_status"
-    try:
-        os.rename(status / f"{name}.ready", status / f"{name}.done")
-    except FileNotFoundError:
-        pass
-
-
-def control_sysid(pgdata: Path | None) -> str | None:
-    """The system identifier from global/pg_control (its first field, a uint64)."""
-    if pgdata is None:
-        return None
-    try:
-        with open(pgdata / "global" / "pg_control", "rb") as fh:
-            return str(int.from_bytes(fh.read(8), "little"))
-    except OSError:
-        return None
-
-
-def pg_major(hdr: names.PageHeader | None, pgdata: Path | None) -> int:
-    if hdr is not None and hdr.magic in MAGIC_MAJOR:
-        return MAGIC_MAJOR[hdr.magic]
-    if pgdata is not None:
-        try:
-            return int((pgdata / "PG_VERSION").read_text().strip())
-        except (OSError, ValueError):
-            pass
-    return 0
