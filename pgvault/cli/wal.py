@@ -51,6 +51,7 @@ def wal_ship(ctx):
     arch = Archiver(load(ctx))
     arch._prepare_clients()
     delivered = arch.drain()
+    arch.close()
     for site in arch.spool.sites_with_backlog():
         click.echo(f"{site}: {len(arch.spool.backlog(site))} file(s) still spooled"
                    + (f" ({arch._failed[site]})" if site in arch._failed else ""))

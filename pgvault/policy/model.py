@@ -134,11 +134,12 @@ class Wal(Strict):
     sites: list[str] = Field(default_factory=list, description="sites that receive every WAL segment")
     spool_dir: str | None = Field(None, description="local spool where wal-push makes a segment durable before shipping")
     compression: Literal["none", "gzip", "bzip2", "zstd"] = Field("gzip", description="WAL compression at the sites (Barman cloud layout)")
-    batch: int = Field(32, ge=1, le=256, description="files one wal-push ships at most: the one asked for plus others already waiting in pg_wal/archive_status (1 = one at a time)")
+    batch: int = Field(64, ge=1, le=256, description="files one wal-push ships at most: the one asked for plus others already waiting in pg_wal/archive_status (1 = one at a time)")
     retry_interval: timedelta = Field(timedelta(seconds=30), description="how long wal-push spools for a failed site before trying it again")
+    slow_site_grace: timedelta = Field(timedelta(seconds=10), description="once one site has a wal-push batch, how long the others get before the rest is spooled for them")
     prefetch: int = Field(8, ge=0, le=64, description="segments wal-fetch downloads ahead, in parallel, during recovery (0 = none)")
 
-    _r = field_validator("retry_interval", mode="before")(classmethod(lambda cls, v: _duration(v)))
+    _r = field_validator("retry_interval", "slow_site_grace", mode="before")(classmethod(lambda cls, v: _duration(v)))
 
 
 class Objectives(Strict):

@@ -19,12 +19,12 @@ from pathlib import Path
 from ..catalog import layout
 from ..errors import ClusterMismatch, PgvaultError, SiteError, UsageError
 from . import WalConflict, codec, names, pgdata_of, spool_dir
+from .pgwal import control_sysid, is_segment, mark_done, pg_major, ready_neighbours
 from .spool import Spool
+from .workers import DaemonPool
 
 log = logging.getLogger("pgvault.wal")
 
-# Page-header magic -> PostgreSQL major (used to bind a cluster at a site on first push).
-MAGIC_MAJOR = {0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17, 0xD118: 18}
 DRAIN_PER_PUSH = 64
 
 
@@ -38,7 +38,7 @@ class Item:
     blob: bytes | None = None
     raw: bytes | None = None
     error: PgvaultError | None = None
-    left: int = 0                                 # site tasks still running for it
+    done_sites: set = field(default_factory=set)  # sites whose task for it has finished
     stored_at: set = field(default_factory=set)   # sites that hold it now
     spool_for: set = field(default_factory=set)   # sites that failed: owed through the spool
 
@@ -88,6 +88,7 @@ class Archiver:
         self._lock = threading.Lock()
         self._identity: dict | None = None
         self._failed: dict[str, str] = {}
+        self._pools: dict[str, DaemonPool] = {}
 
     # -- identity: the system identifier every pushed file must carry
     def identity(self) -> dict:
@@ -158,7 +159,7 @@ class Archiver:
         problem = names.check_header(name, hdr)
         if problem:
             raise PgvaultError(f"{path}: {problem}", "the file is damaged or misnamed; it was not archived")
-        if kind_is_segment(name) and len(raw) != hdr.segment_size:
+        if is_segment(name) and len(raw) != hdr.segment_size:
             raise PgvaultError(f"{path} is {len(raw)} bytes, but its header says segments are {hdr.segment_size}",
                                "the file is truncated; it was not archived")
         if sysid is not None and str(hdr.system_identifier) != sysid:
@@ -205,8 +206,8 @@ class Archiver:
             self._ship_or_spool(sname, item, bind)
         finally:
             with self._lock:
-                item.left -= 1
-                if item.left == 0 and not item.spool_for:
+                item.done_sites.add(sname)
+                if len(item.done_sites) == len(self.sites) and not item.spool_for:
                     item.blob = item.blob_future = None  # every site has it: free the memory
 
     def _ship_or_spool(self, sname: str, item: Item, bind: tuple) -> None:
@@ -238,6 +239,8 @@ class Archiver:
     def push(self, path: str | os.PathLike, *, batch: int | None = None) -> PushResult:
         path = Path(path)
         batch = batch or self.policy.wal.batch
+        if self.compression == "none":
+            batch = min(batch, 16)  # uncompressed files owed to a slow site stay in memory: bound it
         stale = path.parent / ".pgvault-prefetch"
         if stale.is_dir():  # left by a recovery that ended at its target: this cluster archives now
             import shutil
@@ -282,12 +285,13 @@ class Archiver:
             if it.error is None and it.spool_for:
                 self.spool.enqueue(it.stored, it.data(), sorted(it.spool_for))
         self._update_breakers(now)
-        drained = self.drain(bind, limit=DRAIN_PER_PUSH)
+        drained = self.drain(bind, limit=DRAIN_PER_PUSH, budget=self.policy.wal.slow_site_grace.total_seconds())
         for it in items[1:]:
             if it.error is None:
                 mark_done(path.parent, it.name)
             else:  # PostgreSQL will ask for it again, alone, and then the error is its answer
                 log.warning("%s", it.error.message)
+        self.close()
         log.info("wal-push %s: %d file(s) in %.2fs, %d spooled, %s drained", path.name, len(items),
                  time.time() - now, sum(1 for i in items if i.spool_for), sum(drained.values()))
         return PushResult(items, drained)
@@ -299,16 +303,42 @@ class Archiver:
                 site.client  # noqa: B018
 
     def _run(self, items: list[Item], bind: tuple) -> None:
-        pools = {s: ThreadPoolExecutor(4, thread_name_prefix=f"wal-{s}") for s in self.sites}
-        try:
-            for it in items:
-                it.left = len(self.sites)
-            futures = [pools[s].submit(self._site_task, s, it, bind) for it in items for s in self.sites]
-            for f in futures:
-                f.result()
-        finally:
-            for p in pools.values():
-                p.shutdown(wait=True)
+        """Ship every item to every site. Once one site has the whole batch, the others get
+        ``wal.slow_site_grace`` (or as long again as that site took, if longer); what a site
+        has not confirmed by then is spooled for it, and the site rests like a failed one."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        grace = self.policy.wal.slow_site_grace.total_seconds()
+        by_site = {s: [(it, self._pool(s).submit(self._site_task, s, it, bind)) for it in items] for s in self.sites}
+        pending = {f for fs in by_site.values() for _it, f in fs}
+        t0 = time.monotonic()
+        deadline = None
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            _done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            if deadline is None and any(all(f.done() for _it, f in fs) for fs in by_site.values()):
+                deadline = time.monotonic() + max(grace, time.monotonic() - t0)
+            if pending and deadline is not None and time.monotonic() >= deadline:
+                break
+        with self._lock:
+            for sname, fs in by_site.items():
+                late = [it for it, _f in fs if sname not in it.done_sites]
+                if late:
+                    self._failed.setdefault(sname, f"too slow: no answer within {grace:.0f}s after another site "
+                                                   f"had the whole batch")
+                    for it in late:
+                        it.spool_for.add(sname)
+
+    def close(self) -> None:
+        """Release the worker threads (a long-running caller such as tick reuses the process)."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools = {}
+
+    def _pool(self, site: str) -> DaemonPool:
+        if site not in self._pools:
+            self._pools[site] = DaemonPool(4, f"wal-{site}")
+        return self._pools[site]
 
     def _update_breakers(self, now: float) -> None:
         for s in self.sites:
@@ -318,35 +348,39 @@ class Archiver:
             elif self.spool.site_state(s):
                 self.spool.mark_up(s)
 
-    def drain(self, bind: tuple | None = None, *, limit: int | None = None, sites: list[str] | None = None) -> dict[str, int]:
-        """Ship spooled backlog to sites that are up; returns files delivered per site."""
-        out: dict[str, int] = {}
-        for sname in sites or self.spool.sites_with_backlog():
-            if sname not in self.sites or sname in self._failed:
-                continue
-            pending = self.spool.backlog(sname)[:limit]
-            n = 0
-            for stored in pending:
-                data = self.spool.read(stored)
-                if data is None:  # delivered by a concurrent drain
-                    self.spool.delivered(sname, stored)
-                    continue
-                name = names.split_stored(stored)[0]
-                it = Item(name, stored, blob=data)
-                if bind is None:
-                    bind = self._bind_from_blob(it)
-                self._site_task(sname, it, bind)
-                if it.error:
-                    log.error("%s", it.error.message)
-                    continue
-                if sname in self._failed:
-                    self.spool.mark_down(sname, self._failed[sname], self.retry)
-                    break
+    def drain(self, bind: tuple | None = None, *, limit: int | None = None, budget: float | None = None) -> dict[str, int]:
+        """Ship spooled backlog to the sites that are up, for at most ``budget`` seconds (all
+        sites in parallel); returns the files delivered per site."""
+        from concurrent.futures import wait
+
+        todo = [s for s in self.spool.sites_with_backlog() if s in self.sites and s not in self._failed]
+        if not todo:
+            return {}
+        stop = None if budget is None else time.monotonic() + budget
+        futures = {s: self._pool(s).submit(self._drain_site, s, bind, limit, stop) for s in todo}
+        wait(futures.values(), timeout=budget)
+        return {s: f.result() for s, f in futures.items() if f.done() and not f.exception() and f.result()}
+
+    def _drain_site(self, sname: str, bind: tuple | None, limit: int | None, stop: float | None) -> int:
+        n = 0
+        for stored in self.spool.backlog(sname)[:limit]:
+            if stop is not None and time.monotonic() > stop:
+                break
+            data = self.spool.read(stored)
+            if data is None:  # delivered by a concurrent drain
                 self.spool.delivered(sname, stored)
-                n += 1
-            if n:
-                out[sname] = n
-        return out
+                continue
+            it = Item(names.split_stored(stored)[0], stored, blob=data)
+            self._ship_or_spool(sname, it, bind or self._bind_from_blob(it))
+            if it.error:
+                log.error("%s", it.error.message)  # kept in the spool; wal-status shows it
+                continue
+            if sname in self._failed:
+                self.spool.mark_down(sname, self._failed[sname], self.retry)
+                break
+            self.spool.delivered(sname, stored)
+            n += 1
+        return n
 
     def _bind_from_blob(self, it: Item) -> tuple:
         sysid = self.expected_sysid()
@@ -355,51 +389,3 @@ class Archiver:
             hdr = names.parse_header(it.content(names.split_stored(it.stored)[1]))
             sysid = sysid or str(hdr.system_identifier)
         return (sysid, pg_major(hdr, None), hdr.segment_size if hdr else 16 << 20)
-
-
-def kind_is_segment(name: str) -> bool:
-    return names.kind(name) == "segment"
-
-
-def ready_neighbours(path: Path, limit: int) -> list[Path]:
-    """Other files PostgreSQL has marked ready to archive, in the archiver's own order."""
-    status = path.parent / "archive_status"
-    if limit <= 0 or not status.is_dir():
-        return []
-    try:
-        ready = [f[:-6] for f in os.listdir(status) if f.endswith(".ready")]
-    except OSError:
-        return []
-    ready = sorted((n for n in ready if n != path.name and names.is_wal_name(n)), key=names.sort_key)
-    return [path.parent / n for n in ready[:limit]]
-
-
-def mark_done(pg_wal: Path, name: str) -> None:
-    """Tell PostgreSQL a file is archived (what its archiver does after archive_command)."""
-    status = pg_wal / "archive_status"
-    try:
-        os.rename(status / f"{name}.ready", status / f"{name}.done")
-    except FileNotFoundError:
-        pass
-
-
-def control_sysid(pgdata: Path | None) -> str | None:
-    """The system identifier from global/pg_control (its first field, a uint64)."""
-    if pgdata is None:
-        return None
-    try:
-        with open(pgdata / "global" / "pg_control", "rb") as fh:
-            return str(int.from_bytes(fh.read(8), "little"))
-    except OSError:
-        return None
-
-
-def pg_major(hdr: names.PageHeader | None, pgdata: Path | None) -> int:
-    if hdr is not None and hdr.magic in MAGIC_MAJOR:
-        return MAGIC_MAJOR[hdr.magic]
-    if pgdata is not None:
-        try:
-            return int((pgdata / "PG_VERSION").read_text().strip())
-        except (OSError, ValueError):
-            pass
-    return 0

@@ -195,3 +195,62 @@ def test_fetch_prefetches_next_segments_for_recovery(tmp_path, pg_wal):
     with pytest.raises(WalMissing):
         fetch(pol, names.segment_name(1, 5, SEG), dest)
     assert not pre.exists()  # the archive ended: prefetched files are dropped
+
+
+def test_slow_site_is_left_behind_and_spooled(tmp_path, pg_wal):
+    """A site that accepts connections but never answers (moto stopped with SIGSTOP, long
+    read_timeout) gets the batch through the spool once the healthy site is done."""
+    from pgvault import sandbox
+
+    moto = sandbox.Moto().start()
+    try:
+        moto.create_bucket("slow-site")
+        pol = Policy.model_validate({
+            "version": 1, "cluster": {"name": "main", "conninfo": "host=/nonexistent"},
+            "sites": {"a": {"type": "local", "path": str(tmp_path / "a")},
+                      "slow": {"type": "s3", "bucket": "slow-site", "endpoint_url": moto.url, "region": "us-east-1",
+                               "read_timeout": 600, "max_attempts": 1}},
+            "wal": {"sites": ["a", "slow"], "slow_site_grace": "1s", "retry_interval": "1h"},
+            "state_dir": str(tmp_path / "state")})
+        assert Archiver(pol).push(put_wal(pg_wal, 1, ready=False)).requested.stored_at == {"a", "slow"}
+        moto.pause()
+        try:
+            r = Archiver(pol).push(put_wal(pg_wal, 2, ready=False))
+            assert (r.requested.error, r.requested.stored_at, r.requested.spool_for) == (None, {"a"}, {"slow"})
+            from pgvault.wal.spool import Spool
+
+            assert "too slow" in Spool(tmp_path / "state" / "wal-spool").site_state("slow")["error"]
+            # While it rests, the next push does not wait for it at all.
+            r = Archiver(pol).push(put_wal(pg_wal, 3, ready=False))
+            assert r.requested.spool_for == {"slow"} and r.requested.stored_at == {"a"}
+        finally:
+            moto.resume()
+        assert Archiver(pol).drain() == {"slow": 2}
+    finally:
+        moto.stop()
+
+
+def test_cli_bad_input_is_explained_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "cluster": {"name": "main", "conninfo": "host=/x"},
+                                      "sites": {"a": {"type": "local", "path": str(tmp_path / "a")}},
+                                      "wal": {"sites": ["a"]}, "state_dir": str(tmp_path / "state")}))
+    root = Path(__file__).resolve().parents[2]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pgvault", "--policy", str(policy), *args], capture_output=True,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(root)))
+
+    cp = run("wal-push", str(tmp_path / "pg_wal" / "000000010000000000000001"))
+    assert cp.returncode == 2 and "does not exist" in cp.stderr and "HINT" in cp.stderr
+    cp = run("wal-fetch", "not-a-wal-name", str(tmp_path / "x"))
+    assert cp.returncode == 2 and "not a WAL file name" in cp.stderr
+    for out in (cp.stderr,):
+        assert "Traceback" not in out
+    cp = run("wal-fetch", "000000010000000000000001", str(tmp_path / "x"))
+    assert (cp.returncode, cp.stderr) == (1, "")
