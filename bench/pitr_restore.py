@@ -47,7 +47,9 @@ start-fast=y
 process-max=2
 archive-async=y
 archive-get-queue-max=1GiB
-log-level-console=warn
+log-level-console=error
+archive-timeout=600
+repo1-retention-full=9
 
 [bench]
 pg1-path={inst.pgdata}
@@ -96,6 +98,8 @@ def main() -> None:
     env = dict(os.environ, PGVAULT_POLICY=str(policy), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     cli = [sys.executable, "-m", "pgvault"]
     try:
+        # Before any WAL is written: archive_command runs pgbackrest archive-push too.
+        sh(["pgbackrest", "--stanza=bench", "stanza-create"], user="postgres")
         t = time.monotonic()
         sh([f"{BIN}/pgbench", "-i", "-q", "-s", str(args.scale), "-d", inst.conninfo()])
         print(f"pgbench -i -s {args.scale}: {time.monotonic() - t:.1f}s", flush=True)
@@ -104,7 +108,6 @@ def main() -> None:
         t = time.monotonic()
         subprocess.run(cli + ["backup", "base"], env=env, check=True, capture_output=True)
         print(f"pgvault backup (barman, local site): {time.monotonic() - t:.1f}s", flush=True)
-        sh(["pgbackrest", "--stanza=bench", "stanza-create"], user="postgres")
         t = time.monotonic()
         sh(["pgbackrest", "--stanza=bench", "--type=full", "backup"], user="postgres")
         print(f"pgbackrest backup: {time.monotonic() - t:.1f}s", flush=True)
