@@ -109,6 +109,9 @@ def check_wal(policy) -> list[CheckResult]:
             gaps = ", ".join(f"{a}..{b}" for a, b in st["gaps"][:3])
             out.append(CheckResult(label, CRITICAL, f"gap in the archive: {gaps}",
                                    "point-in-time recovery cannot cross a gap: take a new base backup"))
+        elif st["failing"]:
+            out.append(CheckResult(label, WARNING, f"failing: {st['failing']}; {st['spooled']} file(s) spooled for it",
+                                   "WAL for this site waits in the spool; it is shipped when the site works again"))
         elif st["spooled"] or (st["lag_segments"] or 0) > 0:
             age = f", {st['lag_seconds']:.0f}s behind" if st["lag_seconds"] else ""
             out.append(CheckResult(label, WARNING, f"lagging: {st['lag_segments']} segment(s) behind, "

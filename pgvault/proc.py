@@ -119,6 +119,16 @@ def output(argv: Sequence[str], **kw) -> str:
     return run(argv, **kw).stdout.decode("utf-8", "replace")
 
 
+def _grow_pipe(fh, size: int = 1 << 20) -> None:
+    """Ask for a 1 MiB pipe buffer: fewer wake-ups between the producer and us (Linux only)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fh.fileno(), 1031, size)  # F_SETPIPE_SZ
+    except (OSError, ImportError, AttributeError):
+        pass
+
+
 class Stream:
     """A running program whose stdout is read as a stream (pg_dump, zfs send...).
 
@@ -147,6 +157,7 @@ class Stream:
             **kw,
         )
         self.stdout = self.proc.stdout
+        _grow_pipe(self.stdout)
 
     def stderr_tail(self) -> str:
         self._err.seek(0, os.SEEK_END)
@@ -174,3 +185,71 @@ class Stream:
             self.kill()
         self._err.close()
         return False
+
+
+def feed(argvs: Sequence[Sequence[str]], reader, *, hint: str | None = None, user: str | None = None) -> None:
+    """Run a pipeline ``argvs[0] | argvs[1] | ...`` whose first stdin is fed from ``reader``
+    (anything with ``read(n)``) by a thread. An exception raised by the reader (e.g. a checksum
+    mismatch) wins over the programs' exit codes; then the first program that failed raises
+    ToolFailed with its own stderr tail."""
+    import tempfile
+    import threading
+
+    procs, errs = [], []
+    kw = _user_kwargs(user)
+    kw.pop("cwd_default", None)
+    try:
+        prev = subprocess.PIPE
+        for i, argv in enumerate(argvs):
+            argv = [str(a) for a in argv]
+            argv[0] = which(argv[0])
+            log.debug("pipe[%d]: %s", i, quote(argv))
+            err = tempfile.TemporaryFile()
+            errs.append(err)
+            last = i == len(argvs) - 1
+            p = subprocess.Popen(argv, stdin=prev, stdout=subprocess.DEVNULL if last else subprocess.PIPE,
+                                 stderr=err, **kw)
+            if i > 0 and procs[-1].stdout:
+                procs[-1].stdout.close()  # the next program owns the read end now
+            procs.append(p)
+            if not last:
+                _grow_pipe(p.stdout)
+                prev = p.stdout
+        failure: list[BaseException] = []
+
+        def pump() -> None:
+            stdin = procs[0].stdin
+            try:
+                while chunk := reader.read(1 << 20):
+                    stdin.write(chunk)
+            except BrokenPipeError:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                failure.append(exc)
+                for q in procs:
+                    if q.poll() is None:
+                        q.kill()
+            finally:
+                try:
+                    stdin.close()
+                except BrokenPipeError:
+                    pass
+
+        t = threading.Thread(target=pump, name="proc-feed", daemon=True)
+        t.start()
+        codes = [p.wait() for p in procs]
+        t.join()
+        if failure:
+            raise failure[0]
+        for argv, p, rc, err in zip(argvs, procs, codes, errs):
+            if rc != 0:
+                err.seek(0, os.SEEK_END)
+                err.seek(max(0, err.tell() - STDERR_TAIL))
+                raise ToolFailed([str(a) for a in argv], rc, err.read().decode("utf-8", "replace"), hint)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for e in errs:
+            e.close()

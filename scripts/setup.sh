@@ -44,4 +44,6 @@ else
   "$VENV/bin/pip" install -q --no-deps -e "$here" >/dev/null
 fi
 chmod -R a+rX "$(dirname "$VENV")"
+# `pgvault` on the PATH of every user (archive_command = 'pgvault wal-push %p' runs as postgres).
+ln -sfn "$VENV/bin/pgvault" /usr/local/bin/pgvault
 echo "setup: ok ($VENV)"

@@ -107,7 +107,9 @@ def is_backup_id(text: str) -> bool:
 
 
 def backup_time(backup_id: str) -> datetime:
-    """>>> backup_time('20261125T221530Z').isoformat()
+    """The UTC time a backup id names.
+
+    >>> backup_time('20261125T221530Z').isoformat()
     '2026-11-25T22:15:30+00:00'
     """
     return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)

@@ -22,6 +22,7 @@ COMMANDS = {
     "list": "pgvault.cli.catalog:list_cmd",
     "verify": "pgvault.cli.catalog:verify",
     "restore": "pgvault.cli.restore:restore",
+    "demo": "pgvault.cli.demo:demo",
     "wal-push": "pgvault.cli.wal:wal_push",
     "wal-fetch": "pgvault.cli.wal:wal_fetch",
     "wal-ship": "pgvault.cli.wal:wal_ship",
@@ -38,7 +39,17 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         mod, attr = target.split(":")
-        return getattr(importlib.import_module(mod), attr)
+        cmd = getattr(importlib.import_module(mod), attr)
+        if not any(p.name == "sub_policy" for p in cmd.params):
+            # `pgvault check --policy FILE` reads as naturally as `pgvault --policy FILE check`.
+            cmd.params.append(click.Option(["--policy", "-p", "sub_policy"], metavar="FILE", expose_value=False,
+                                           callback=_set_policy, help="policy file (same as the global --policy)"))
+        return cmd
+
+
+def _set_policy(ctx, _param, value):
+    if value:
+        ctx.find_root().obj["policy_file"] = value
 
 
 class JsonFormatter(logging.Formatter):

@@ -63,14 +63,10 @@ def verify(ctx, backup_id, site, as_json):
     reports, bad = [], False
     for name, cat in _sites(policy, site).items():
         try:
-            ids = [backup_id] if backup_id else None
-            if backup_id and backup_id not in cat.backup_ids():
-                if site:
-                    r = cat.verify(ids)
-                else:
-                    continue
-            else:
-                r = cat.verify(ids)
+            # A named backup is verified where it exists (or, with --site, reported missing there).
+            if backup_id and not site and backup_id not in cat.backup_ids():
+                continue
+            r = cat.verify([backup_id] if backup_id else None)
         except PgvaultError as exc:
             warn(f"site {name!r}: {exc.message}")
             bad = True

@@ -9,7 +9,9 @@ import click
 
 
 def human_size(n: float | None) -> str:
-    """>>> human_size(1536)
+    """Bytes for humans.
+
+    >>> human_size(1536)
     '1.5 KiB'
     """
     if n is None:

@@ -15,7 +15,8 @@ class Progress:
         self.tty = self.stream.isatty()
         self.interval = 0.2 if self.tty else interval
         self.start = time.monotonic()
-        self.last = 0.0
+        # Plain output: the first line after one interval, so short operations print nothing.
+        self.last = 0.0 if self.tty else self.start
         self.label = ""
         self.done = 0
 

@@ -31,8 +31,10 @@ def wal_push(ctx, path, batch):
 @click.pass_context
 def wal_fetch(ctx, name, dest, from_site):
     """Restore one WAL file (restore_command = 'pgvault wal-fetch %f %p'); exit 1 if no site has it."""
-    from ..wal.fetch import WalMissing, fetch
+    from ..wal.fetch import WalMissing, fetch, take_prefetched
 
+    if take_prefetched(name, dest):
+        return 0
     try:
         fetch(load(ctx), name, dest, from_site=from_site)
     except WalMissing:

@@ -20,7 +20,9 @@ GLOBALS = "globals.sql"
 
 
 def artifact_name(database: str) -> str:
-    """>>> artifact_name("sales/eu")
+    """The artifact holding one database's dump (any database name is a safe key).
+
+    >>> artifact_name("sales/eu")
     'databases/sales%2Feu.dump'
     """
     return f"databases/{quote(database, safe='')}.dump"

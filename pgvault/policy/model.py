@@ -134,8 +134,9 @@ class Wal(Strict):
     sites: list[str] = Field(default_factory=list, description="sites that receive every WAL segment")
     spool_dir: str | None = Field(None, description="local spool where wal-push makes a segment durable before shipping")
     compression: Literal["none", "gzip", "bzip2", "zstd"] = Field("gzip", description="WAL compression at the sites (Barman cloud layout)")
-    batch: int = Field(16, ge=1, le=256, description="files one wal-push ships at most: the one asked for plus others already waiting in pg_wal/archive_status (1 = one at a time)")
+    batch: int = Field(32, ge=1, le=256, description="files one wal-push ships at most: the one asked for plus others already waiting in pg_wal/archive_status (1 = one at a time)")
     retry_interval: timedelta = Field(timedelta(seconds=30), description="how long wal-push spools for a failed site before trying it again")
+    prefetch: int = Field(8, ge=0, le=64, description="segments wal-fetch downloads ahead, in parallel, during recovery (0 = none)")
 
     _r = field_validator("retry_interval", mode="before")(classmethod(lambda cls, v: _duration(v)))
 
@@ -149,7 +150,7 @@ class Objectives(Strict):
 
 class Policy(Strict):
     version: Literal[1] = Field(description="policy format version")
-    cluster: Cluster
+    cluster: Cluster = Field(description="the PostgreSQL cluster this policy protects")
     sites: dict[str, Site] = Field(min_length=1, description="where backups are kept, by name")
     wal: Wal = Field(default_factory=Wal, description="continuous WAL archiving")
     jobs: dict[str, Job] = Field(default_factory=dict, description="backup jobs, by name")

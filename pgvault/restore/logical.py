@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import threading
 from dataclasses import dataclass, field
 
 from .. import pg, proc
@@ -28,52 +27,8 @@ class LogicalRestoreResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _feed(reader, stdin) -> threading.Thread:
-    err: list[BaseException] = []
-
-    def run():
-        try:
-            while chunk := reader.read(1 << 20):
-                stdin.write(chunk)
-        except BrokenPipeError:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
-            err.append(exc)
-        finally:
-            try:
-                stdin.close()
-            except BrokenPipeError:
-                pass
-
-    t = threading.Thread(target=run, daemon=True)
-    t.errors = err  # type: ignore[attr-defined]
-    t.start()
-    return t
-
-
 def _tool(name: str, policy) -> str:
     return pg.tool(name, None, policy.cluster.bin_dir)
-
-
-def _pipe_into(argv: list[str], reader, hint: str) -> None:
-    import subprocess
-    import tempfile
-
-    argv = [proc.which(argv[0]), *argv[1:]]
-    log.debug("run: %s", proc.quote(argv))
-    with tempfile.TemporaryFile() as errf:
-        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf)
-        t = _feed(reader, p.stdin)
-        rc = p.wait()
-        t.join()
-        errf.seek(0)
-        tail = errf.read()[-4000:].decode("utf-8", "replace")
-    if t.errors:  # type: ignore[attr-defined]
-        raise t.errors[0]  # type: ignore[attr-defined]
-    if rc != 0:
-        from ..errors import ToolFailed
-
-        raise ToolFailed(argv, rc, tail, hint)
 
 
 def _database_exists(conn, name: str) -> bool:
@@ -122,7 +77,12 @@ def _require_logical(m: Manifest) -> None:
 def _restore_dump(policy, cat: Catalog, m: Manifest, database: str, target_conninfo: str, target: str,
                   no_owner: bool, create: bool = False) -> None:
     name = artifact_name(database) + ".zst"
-    reader = cat.open_artifact(m, name)
+    # Python handles only the compressed bytes (hashing them as they stream); the zstd program
+    # decompresses straight into pg_restore's stdin. Without zstd, decompress in-process.
+    if shutil.which("zstd"):
+        reader, pre = cat.open_artifact(m, name, decompress=False), [["zstd", "-dcq"]]
+    else:
+        reader, pre = cat.open_artifact(m, name), []
     from psycopg.conninfo import make_conninfo
 
     argv = [_tool("pg_restore", policy), "--exit-on-error", "-d", make_conninfo(target_conninfo, dbname=target)]
@@ -130,7 +90,7 @@ def _restore_dump(policy, cat: Catalog, m: Manifest, database: str, target_conni
         argv += ["--no-owner", "--no-acl"]
     if create:
         argv.insert(2, "--create")
-    _pipe_into(argv, reader, f"the dump of {database!r} did not restore cleanly; fix the cause above "
+    proc.feed(pre + [argv], reader, hint=f"the dump of {database!r} did not restore cleanly; fix the cause above "
                              "(a missing role: restore the whole cluster or pass --no-owner) and retry")
 
 

@@ -47,9 +47,7 @@ def find_backup(policy, backup_id: str, from_site: str | None, *, only: bool = F
             continue
         out.append((cat, m))
     for note in notes:
-        log.warning("%s", note)
-        if warn:
-            warn(note)
+        (warn or log.warning)(note)
     if not out:
         detail = ("; ".join(notes)) if notes else "no site holds it"
         raise PgvaultError(f"backup {backup_id} is not available intact at any site ({detail})",

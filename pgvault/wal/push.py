@@ -38,6 +38,7 @@ class Item:
     blob: bytes | None = None
     raw: bytes | None = None
     error: PgvaultError | None = None
+    left: int = 0                                 # site tasks still running for it
     stored_at: set = field(default_factory=set)   # sites that hold it now
     spool_for: set = field(default_factory=set)   # sites that failed: owed through the spool
 
@@ -195,9 +196,29 @@ class Archiver:
         put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix), item.data())
         return "stored"
 
+    def _prepare(self, path: Path, sysid: str) -> bytes:
+        raw, _hdr = self.load(path, sysid)
+        return codec.compress(raw, self.compression)
+
     def _site_task(self, sname: str, item: Item, bind: tuple) -> None:
+        try:
+            self._ship_or_spool(sname, item, bind)
+        finally:
+            with self._lock:
+                item.left -= 1
+                if item.left == 0 and not item.spool_for:
+                    item.blob = item.blob_future = None  # every site has it: free the memory
+
+    def _ship_or_spool(self, sname: str, item: Item, bind: tuple) -> None:
+        try:
+            item.data()
+        except PgvaultError as exc:  # a batch member that failed its checks: not shipped anywhere
+            with self._lock:
+                item.error = item.error or exc
+            return
         if sname in self._failed:
-            item.spool_for.add(sname)
+            with self._lock:
+                item.spool_for.add(sname)
             return
         try:
             self.ship(self.sites[sname], item, bind)
@@ -217,6 +238,11 @@ class Archiver:
     def push(self, path: str | os.PathLike, *, batch: int | None = None) -> PushResult:
         path = Path(path)
         batch = batch or self.policy.wal.batch
+        stale = path.parent / ".pgvault-prefetch"
+        if stale.is_dir():  # left by a recovery that ended at its target: this cluster archives now
+            import shutil
+
+            shutil.rmtree(stale, ignore_errors=True)
         paths = [path] + ready_neighbours(path, batch - 1)
         sysid = self.expected_sysid()
         pgdata = pgdata_of(path)
@@ -230,28 +256,22 @@ class Archiver:
 
         items: list[Item] = []
         with ThreadPoolExecutor(2, thread_name_prefix="wal-compress") as cpool:
-            loaded = []
-            for p in paths:
-                it = Item(p.name, p.name + self.suffix)
-                try:
-                    raw, hdr = self.load(p, sysid)
-                except PgvaultError as exc:
-                    if p is path:
-                        raise
-                    log.warning("%s", exc.message)  # PostgreSQL will ask for it again, alone
-                    continue
-                if hdr is not None and sysid is None:
-                    sysid = str(hdr.system_identifier)
-                it.raw = raw
-                it.blob_future = cpool.submit(codec.compress, raw, self.compression)
-                items.append(it)
-                loaded.append(hdr)
+            # The file asked for is read here first: its header settles the identity when
+            # neither the cache nor any site knows it yet (the very first push).
+            raw, hdr0 = self.load(path, sysid)
             if sysid is None:
-                sysid = control_sysid(pgdata)
+                sysid = str(hdr0.system_identifier) if hdr0 else control_sysid(pgdata)
             if sysid is None:
                 raise UsageError(f"cannot tell which cluster {path.name} belongs to",
                                  "push a WAL segment first, or run `pgvault check` to bind the cluster at its sites")
-            hdr0 = next((h for h in loaded if h is not None), None)
+            first = Item(path.name, path.name + self.suffix)
+            first.blob_future = cpool.submit(codec.compress, raw, self.compression)
+            del raw
+            items.append(first)
+            for p in paths[1:]:
+                it = Item(p.name, p.name + self.suffix)
+                it.blob_future = cpool.submit(self._prepare, p, sysid)
+                items.append(it)
             bind = (sysid, pg_major(hdr0, pgdata), hdr0.segment_size if hdr0 else 16 << 20)
             self._run(items, bind)
         for it in items:
@@ -266,6 +286,10 @@ class Archiver:
         for it in items[1:]:
             if it.error is None:
                 mark_done(path.parent, it.name)
+            else:  # PostgreSQL will ask for it again, alone, and then the error is its answer
+                log.warning("%s", it.error.message)
+        log.info("wal-push %s: %d file(s) in %.2fs, %d spooled, %s drained", path.name, len(items),
+                 time.time() - now, sum(1 for i in items if i.spool_for), sum(drained.values()))
         return PushResult(items, drained)
 
     def _prepare_clients(self) -> None:
@@ -277,6 +301,8 @@ class Archiver:
     def _run(self, items: list[Item], bind: tuple) -> None:
         pools = {s: ThreadPoolExecutor(4, thread_name_prefix=f"wal-{s}") for s in self.sites}
         try:
+            for it in items:
+                it.left = len(self.sites)
             futures = [pools[s].submit(self._site_task, s, it, bind) for it in items for s in self.sites]
             for f in futures:
                 f.result()

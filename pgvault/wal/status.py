@@ -39,7 +39,8 @@ def summarize(listings: dict, spooled: dict, breakers: dict, now: float, segment
         st: dict = {"reachable": not isinstance(entries, str), "error": entries if isinstance(entries, str) else None,
                     "files": 0, "newest": None, "newest_time": None, "lag_segments": None, "lag_seconds": None,
                     "spooled": len(backlog), "spooled_age": age, "gaps": [],
-                    "down_since": (breakers.get(site) or {}).get("down_since")}
+                    "down_since": (breakers.get(site) or {}).get("down_since"),
+                    "failing": (breakers.get(site) or {}).get("error")}
         if not isinstance(entries, str):
             segs = [(n, m) for n, m in entries if names.kind(n) == "segment"]
             st["files"] = len(entries)
@@ -63,9 +64,20 @@ def summarize(listings: dict, spooled: dict, breakers: dict, now: float, segment
     return out
 
 
+def list_wal(site, cluster: str) -> list[tuple[str, float]]:
+    """(WAL name, mtime) of every WAL file a site holds for a cluster, in archive order."""
+    from ..catalog import layout
+
+    out = []
+    for o in site.list(layout.wal_prefix(cluster)):
+        name = names.split_stored(o.key.rsplit("/", 1)[1])[0]
+        if names.is_wal_name(name):
+            out.append((name, o.mtime))
+    return sorted(out, key=lambda e: names.sort_key(e[0]))
+
+
 def archive_status(policy, *, sites: dict | None = None) -> dict:
     """Status of every WAL site (lists each site's archive: for check/status, not per push)."""
-    from ..catalog import layout
     from ..errors import SiteError
     from ..sites import open_sites
     from . import spool_dir
@@ -73,15 +85,12 @@ def archive_status(policy, *, sites: dict | None = None) -> dict:
 
     sites = sites if sites is not None else open_sites(policy, policy.wal.sites)
     spool = Spool(spool_dir(policy))
-    prefix = layout.wal_prefix(policy.cluster.name)
     listings: dict = {}
     spooled: dict = {}
     breakers: dict = {}
     for sname, site in sites.items():
         try:
-            listings[sname] = [(names.split_stored(o.key.rsplit("/", 1)[1])[0], o.mtime)
-                               for o in site.list(prefix)
-                               if names.is_wal_name(names.split_stored(o.key.rsplit("/", 1)[1])[0])]
+            listings[sname] = list_wal(site, policy.cluster.name)
         except (SiteError, OSError) as exc:
             listings[sname] = getattr(exc, "message", None) or str(exc)
         try:
@@ -103,6 +112,8 @@ def render(status: dict) -> str:
         if not st["reachable"]:
             lines.append(f"{site}: UNREACHABLE ({st['error']}); {st['spooled']} file(s) spooled")
             continue
+        if st["failing"]:
+            lines.append(f"{site}: FAILING since {st['down_since']:.0f} ({st['failing']})")
         lag = "-" if st["lag_segments"] is None else f"{st['lag_segments']} segment(s)"
         age = "" if not st["lag_seconds"] else f", {st['lag_seconds']:.0f}s behind"
         lines.append(f"{site}: {st['files']} file(s), newest {st['newest'] or '-'}, lag {lag}{age}, "

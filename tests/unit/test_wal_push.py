@@ -1,0 +1,197 @@
+"""wal-push and wal-fetch against local sites, without PostgreSQL: WAL files made here with a
+real long page header (1 MiB segments keep them small)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pgvault.errors import ClusterMismatch, PgvaultError, SiteError
+from pgvault.policy.model import Policy
+from pgvault.wal import WalConflict, codec, names
+from pgvault.wal.fetch import WalMissing, WalUnavailable, fetch
+from pgvault.wal.push import Archiver
+from pgvault.wal.status import archive_status
+
+SEG = 1 << 20
+SYSID = 7312345678901234567
+
+
+def segment(segno: int, sysid: int = SYSID, fill: bytes = b"w") -> bytes:
+    hdr = names.LONG_HEADER.pack(0xD110, 2, 1, segno * SEG, 0, sysid, SEG, 8192)
+    return hdr + (fill * SEG)[: SEG - len(hdr)]
+
+
+def make_policy(tmp: Path, sites: dict, **wal) -> Policy:
+    return Policy.model_validate({
+        "version": 1, "cluster": {"name": "main", "conninfo": "host=/nonexistent"},
+        "sites": {n: {"type": "local", "path": str(p)} for n, p in sites.items()},
+        "wal": {"sites": list(sites), "retry_interval": "0s", **wal}, "state_dir": str(tmp / "state")})
+
+
+@pytest.fixture
+def pg_wal(tmp_path):
+    d = tmp_path / "pgdata" / "pg_wal"
+    (d / "archive_status").mkdir(parents=True)
+    return d
+
+
+def put_wal(pg_wal: Path, segno: int, data: bytes | None = None, ready: bool = True) -> Path:
+    p = pg_wal / names.segment_name(1, segno, SEG)
+    p.write_bytes(data if data is not None else segment(segno))
+    if ready:
+        (pg_wal / "archive_status" / f"{p.name}.ready").touch()
+    return p
+
+
+def stored(site: Path, segno: int, suffix: str = ".gz") -> Path:
+    name = names.segment_name(1, segno, SEG)
+    return site / "clusters/main/wals" / name[:16] / f"{name}{suffix}"
+
+
+def test_push_reaches_every_site_and_batches_ready_files(tmp_path, pg_wal):
+    a, b = tmp_path / "a", tmp_path / "b"
+    pol = make_policy(tmp_path, {"a": a, "b": b}, batch=3)
+    files = [put_wal(pg_wal, n) for n in (1, 2, 3, 4)]
+    result = Archiver(pol).push(files[0])
+    assert [i.name for i in result.items] == [f.name for f in files[:3]]
+    for n in (1, 2, 3):
+        assert codec.decompress(stored(a, n).read_bytes(), "gzip") == segment(n)
+        assert stored(b, n).exists()
+    assert not stored(a, 4).exists()  # beyond the batch
+    status = sorted(os.listdir(pg_wal / "archive_status"))
+    # The file asked for is left to PostgreSQL to mark; the other batch members are marked done.
+    assert status == sorted([f"{files[0].name}.ready", f"{files[1].name}.done", f"{files[2].name}.done",
+                             f"{files[3].name}.ready"])
+
+
+def test_duplicate_identical_ok_different_refused(tmp_path, pg_wal):
+    a = tmp_path / "a"
+    pol = make_policy(tmp_path, {"a": a})
+    f = put_wal(pg_wal, 5, ready=False)
+    Archiver(pol).push(f)
+    before = stored(a, 5).read_bytes()
+    assert Archiver(pol).push(f).requested.error is None
+    f.write_bytes(segment(5, fill=b"x"))
+    err = Archiver(pol).push(f).requested.error
+    assert isinstance(err, WalConflict) and "different content" in err.message
+    assert stored(a, 5).read_bytes() == before
+    # Another compression of the same name counts as the same file.
+    pol_z = make_policy(tmp_path, {"a": a}, compression="zstd")
+    assert isinstance(Archiver(pol_z).push(f).requested.error, WalConflict)
+    assert not stored(a, 5, ".zst").exists()
+
+
+def test_foreign_system_identifier_refused(tmp_path, pg_wal):
+    pol = make_policy(tmp_path, {"a": tmp_path / "a"})
+    Archiver(pol).push(put_wal(pg_wal, 1, ready=False))
+    with pytest.raises(ClusterMismatch, match="system identifier"):
+        Archiver(pol).push(put_wal(pg_wal, 2, segment(2, sysid=SYSID + 1), ready=False))
+    assert not stored(tmp_path / "a", 2).exists()
+    # The site is the source of truth: without the local cache it is refused all the same.
+    for f in (tmp_path / "state").rglob("identity.json"):
+        f.unlink()
+    with pytest.raises(ClusterMismatch):
+        Archiver(pol).push(put_wal(pg_wal, 2, segment(2, sysid=SYSID + 1), ready=False))
+
+
+def test_damaged_or_misnamed_file_refused(tmp_path, pg_wal):
+    pol = make_policy(tmp_path, {"a": tmp_path / "a"})
+    f = put_wal(pg_wal, 3, segment(4), ready=False)
+    with pytest.raises(PgvaultError, match="does not match the segment name"):
+        Archiver(pol).push(f)
+    f.write_bytes(segment(3)[: SEG // 2])
+    with pytest.raises(PgvaultError, match="bytes, but its header says segments are"):
+        Archiver(pol).push(f)
+
+
+def test_dead_site_spools_then_receives_backlog(tmp_path, pg_wal):
+    a, b = tmp_path / "a", tmp_path / "gone" / "b"   # b's parent is missing: b is unreachable
+    pol = make_policy(tmp_path, {"a": a, "b": b})
+    r1 = Archiver(pol).push(put_wal(pg_wal, 1, ready=False))
+    assert r1.requested.error is None and r1.requested.spool_for == {"b"}
+    r2 = Archiver(pol).push(put_wal(pg_wal, 2, ready=False))
+    assert r2.requested.error is None
+    spool = tmp_path / "state" / "wal-spool"
+    assert len(os.listdir(spool / "pending" / "b")) == 2 and len(os.listdir(spool / "files")) == 2
+    st = archive_status(pol)["sites"]
+    assert (st["a"]["spooled"], st["b"]["spooled"], st["a"]["failing"]) == (0, 2, None)
+    assert "does not exist" in st["b"]["failing"]
+
+    (tmp_path / "gone").mkdir()   # the site comes back
+    r3 = Archiver(pol).push(put_wal(pg_wal, 3, ready=False))
+    assert r3.drained == {"b": 2}
+    for n in (1, 2, 3):
+        assert stored(b, n).exists()
+    assert os.listdir(spool / "files") == [] and os.listdir(spool / "pending" / "b") == []
+    st = archive_status(pol)["sites"]["b"]
+    assert (st["spooled"], st["gaps"], st["lag_segments"], st["failing"]) == (0, [], 0, None)
+
+
+def test_no_site_accepts_then_nothing_is_marked_or_spooled(tmp_path, pg_wal):
+    pol = make_policy(tmp_path, {"a": tmp_path / "gone" / "a"}, batch=4)
+    files = [put_wal(pg_wal, n) for n in (1, 2)]
+    r = Archiver(pol).push(files[0])
+    assert isinstance(r.requested.error, SiteError) and "no site accepted" in r.requested.error.message
+    assert sorted(os.listdir(pg_wal / "archive_status")) == sorted(f"{f.name}.ready" for f in files)
+    assert not (tmp_path / "state" / "wal-spool" / "files").exists() or \
+        not os.listdir(tmp_path / "state" / "wal-spool" / "files")
+
+
+def test_fetch_order_missing_and_damaged(tmp_path, pg_wal):
+    a, b = tmp_path / "a", tmp_path / "b"
+    pol = make_policy(tmp_path, {"a": a, "b": b})
+    Archiver(pol).push(put_wal(pg_wal, 7, ready=False))
+    name = names.segment_name(1, 7, SEG)
+    dest = tmp_path / "out"
+    assert fetch(pol, name, dest) == "a" and dest.read_bytes() == segment(7)
+    assert fetch(pol, name, dest, from_site="b") == "b"
+    with pytest.raises(WalMissing):
+        fetch(pol, names.segment_name(1, 8, SEG), dest)
+    stored(a, 7).write_bytes(codec.compress(segment(7, sysid=SYSID + 9), "gzip"))  # sound gzip, foreign WAL
+    assert fetch(pol, name, dest) == "b"
+    stored(b, 7).write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(WalUnavailable, match="damaged"):
+        fetch(pol, name, dest)
+
+
+def test_history_and_backup_files_use_barmans_hash_dir_rule(tmp_path, pg_wal):
+    a = tmp_path / "a"
+    pol = make_policy(tmp_path, {"a": a})
+    Archiver(pol).push(put_wal(pg_wal, 1, ready=False))  # binds the cluster
+    hist = pg_wal / "00000002.history"
+    hist.write_bytes(b"1\t0/3000000\tno recovery target specified\n")
+    label = pg_wal / "000000010000000000000002.00000028.backup"
+    label.write_bytes(b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
+    for f in (hist, label):
+        assert Archiver(pol).push(f).requested.error is None
+    assert (a / "clusters/main/wals/00000002.history.gz").exists()
+    assert (a / "clusters/main/wals/0000000100000000/000000010000000000000002.00000028.backup.gz").exists()
+    dest = tmp_path / "h"
+    fetch(pol, "00000002.history", dest)
+    assert dest.read_bytes() == hist.read_bytes()
+
+
+def test_fetch_prefetches_next_segments_for_recovery(tmp_path, pg_wal):
+    from pgvault.wal.fetch import take_prefetched
+
+    (pg_wal.parent / "global").mkdir()
+    (pg_wal.parent / "global" / "pg_control").write_bytes(SYSID.to_bytes(8, "little") + b"\0" * 100)
+    pol = make_policy(tmp_path, {"a": tmp_path / "a"}, prefetch=8)
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in (1, 2, 3, 4):
+        Archiver(pol).push(put_wal(src, n, ready=False))
+    dest = pg_wal / "RECOVERYXLOG"
+    fetch(pol, names.segment_name(1, 1, SEG), dest)
+    pre = pg_wal / ".pgvault-prefetch"
+    assert sorted(os.listdir(pre)) == [names.segment_name(1, n, SEG) for n in (2, 3, 4)]
+    assert take_prefetched(names.segment_name(1, 2, SEG), dest) and dest.read_bytes() == segment(2)
+    assert not take_prefetched(names.segment_name(1, 2, SEG), dest)  # taken once
+    # A copy that is not this cluster's (pg_control says another system) is never served.
+    (pg_wal.parent / "global" / "pg_control").write_bytes((SYSID + 1).to_bytes(8, "little"))
+    assert not take_prefetched(names.segment_name(1, 3, SEG), dest)
+    with pytest.raises(WalMissing):
+        fetch(pol, names.segment_name(1, 5, SEG), dest)
+    assert not pre.exists()  # the archive ended: prefetched files are dropped
