@@ -100,6 +100,19 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
             session.abort()
             raise
         failed.update({n: getattr(e, "message", str(e)) for n, e in session.failed.items()})
+        _record_relations(policy)
         return BackupResult(job_name, backup_id, manifest, session.committed, failed)
     finally:
         conn.close()
+
+
+def _record_relations(policy) -> None:
+    """Note which file each table lives in, so `pgvault find` can later recognise a TRUNCATE
+    or DROP of it in the WAL (the file changes with the damage). Best effort: a backup that
+    succeeded is never failed by this."""
+    from .restore.relations import record_relations
+
+    try:
+        record_relations(policy)
+    except Exception as exc:  # noqa: BLE001 - logged, never fatal
+        log.warning("relation history not recorded: %s", getattr(exc, "message", exc))

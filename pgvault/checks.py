@@ -92,6 +92,27 @@ def check_tools(policy, info: pg.ServerInfo | None) -> list[CheckResult]:
     return out
 
 
+def status_results(doc: dict) -> list[CheckResult]:
+    """The status items (backups, WAL, drills, objectives) as check results. The cluster and
+    site items are left out: the probes above test the same things more strictly."""
+    from .status import all_items
+
+    out = []
+    for i in all_items(doc):
+        if i["kind"] in ("cluster", "site"):
+            continue
+        if i["kind"] == "wal":
+            name = f"wal {i['site']}"
+        elif i["kind"] == "job":
+            name = f"job {i['name']}" + (f" at {i['site']}" if i["site"] else "")
+        elif i["kind"] == "drill" and i["site"]:
+            name = f"drill {i['name']} from {i['site']}"
+        else:
+            name = f"{i['kind']} {i['name']}"
+        out.append(CheckResult(name, i["code"], i["message"], i.get("hint")))
+    return out
+
+
 def check_wal(policy) -> list[CheckResult]:
     """Per WAL site: gaps are CRITICAL (PITR cannot cross them); a backlog or lag is a WARNING."""
     if not policy.wal.sites:
@@ -123,15 +144,19 @@ def check_wal(policy) -> list[CheckResult]:
     return out
 
 
-def run_checks(policy) -> list[CheckResult]:
+def run_checks(policy, *, status_doc: dict | None = None) -> list[CheckResult]:
+    """Probes of the cluster, every site and the tools; plus the status items when given."""
     results, info = check_cluster(policy)
     for name in policy.sites:
         results.append(check_site(policy, name, info))
     results += check_tools(policy, info)
-    try:
-        results += check_wal(policy)
-    except PgvaultError as exc:
-        results.append(CheckResult("wal", UNKNOWN, exc.message, exc.hint))
+    if status_doc is not None:
+        results += status_results(status_doc)  # WAL per site included, judged against the objectives
+    else:
+        try:
+            results += check_wal(policy)
+        except PgvaultError as exc:
+            results.append(CheckResult("wal", UNKNOWN, exc.message, exc.hint))
     return results
 
 

@@ -8,6 +8,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def which(program: str, path: str | None = None) -> str:
         found = None
     else:
         found = shutil.which(program, path=path)
+        if not found and path is None:
+            # Programs installed with pgvault (barman-cloud-*, moto_server) live beside its
+            # interpreter, which need not be on PATH (cron, systemd, archive_command).
+            beside = Path(sys.executable).parent / program
+            found = str(beside) if os.access(beside, os.X_OK) else None
     if not found:
         base = Path(program).name
         hint = INSTALL_HINTS.get(base)
@@ -253,3 +259,61 @@ def feed(argvs: Sequence[Sequence[str]], reader, *, hint: str | None = None, use
                 p.wait()
         for e in errs:
             e.close()
+class Sink:
+    """A running program fed through its stdin (zfs receive, btrfs receive...).
+
+    ``write(data)`` feeds it; ``finish()`` closes stdin, waits and raises ToolFailed on a
+    non-zero exit. stdout and stderr go to temporary files so the program never blocks on them.
+    """
+
+    def __init__(self, argv: Sequence[str], *, env=None, extra_env=None, user=None, cwd=None,
+                 hint: str | None = None):
+        import tempfile
+
+        self.argv = [str(a) for a in argv]
+        self.argv[0] = which(self.argv[0])
+        self.hint = hint
+        log.debug("sink: %s", quote(self.argv))
+        self._err = tempfile.TemporaryFile()
+        kw = _user_kwargs(user)
+        home = kw.pop("cwd_default", None)
+        self.proc = subprocess.Popen(self.argv, env=_env(env, extra_env), stdin=subprocess.PIPE,
+                                     stdout=self._err, stderr=self._err,
+                                     cwd=cwd if cwd is not None else (home if kw else None), **kw)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+        except BrokenPipeError:
+            # The program stopped reading: its exit status and stderr say why.
+            self.proc.wait()
+            raise ToolFailed(self.argv, self.proc.returncode, self._tail(), self.hint) from None
+
+    def _tail(self) -> str:
+        self._err.seek(0, os.SEEK_END)
+        size = self._err.tell()
+        self._err.seek(max(0, size - STDERR_TAIL))
+        return self._err.read().decode("utf-8", "replace")
+
+    def finish(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        rc = self.proc.wait()
+        if rc != 0:
+            raise ToolFailed(self.argv, rc, self._tail(), self.hint)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.kill()
+        self._err.close()
+        return False

@@ -8,6 +8,7 @@
     clusters/<cluster>/base/<barman-backup-id>/...            (Barman's cloud layout)
     clusters/<cluster>/drills/<drill-id>.json
     clusters/<cluster>/relations/<id>.json                    (relation history, see find)
+    clusters/<cluster>/pins/<backup-id>.json                  (a pin: retention keeps the backup)
 
 Barman's cloud layout is ``<url>/<server>/{base,wals}``; with url = ``<site>/clusters`` and
 server = the cluster name it lands exactly under ``clusters/<cluster>/``, so stock
@@ -82,6 +83,28 @@ def drills_prefix(cluster: str) -> str:
 
 def relations_prefix(cluster: str) -> str:
     return f"clusters/{cluster}/relations/"
+
+
+def pins_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/pins/"
+
+
+def pin_key(cluster: str, backup_id: str) -> str:
+    """Pins live beside the backups, not in their immutable manifests.
+
+    >>> pin_key("main", "20261125T221530Z")
+    'clusters/main/pins/20261125T221530Z.json'
+    """
+    return f"clusters/{cluster}/pins/{backup_id}.json"
+
+
+def relations_key(cluster: str, record_id: str) -> str:
+    """One relation-history record (see pgvault.restore.relations).
+
+    >>> relations_key("main", "20261125T221530Z-0000000001BC7990")
+    'clusters/main/relations/20261125T221530Z-0000000001BC7990.json'
+    """
+    return f"clusters/{cluster}/relations/{record_id}.json"
 
 
 def new_backup_id(now: datetime | None = None, taken: set[str] | frozenset[str] = frozenset()) -> str:

@@ -22,6 +22,10 @@ class BackupSession:
         self.catalogs = dict(catalogs)
         self.backup_id = backup_id
         self.artifacts: list[Artifact] = []
+        # Which sites hold each artifact (a stream may go to a subset of sites, e.g. an
+        # incremental snapshot send whose base differs per site), and per-site manifest fields.
+        self.holders: dict[int, set[str]] = {}  # index in artifacts -> sites
+        self.site_fields: dict[str, dict] = {}
         self.failed: dict[str, Exception] = {}
         self.committed: list[str] = []
 
@@ -45,12 +49,16 @@ class BackupSession:
 
     def add_stream(self, name: str, source: BinaryIO, *, compression: str = "zstd", level: int = 1,
                    threads: int = 2, kind: str = "data", database: str | None = None,
-                   progress: Callable[[int], None] | None = None) -> Artifact:
-        """Stream ``source`` (compressed on the way) to every remaining site as one artifact."""
+                   progress: Callable[[int], None] | None = None, sites: list[str] | None = None) -> Artifact:
+        """Stream ``source`` (compressed on the way) to every remaining site as one artifact;
+        ``sites`` limits it to those sites (the others' manifests will not list it)."""
         name = name + SUFFIX[compression]
         if not self.catalogs:
             raise self._none_left()
-        tee = Tee({n: (c.site, layout.artifact(c.cluster, self.backup_id, name)) for n, c in self.catalogs.items()})
+        targets = {n: c for n, c in self.catalogs.items() if sites is None or n in sites}
+        if not targets:
+            raise self._none_left()
+        tee = Tee({n: (c.site, layout.artifact(c.cluster, self.backup_id, name)) for n, c in targets.items()})
         try:
             raw = pump(source, tee, compression, level, threads, progress)
             survivors = tee.commit()
@@ -61,13 +69,25 @@ class BackupSession:
             for n, exc in tee.failed.items():
                 if n in self.catalogs:
                     self._drop(n, exc)
-        for n in list(self.catalogs):
-            if n not in survivors:
+        for n in list(targets):
+            if n not in survivors and n in self.catalogs:
                 self._drop(n, SiteError("write failed"))
         art = Artifact(name=name, size=tee.size, sha256=tee.sha.hexdigest(), raw_size=raw,
                        compression=compression, kind=kind, database=database)
+        self.holders[len(self.artifacts)] = set(survivors)
         self.artifacts.append(art)
         return art
+
+    def set_site_fields(self, site: str, **fields) -> None:
+        """Manifest fields that differ at one site (``parent``; ``facts`` is merged)."""
+        self.site_fields.setdefault(site, {}).update(fields)
+
+    def _manifest_for(self, site: str, manifest: Manifest) -> Manifest:
+        arts = [a for i, a in enumerate(self.artifacts) if site in self.holders.get(i, ())]
+        update = {"artifacts": arts, "backup_id": self.backup_id, **self.site_fields.get(site, {})}
+        if "facts" in update:
+            update["facts"] = {**manifest.facts, **update["facts"]}
+        return manifest.model_copy(update=update)
 
     def _none_left(self) -> SiteError:
         detail = "; ".join(f"{n}: {getattr(e, 'message', e)}" for n, e in self.failed.items())
@@ -79,7 +99,7 @@ class BackupSession:
         manifest = manifest.model_copy(update={"artifacts": list(self.artifacts), "backup_id": self.backup_id})
         for n, cat in list(self.catalogs.items()):
             try:
-                cat.write_manifest(manifest)
+                cat.write_manifest(self._manifest_for(n, manifest))
                 self.committed.append(n)
             except Exception as exc:
                 self._drop(n, exc)

@@ -20,12 +20,15 @@ def _sites(policy, site):
 @click.command("list")
 @click.option("--site", help="only this site")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--drills", is_flag=True, help="list the drill evidence kept at each site instead of backups")
 @click.pass_context
-def list_cmd(ctx, site, as_json):
+def list_cmd(ctx, site, as_json, drills):
     """List the backups held at each site (read from the sites, not from local state)."""
     from ..errors import PgvaultError
 
     policy = load(ctx)
+    if drills:
+        return _list_drills(policy, site, as_json)
     docs, rows, failures = [], [], 0
     for name, cat in _sites(policy, site).items():
         try:
@@ -48,6 +51,25 @@ def list_cmd(ctx, site, as_json):
     else:
         click.echo("no backups")
     return 3 if failures else 0
+
+
+def _list_drills(policy, site, as_json) -> int:
+    from ..drills.reports import list_evidence
+
+    docs, failed = list_evidence(policy, list(_sites(policy, site)))
+    for name, msg in failed.items():
+        warn(f"site {name!r}: {msg}")
+    if as_json:
+        emit_json(docs)
+    elif docs:
+        secs = lambda v: "-" if v is None else f"{v:.1f}s"  # noqa: E731
+        click.echo(table([[d["site"], d.get("drill_id", "?"), d.get("drill", "?"), d.get("target", "-"),
+                           d.get("backup_id") or "-", d.get("outcome", "?").upper(), secs(d.get("rto_seconds")),
+                           secs(d.get("rpo_seconds"))] for d in docs],
+                         ["SITE", "DRILL ID", "DRILL", "TARGET", "BACKUP", "OUTCOME", "RTO", "RPO"]))
+    else:
+        click.echo("no drill evidence")
+    return 3 if failed else 0
 
 
 @click.command()

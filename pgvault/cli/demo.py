@@ -6,7 +6,8 @@ import click
 
 @click.command()
 @click.option("--keep", is_flag=True, help="keep the sandbox directory for inspection")
-def demo(keep):
+@click.option("--report-dir", type=click.Path(file_okay=False), help="keep the drill reports (junit.xml, report.json, report.md) here")
+def demo(keep, report_dir):
     """Create a sandbox cluster and sites, run pgvault's main jobs on it, print what happened."""
     import os
 
@@ -16,4 +17,4 @@ def demo(keep):
     if os.geteuid() != 0:
         raise UsageError("the demo runs PostgreSQL as the 'postgres' user and needs root",
                          "run it as root (bash scripts/demo.sh)")
-    return run_demo(keep=keep, out=click.echo)
+    return run_demo(keep=keep, out=click.echo, report_dir=report_dir)

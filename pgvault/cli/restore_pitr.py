@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import NotSupported
+from .. import pg
+from ..errors import NotSupported  # noqa: F401
 from .output import emit_json, warn
 
 
@@ -29,14 +30,28 @@ def run_pitr(ctx, policy, backup_id=None, from_site=None, force=False, as_json=F
     from ..restore import pitr
     from ..restore.plan import make_target
 
+    found = None
     if before_truncate:
-        raise NotSupported("--before-truncate is not available in this build",
-                           "find the time with pgvault find (when available) and use --to-time")
-    target = make_target(to_time, to_lsn, to_xid, latest)
+        # pgvault find picks the transaction; the target stops just before it (see docs/find.md).
+        from .find import before_truncate_target
+
+        if any((to_time, to_lsn, to_xid, latest)):
+            from ..errors import UsageError
+
+            raise UsageError("--before-truncate is a recovery target of its own", "drop --to-time/--to-lsn/--to-xid/--latest")
+        action = action or "pause"
+        port = port or (pg.free_port() if start else None)
+        target, found = before_truncate_target(policy, before_truncate, from_site=from_site, as_json=as_json, **unused)
+    else:
+        target = make_target(to_time, to_lsn, to_xid, latest)
     if not as_json:
         click.echo(f"target read as: {target.how}", err=True)
     result = pitr.run(policy, target, target_dir=target_dir, from_site=from_site, port=port, start=start,
                       plan_only=plan, action=action or "promote", force=force, backup_id=backup_id)
+    if found is not None:
+        from .find import hand_back
+
+        hand_back(result, found, port, as_json=as_json, copy_back_to=unused.get("copy_back_to"))
     if as_json:
         emit_json(result.__dict__)
         return 0

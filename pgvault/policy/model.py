@@ -148,6 +148,61 @@ class Objectives(Strict):
     _d = field_validator("rpo", "rto", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
 
 
+class JobThresholds(Strict):
+    warn_age: timedelta | None = Field(None, description="WARNING when the job's newest backup at a site is older than this (overrides the schedule)")
+    crit_age: timedelta | None = Field(None, description="CRITICAL when the job's newest backup at a site is older than this (overrides the schedule)")
+
+    _d = field_validator("warn_age", "crit_age", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
+
+
+class Monitoring(Strict):
+    grace: timedelta | None = Field(None, description="how long a scheduled run may take before it counts as missed; "
+                                                      "default: half the schedule's interval, at most 1h")
+    missed_warn: int = Field(1, ge=1, description="WARNING after this many missed scheduled runs")
+    missed_crit: int = Field(2, ge=1, description="CRITICAL after this many missed scheduled runs")
+    jobs: dict[str, JobThresholds] = Field(default_factory=dict, description="absolute age thresholds per job")
+    wal_warn_lag: timedelta | None = Field(None, description="WARNING when a site's WAL lags more than this; default half objectives.rpo (15m without one)")
+    wal_crit_lag: timedelta | None = Field(None, description="CRITICAL when a site's WAL lags more than this; default objectives.rpo (1h without one)")
+    wal_warn_segments: int | None = Field(None, ge=1, description="WARNING when a site lacks this many segments of WAL")
+    wal_crit_segments: int | None = Field(None, ge=1, description="CRITICAL when a site lacks this many segments of WAL")
+    drill_max_age: timedelta = Field(timedelta(days=8), description="WARNING when a drill's newest evidence is older than this")
+    site_timeout: timedelta = Field(timedelta(seconds=10), description="status gives up on an unresponsive S3 site after this (per request, one retry)")
+
+    _d = field_validator("grace", "wal_warn_lag", "wal_crit_lag", "drill_max_age", "site_timeout", mode="before")(
+        classmethod(lambda cls, v: None if v is None else _duration(v)))
+
+
+NOTIFY_EVENTS = ("job_failed", "drill_failed", "objective_broken", "objective_restored")
+_SECRET_HEADER = ("authorization", "token", "secret", "key", "password", "cookie", "signature")
+
+
+class Webhook(Strict):
+    url: str = Field(description="URL to POST the JSON payload to; ${VAR} is replaced from the environment")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers; credentials as ${VAR} from the environment")
+    timeout: timedelta = Field(timedelta(seconds=10), description="give up on the webhook after this long")
+
+    _d = field_validator("timeout", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("headers")
+    @classmethod
+    def _no_literal_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if any(s in name.lower() for s in _SECRET_HEADER) and "${" not in value:
+                raise ValueError(f"header {name!r} must take its value from the environment, e.g. "
+                                 f"'Bearer ${{PGVAULT_WEBHOOK_TOKEN}}': credentials never go in a policy")
+        return v
+
+
+class Notify(Strict):
+    events: list[Literal["job_failed", "drill_failed", "objective_broken", "objective_restored"]] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS), description="which events are sent")
+    command: list[str] | None = Field(None, min_length=1, description="argv of a program run with the JSON payload on stdin")
+    command_timeout: timedelta = Field(timedelta(seconds=30), description="kill the notify command after this long")
+    webhook: Webhook | None = Field(None, description="POST the JSON payload to this URL")
+
+    _d = field_validator("command_timeout", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+
 class Policy(Strict):
     version: Literal[1] = Field(description="policy format version")
     cluster: Cluster = Field(description="the PostgreSQL cluster this policy protects")
@@ -157,6 +212,8 @@ class Policy(Strict):
     objectives: Objectives = Field(default_factory=Objectives, description="RPO/RTO the policy promises")
     drills: list[str] = Field(default_factory=list, description="glob patterns of drill files, relative to the policy")
     state_dir: str | None = Field(None, description="local cache and lock directory; default /var/lib/pgvault/<cluster>")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="thresholds of pgvault status/check")
+    notify: Notify = Field(default_factory=Notify, description="where failures and broken objectives are reported")
 
     def site_names(self) -> list[str]:
         return list(self.sites)

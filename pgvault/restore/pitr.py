@@ -139,6 +139,8 @@ def recovery_settings(p: planner.Plan, restore_cmd: str, action: str, port: int 
         s["recovery_target_xid"] = str(t.xid)
     if t.kind != "latest":
         s["recovery_target_action"] = action
+        if not t.inclusive:
+            s["recovery_target_inclusive"] = False
     if port:
         s["port"] = port
     return s
@@ -165,6 +167,12 @@ def fetch_base(policy, base: planner.Base, dest: Path) -> None:
         else:
             proc.run(bt.server_argv(str(conf), "recover", "--jobs", "2", ref["server"], ref["backup_id"], str(dest)),
                      hint=f"run: barman -c {conf} check-backup {ref['server']} {ref['backup_id']}")
+    elif route in ("zfs", "btrfs"):
+        # A snapshot base: cloned locally or received from the site, copied out (pgvault.restore.snapshot_base).
+        from ..catalog.formats import Manifest
+        from .snapshot_base import fetch_base as lay_down_snapshot
+
+        lay_down_snapshot(policy, Manifest.model_validate(ref["manifest"]), base.site, dest)
     else:
         raise NotSupported(f"base {base.backup_id} at site {base.site!r} was taken by method {base.method!r}, "
                            "which this pgvault cannot lay down for a point-in-time restore yet",

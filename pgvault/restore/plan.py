@@ -73,6 +73,7 @@ class Target:
     lsn: int | None = None
     xid: int | None = None
     how: str = ""                  # how the input was read (printed to the operator)
+    inclusive: bool = True         # False: stop just before the target (restore --before-truncate)
 
     def describe(self) -> str:
         if self.kind == "time":

@@ -62,6 +62,9 @@ def test_backup_list_verify_restore_round_trip(logical_world):
     manifest = json.loads((w.workdir / "site-a" / "clusters/main/backups" / bid / "manifest.json").read_text())
     assert manifest["facts"]["row_counts"]["app"]["public.orders"] == 5000
     assert manifest["system_identifier"] == pg.server_info(w.pg.connect()).system_identifier
+    # The backup also noted which file each table lives in (what `pgvault find` needs later).
+    records = list((w.workdir / "site-a" / "clusters/main/relations").glob("*.json"))
+    assert records and '"public.orders"' in records[0].read_text()
 
 
 def test_backup_files_are_private(logical_world):

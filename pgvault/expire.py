@@ -1,0 +1,201 @@
+"""Expiry at the sites: read manifests and pins, let the pure retention rules decide, delete.
+
+Order, per site (each step safe to interrupt and repeat):
+1. expired backups, newest first: the manifest, then the artifacts (``Catalog.delete_backup``,
+   so a crash leaves debris, never a listed backup with missing pieces), then the method's own
+   objects through its tool (``expire(manifest, site)`` in the method module, when it has one);
+2. WAL wholly before the oldest kept PITR base, oldest first (the archive stays contiguous);
+3. debris (backup directories without a manifest, crashed writes) older than a grace period,
+   and only when no job is running on this host.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from .catalog import layout
+from .errors import ObjectNotFound, PgvaultError, UsageError
+from .policy.retention import Backup, Decision, Rule, decide, wal_cutoff, wal_to_expire
+
+log = logging.getLogger("pgvault.expire")
+
+DEBRIS_GRACE = timedelta(hours=6)
+
+
+@dataclass
+class SiteExpiry:
+    site: str
+    decisions: list[Decision] = field(default_factory=list)
+    manifests: dict = field(default_factory=dict)
+    wal_cutoff: str | None = None
+    wal: list[str] = field(default_factory=list)          # keys to delete
+    wal_total: int = 0
+    debris: list[str] = field(default_factory=list)       # keys to delete
+    deleted: list[str] = field(default_factory=list)      # backup ids deleted
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def expired(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.keep]
+
+    def summary(self) -> str:
+        kept = sum(d.keep for d in self.decisions)
+        text = (f"site {self.site}: kept {kept}, expired {len(self.expired)} backup(s), "
+                f"{len(self.wal)} WAL file(s), {len(self.debris)} debris object(s)")
+        if self.errors:
+            text += "; errors: " + "; ".join(self.errors)
+        return text
+
+    def to_doc(self) -> dict:
+        return {"site": self.site, "wal_cutoff": self.wal_cutoff, "wal_expire": len(self.wal),
+                "wal_total": self.wal_total, "debris": self.debris, "errors": self.errors,
+                "backups": [{"backup_id": d.backup_id, "job": d.job, "action": d.action, "reasons": d.reasons}
+                            for d in self.decisions]}
+
+
+def rules(policy, site: str) -> dict[str, Rule]:
+    """Retention per job at one site: ``retain_at[site]`` overrides ``retain``."""
+    return {name: Rule.of(job.retain_at.get(site, job.retain)) for name, job in policy.jobs.items()}
+
+
+def pins(catalog) -> dict[str, dict]:
+    """Pins held at the site, by backup id."""
+    out = {}
+    pre = layout.pins_prefix(catalog.cluster)
+    for obj in catalog.site.list(pre):
+        name = obj.key[len(pre):]
+        if name.endswith(".json") and "/" not in name:
+            out[name[:-5]] = {"key": obj.key}
+    return out
+
+
+def to_backup(m, pinned: bool) -> Backup:
+    return Backup(m.backup_id, m.job, layout.backup_time(m.backup_id), good=m.status == "complete",
+                  parent=m.parent, start_wal=m.start_wal, pinned=pinned, status=m.status)
+
+
+def plan_site(policy, catalog, now: datetime, *, grace: timedelta = DEBRIS_GRACE, busy: bool = False) -> SiteExpiry:
+    r = SiteExpiry(catalog.name)
+    manifests = catalog.manifests()
+    pinned = pins(catalog)
+    backups = [to_backup(m, m.backup_id in pinned) for m in manifests]
+    r.manifests = {m.backup_id: m for m in manifests}
+    r.decisions = decide(backups, rules(policy, catalog.name), now)
+    r.wal_cutoff = wal_cutoff(backups, r.decisions)
+    wal = [(o.key, o.key.rsplit("/", 1)[-1]) for o in catalog.site.list(layout.wal_prefix(catalog.cluster))]
+    r.wal_total = len(wal)
+    doomed = set(wal_to_expire([n for _, n in wal], r.wal_cutoff))
+    r.wal = sorted((k for k, n in wal if n in doomed), key=lambda k: k.rsplit("/", 1)[-1][8:])
+    if not busy:
+        r.debris = _old_debris(catalog, grace)
+    return r
+
+
+def _old_debris(catalog, grace: timedelta) -> list[str]:
+    """Keys of debris whose newest object is older than ``grace`` (real time: mtimes are real)."""
+    cutoff = time.time() - grace.total_seconds()
+    out = []
+    for d in catalog.debris():
+        if d.endswith("/"):
+            objs = list(catalog.site.list(d))
+            if objs and max(o.mtime for o in objs) < cutoff:
+                out.extend(o.key for o in objs)
+        else:
+            info = catalog.site.head(d)
+            if info is not None and info.mtime < cutoff:
+                out.append(d)
+    return out
+
+
+def _method_hook(method: str):
+    from .methods import METHODS, method_module
+
+    if method not in METHODS:
+        return None
+    try:
+        module = method_module(method)
+    except ModuleNotFoundError:  # a method module not written yet has no tool objects to expire
+        return None
+    return getattr(module, "expire", None)
+
+
+def apply(catalog, plan: SiteExpiry) -> None:
+    """Delete what ``plan`` expires; errors are collected in ``plan.errors``, never half-hidden."""
+    for d in plan.expired:  # newest first
+        m = plan.manifests[d.backup_id]
+        try:
+            catalog.delete_backup(d.backup_id)
+            plan.deleted.append(d.backup_id)
+            hook = _method_hook(m.method)
+            if hook is not None:
+                hook(m, catalog.site)
+        except PgvaultError as exc:
+            plan.errors.append(f"{d.backup_id}: {exc.message}")
+    for key in plan.wal:  # oldest first
+        try:
+            catalog.site.delete(key)
+        except PgvaultError as exc:
+            plan.errors.append(f"{key}: {exc.message}")
+            break  # keep the archive contiguous: stop at the first WAL we could not delete
+    for key in plan.debris:
+        try:
+            catalog.site.delete(key)
+        except PgvaultError as exc:
+            plan.errors.append(f"{key}: {exc.message}")
+
+
+def expire_sites(policy, site_names: list[str] | None = None, *, now: datetime | None = None, dry_run: bool = False,
+                 busy: bool = False, grace: timedelta = DEBRIS_GRACE) -> list[SiteExpiry]:
+    """Plan (and unless ``dry_run``, apply) expiry at each named site (all sites by default)."""
+    from .backup import open_catalogs
+
+    now = now or datetime.now(timezone.utc)
+    names = list(policy.sites) if site_names is None else site_names
+    out = []
+    for name, cat in open_catalogs(policy, names).items():
+        try:
+            plan = plan_site(policy, cat, now, grace=grace, busy=busy)
+        except PgvaultError as exc:
+            # An unreadable site is left alone: never expire from a partial listing.
+            out.append(SiteExpiry(name, errors=[f"cannot read the site: {exc.message}"]))
+            continue
+        if not dry_run:
+            apply(cat, plan)
+        out.append(plan)
+    return out
+
+
+# -- pins
+
+def pin(policy, backup_id: str, site: str | None, *, note: str = "", now: datetime | None = None,
+        remove: bool = False) -> list[str]:
+    """Pin (or unpin) ``backup_id`` at ``site`` or at every site that holds it; returns the sites."""
+    from .backup import open_catalogs
+    from .sites.base import put_bytes
+
+    if site is not None and site not in policy.sites:
+        raise UsageError(f"no site {site!r} in the policy", f"sites: {', '.join(policy.sites)}")
+    done = []
+    for name, cat in open_catalogs(policy, [site] if site else list(policy.sites)).items():
+        key = layout.pin_key(policy.cluster.name, backup_id)
+        if remove:
+            if cat.site.head(key) is not None:
+                cat.site.delete(key)
+                done.append(name)
+            continue
+        try:
+            cat.manifest(backup_id)
+        except ObjectNotFound:
+            continue
+        doc = {"version": layout.FORMAT_VERSION, "backup_id": backup_id, "note": note,
+               "pinned_at": (now or datetime.now(timezone.utc)).isoformat()}
+        put_bytes(cat.site, key, (json.dumps(doc, indent=2) + "\n").encode())
+        done.append(name)
+    if not done:
+        where = f"site {site!r}" if site else "any site"
+        raise UsageError(f"backup {backup_id} is {'not pinned at' if remove else 'not held at'} {where}",
+                         "list backups and pins with pgvault expire --dry-run")
+    return done

@@ -1,0 +1,189 @@
+"""method: btrfs — consistent read-only snapshots of the job's subvolumes, sent with ``btrfs send``.
+
+Snapshots go to ``<snapshot_dir>/<backup id>/<subvolume name>`` (default snapshot_dir:
+``<subvolume>/../.pgvault-snapshots``) with a sidecar ``pgvault.json`` in the same directory
+holding the metadata (btrfs has no user properties on snapshots). btrfs snapshots never
+descend into nested subvolumes and are never atomic across subvolumes: see methods/snapshot.py
+for how pgvault stays consistent anyway."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .. import proc
+from ..errors import PgvaultError, UsageError
+from . import snapshot, snapshot_sites
+from .snapshot import Snap, Volume
+
+SIDECAR = "pgvault.json"
+
+
+# -- argv builders (pure)
+def snapshot_argv(subvolume: str, dest: str, *, readonly: bool = True) -> list[str]:
+    """
+    >>> snapshot_argv("/srv/pg", "/srv/.pgvault-snapshots/1/pg")
+    ['btrfs', 'subvolume', 'snapshot', '-r', '/srv/pg', '/srv/.pgvault-snapshots/1/pg']
+    >>> snapshot_argv("/a", "/b", readonly=False)
+    ['btrfs', 'subvolume', 'snapshot', '/a', '/b']
+    """
+    return ["btrfs", "subvolume", "snapshot", *(["-r"] if readonly else []), subvolume, dest]
+
+
+def send_argv(snap: str, base: str | None = None) -> list[str]:
+    """
+    >>> send_argv("/s/2/pg", "/s/1/pg")
+    ['btrfs', 'send', '-p', '/s/1/pg', '/s/2/pg']
+    """
+    return ["btrfs", "send", *(["-p", base] if base else []), snap]
+
+
+def receive_argv(directory: str) -> list[str]:
+    """
+    >>> receive_argv("/srv/restore/.received/1")
+    ['btrfs', 'receive', '/srv/restore/.received/1']
+    """
+    return ["btrfs", "receive", directory]
+
+
+def delete_argv(path: str) -> list[str]:
+    """
+    >>> delete_argv("/s/1/pg")
+    ['btrfs', 'subvolume', 'delete', '/s/1/pg']
+    """
+    return ["btrfs", "subvolume", "delete", path]
+
+
+def show_argv(path: str) -> list[str]:
+    return ["btrfs", "subvolume", "show", path]
+
+
+def parse_uuid(show: str) -> str:
+    """
+    >>> parse_uuid("data\\n\\tName: \\t\\tdata\\n\\tUUID: \\t\\t55f5-e8\\n\\tParent UUID: \\t\\t-\\n")
+    '55f5-e8'
+    """
+    for line in show.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "UUID":
+            return value.strip()
+    return ""
+
+
+def is_subvolume(path: str) -> bool:
+    return proc.run(show_argv(path), check=False).returncode == 0
+
+
+def uuid_of(path: str) -> str:
+    return parse_uuid(proc.output(show_argv(path)))
+
+
+def leaf(volume: str) -> str:
+    """
+    >>> leaf("/srv/pg/")
+    'pg'
+    """
+    return Path(volume.rstrip("/")).name
+
+
+class BtrfsDriver:
+    kind = "btrfs"
+
+    def __init__(self, job_name: str, job):
+        self.job_name = job_name
+        self.job = job
+
+    def snapdir(self, volume: str) -> Path:
+        if self.job.snapshot_dir:
+            return Path(self.job.snapshot_dir)
+        return Path(volume).parent / ".pgvault-snapshots"
+
+    def volumes(self) -> list[Volume]:
+        out, seen = [], {}
+        for sv in self.job.subvolumes:
+            path = os.path.realpath(sv)
+            if not os.path.isdir(path) or not is_subvolume(path):
+                raise UsageError(f"jobs.{self.job_name}.subvolumes: {sv!r} is not a btrfs subvolume",
+                                 "create it with btrfs subvolume create, or fix the path")
+            key = (self.snapdir(path), leaf(path))
+            if key in seen:
+                raise UsageError(f"subvolumes {seen[key]!r} and {sv!r} would share snapshot path {key[0]}/<id>/{key[1]}",
+                                 "give the job a snapshot_dir per file system, or rename one subvolume")
+            seen[key] = sv
+            out.append(Volume(path, path, os.stat(path).st_dev))
+        return out
+
+    def _path(self, volume: str, backup_id: str) -> Path:
+        return self.snapdir(volume) / backup_id / leaf(volume)
+
+    def snapshot(self, vol: Volume, backup_id: str) -> Snap:
+        dest = self._path(vol.name, backup_id)
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(dest.parent.parent, 0o700)
+        proc.run(snapshot_argv(vol.name, str(dest)))
+        return Snap(vol.name, str(dest), uuid_of(str(dest)))
+
+    def destroy(self, snap: Snap) -> None:
+        proc.run(delete_argv(snap.name))
+        d = Path(snap.name).parent
+        if not any(p.is_dir() for p in d.iterdir()):
+            (d / SIDECAR).unlink(missing_ok=True)
+            d.rmdir()
+
+    def write_meta(self, snaps: list[Snap], backup_id: str, meta: dict) -> None:
+        for d in {Path(s.name).parent for s in snaps}:
+            tmp = d / (SIDECAR + ".tmp")
+            tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, d / SIDECAR)
+
+    def local_sets(self) -> dict[str, dict[str, Snap]]:
+        out: dict[str, dict[str, Snap]] = {}
+        for sv in self.job.subvolumes:
+            vol = os.path.realpath(sv)
+            for side in sorted(self.snapdir(vol).glob(f"*/{SIDECAR}")):
+                try:
+                    meta = json.loads(side.read_text())
+                except (OSError, ValueError):
+                    continue
+                path = side.parent / leaf(vol)
+                if meta.get("job") == self.job_name and path.is_dir():
+                    out.setdefault(side.parent.name, {})[vol] = Snap(vol, str(path), uuid_of(str(path)))
+        return out
+
+    def read_meta(self, snap: Snap) -> dict:
+        try:
+            return json.loads((Path(snap.name).parent / SIDECAR).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"snapshot {snap.name}: unreadable sidecar {SIDECAR}: {exc}",
+                             "it was not taken by pgvault, or the sidecar was removed") from None
+
+    def send_argv(self, snap: Snap, base: Snap | None) -> list[str]:
+        return send_argv(snap.name, base.name if base else None)
+
+    def versions(self) -> dict[str, str]:
+        return {"btrfs": proc.output(["btrfs", "--version"]).strip()}
+
+    def restore_hint(self) -> str:
+        return ("mkdir -p DIR/<id> for each manifest of the chain (full first); "
+                "zstd -dc streams/<subvolume>.<...>.btrfs.zst | btrfs receive DIR/<id>; then "
+                "btrfs subvolume snapshot DIR/<newest id>/<name> DIR/<name> for a writable copy; "
+                "backup-api mode: write backup_label (and tablespace_map) into PGDATA before starting")
+
+
+def driver(ctx) -> BtrfsDriver:
+    return BtrfsDriver(ctx.job_name, ctx.job)
+
+
+def check(ctx) -> list[str]:
+    problems = snapshot.check_server(ctx)
+    try:
+        proc.which("btrfs")
+        snapshot.plan_layout(ctx, driver(ctx).volumes())
+    except PgvaultError as exc:
+        problems.append(exc.message + (f" (HINT: {exc.hint})" if exc.hint else ""))
+    return problems
+
+
+def backup(ctx, session) -> dict:
+    return snapshot_sites.backup(ctx, session, driver(ctx))

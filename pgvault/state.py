@@ -1,0 +1,278 @@
+"""Local job state and per-job locks, under the state directory.
+
+The state is a cache: the sites are the source of truth, and ``rebuild`` recreates the
+last-success facts from the manifests at the sites. Files:
+
+    <state>/jobs/<job>.json     last run (start, end, outcome, backup id, message), running marker
+    <state>/locks/<job>.lock    flock()ed while a job runs; holds the holder's pid and start time
+    <state>/tick.json           what the last full tick computed (lets an idle tick stop early)
+
+Writes are atomic (temp file, fsync, rename, fsync dir) so a crash never leaves half a file.
+This module imports nothing heavy: the idle fast path of ``pgvault tick`` uses it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ENV = "PGVAULT_STATE_DIR"
+DEFAULT_BASE = "/var/lib/pgvault"
+
+
+def state_dir(configured: str | None, cluster: str) -> Path:
+    """$PGVAULT_STATE_DIR, else the policy's state_dir, else /var/lib/pgvault/<cluster>.
+
+    >>> str(state_dir(None, "main")) if "PGVAULT_STATE_DIR" not in os.environ else "/var/lib/pgvault/main"
+    '/var/lib/pgvault/main'
+    """
+    return Path(os.environ.get(ENV) or configured or f"{DEFAULT_BASE}/{cluster}")
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(timezone.utc).isoformat()
+
+
+def _dt(s: str | None) -> datetime | None:
+    return None if s is None else datetime.fromisoformat(s)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@dataclass
+class Run:
+    """One finished (or interrupted) run of a job."""
+
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: str = "success"          # success | partial | failed | interrupted
+    backup_id: str | None = None
+    message: str = ""
+
+    def to_doc(self) -> dict:
+        d = asdict(self)
+        d["started_at"], d["finished_at"] = _iso(self.started_at), _iso(self.finished_at)
+        return d
+
+    @classmethod
+    def from_doc(cls, d: dict | None) -> "Run | None":
+        if not d:
+            return None
+        return cls(_dt(d["started_at"]), _dt(d.get("finished_at")), d.get("outcome", "success"),
+                   d.get("backup_id"), d.get("message", ""))
+
+
+@dataclass
+class JobState:
+    job: str
+    first_seen: datetime
+    last: Run | None = None              # the last finished run: its start is the schedule anchor
+    last_success: Run | None = None
+    interrupted: Run | None = None       # a run whose process died (kill -9, power loss)
+    running: dict | None = None          # {"pid", "started_at", "host"} while a run is in progress
+    source: str = "local"                # local | sites (rebuilt from the sites' manifests)
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> datetime:
+        """Due-ness is measured from here: the last finished run's start, else first seen.
+        An interrupted run does not count, so its slot runs again."""
+        return self.last.started_at if self.last else self.first_seen
+
+    def to_doc(self) -> dict:
+        return {"version": 1, "job": self.job, "first_seen": _iso(self.first_seen),
+                "last": self.last and self.last.to_doc(), "last_success": self.last_success and self.last_success.to_doc(),
+                "interrupted": self.interrupted and self.interrupted.to_doc(), "running": self.running,
+                "source": self.source, "history": self.history[-20:]}
+
+    @classmethod
+    def from_doc(cls, d: dict) -> "JobState":
+        return cls(d["job"], _dt(d["first_seen"]), Run.from_doc(d.get("last")), Run.from_doc(d.get("last_success")),
+                   Run.from_doc(d.get("interrupted")), d.get("running"), d.get("source", "local"), d.get("history", []))
+
+    def record(self, run: Run) -> None:
+        self.last = run
+        self.running = None
+        if run.outcome in ("success", "partial"):
+            self.last_success = run
+        self.history.append(run.to_doc())
+
+
+class StateStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def ensure(self) -> None:
+        """Create the state directory, or say clearly why it cannot be used."""
+        from .errors import EXIT_ENVIRONMENT, PgvaultError
+
+        try:
+            for sub in ("jobs", "locks"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            probe = self.root / "jobs" / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise PgvaultError(f"state directory {self.root} is not usable: {exc.strerror}",
+                               f"set state_dir in the policy or ${ENV} to a writable directory",
+                               exit_code=EXIT_ENVIRONMENT) from None
+
+    def _job_path(self, job: str) -> Path:
+        return self.root / "jobs" / f"{job}.json"
+
+    def load(self, job: str) -> JobState | None:
+        try:
+            return JobState.from_doc(json.loads(self._job_path(job).read_bytes()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            # A damaged cache is rebuilt, never trusted.
+            return None
+
+    def save(self, st: JobState) -> None:
+        write_atomic(self._job_path(st.job), (json.dumps(st.to_doc(), indent=2) + "\n").encode())
+
+    def jobs(self) -> list[str]:
+        d = self.root / "jobs"
+        return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+
+    def reserve_second(self, now: datetime) -> datetime:
+        """A whole second at or after ``now`` that no other job on this host was given.
+
+        Backup ids are UTC seconds and run_backup only checks the ids already at the sites, so
+        two jobs started in the same second and sharing a site could pick the same id. Ticks run
+        jobs in parallel, so the engine hands each run a distinct second, under a host-wide lock."""
+        from datetime import timedelta
+
+        path = self.root / "locks" / ".ids"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            t = now.astimezone(timezone.utc).replace(microsecond=0)
+            last = os.pread(fd, 64, 0).decode().strip()
+            if last:
+                prev = datetime.fromisoformat(last)
+                # Only seconds reserved recently matter (a simulated clock may also go backwards).
+                if t <= prev < t + timedelta(minutes=10):
+                    t = prev + timedelta(seconds=1)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, t.isoformat().encode(), 0)
+            return t
+        finally:
+            os.close(fd)
+
+    def lock(self, job: str) -> "JobLock":
+        return JobLock(self.root / "locks" / f"{job}.lock")
+
+    # -- the idle fast path's note (see pgvault.engine.idle)
+    def tick_note(self) -> dict | None:
+        try:
+            return json.loads((self.root / "tick.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def save_tick_note(self, doc: dict) -> None:
+        write_atomic(self.root / "tick.json", json.dumps(doc).encode())
+
+    def drop_tick_note(self) -> None:
+        try:
+            (self.root / "tick.json").unlink()
+        except FileNotFoundError:
+            pass
+
+
+class JobLock:
+    """An exclusive, non-blocking flock() on a per-job file.
+
+    The kernel releases a flock when its holder dies, so a killed tick never leaves a lock
+    that blocks the next one. The file also holds the holder's pid and start time: an empty
+    file means the last holder released it cleanly; a non-empty file found *after* acquiring
+    means the previous holder died holding it (``stale``), which is reported."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+        self.stale: dict | None = None
+
+    def acquire(self, now: datetime) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # O_CLOEXEC (Python's default) keeps the lock out of child processes such as pg_dump,
+        # so an orphaned child never holds a job's lock.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        previous = os.pread(fd, 4096, 0)
+        if previous.strip():
+            try:
+                self.stale = json.loads(previous)
+            except ValueError:
+                self.stale = {"raw": previous.decode(errors="replace")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started_at": _iso(now)}).encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+        return True
+
+    def held(self) -> dict | None:
+        """Who holds the lock now ({} if unknown), or None when it is free. Does not disturb the
+        file, so a dead holder's note survives for the next real acquire to report."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self.holder() or {}
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def holder(self) -> dict | None:
+        """What the lock file says about its (last) holder, read without taking the lock."""
+        try:
+            return json.loads(self.path.read_bytes() or b"null")
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        # Empty the file before unlocking: an empty lock file is the mark of a clean release.
+        os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
