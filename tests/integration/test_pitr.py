@@ -89,6 +89,12 @@ def test_barman_backup_facts_and_stock_layout(scene):
     out = subprocess.run([bt.tool("barman"), "-c", str(conf), "-f", "json", "list-backups", "main"],
                          capture_output=True, text=True, check=True).stdout
     assert m["facts"]["barman"]["a"]["backup_id"] in out
+    # ... and recovers it with stock `barman recover` alone.
+    rec = w.workdir / "stock-local"
+    subprocess.run([bt.tool("barman"), "-c", str(conf), "recover", "main", m["facts"]["barman"]["a"]["backup_id"],
+                    str(rec)], capture_output=True, check=True)
+    assert (rec / "PG_VERSION").read_text().strip() == "15" and "START WAL LOCATION" in (rec / "backup_label").read_text()
+    shutil.rmtree(rec)
     cfg = w.sites["eu"]
     keys = [o["Key"] for o in w.moto.client("eu-west-1").list_objects_v2(Bucket=cfg["bucket"])["Contents"]]
     assert f"pg/clusters/main/base/{m['facts']['barman']['eu']['backup_id']}/backup.info" in keys
