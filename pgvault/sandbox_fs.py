@@ -27,10 +27,35 @@ def _zfs_answers() -> bool:
 class ZfsDaemon:
     """The zfs-fuse daemon, started on first use and ended by the last user that started it."""
 
+    # flock belongs to an open file description: a second open in this process would wait for
+    # our own shared lock. So one process holds the lock once, counting its users.
+    _held = {"fd": None, "users": 0}
+
     def __init__(self):
         self._fd = None
 
     def start(self) -> "ZfsDaemon":
+        held = ZfsDaemon._held
+        if held["fd"] is not None:
+            held["users"] += 1
+            self._fd = held["fd"]
+            return self
+        self._start()
+        held["fd"], held["users"] = self._fd, 1
+        return self
+
+    def stop(self) -> None:
+        held = ZfsDaemon._held
+        if self._fd is None:
+            return
+        held["users"] -= 1
+        if held["users"] > 0:
+            self._fd = None
+            return
+        held["fd"] = None
+        self._stop()
+
+    def _start(self) -> None:
         self._fd = open(LOCK, "a+")
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
@@ -41,11 +66,8 @@ class ZfsDaemon:
         finally:
             # Downgrade to shared: other processes may use the daemon while we do.
             fcntl.flock(self._fd, fcntl.LOCK_SH)
-        return self
 
-    def stop(self) -> None:
-        if self._fd is None:
-            return
+    def _stop(self) -> None:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -90,7 +90,7 @@ def _cleanup(kind: str, target: str, created: list[str]) -> None:
     try:
         if kind == "zfs":
             # A receive that was just killed can keep the dataset busy for a moment.
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120  # zfs-fuse under load is slow to let go
             while zfs.exists(target):
                 cp = proc.run(zfs.destroy_argv(target, recursive=True, force=True), check=False)
                 if cp.returncode == 0:
