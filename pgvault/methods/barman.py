@@ -284,3 +284,24 @@ def backup(ctx: BackupContext, session) -> dict:
                         "<barman id> DEST; local site: barman -c <site>/clusters/<cluster>/barman/barman.conf recover "
                         "<cluster> <barman id> DEST; then restore_command = 'pgvault wal-fetch %f %p' "
                         "(or barman-cloud-wal-restore URL <cluster> %f %p) and recovery.signal")}
+
+
+def expire(manifest, site) -> None:
+    """Delete Barman's own copy of an expired base backup at ``site`` (called by expiry after
+    pgvault's manifest and artifacts are gone).
+
+    Local sites: `barman delete` on the generated server (its WAL is its own). S3 sites: the
+    backup's prefix in Barman's cloud layout is removed directly, not with
+    barman-cloud-backup-delete, because that tool also deletes the archive's WAL older than the
+    next Barman backup — WAL that a snapshot base or a pinned backup (which Barman does not
+    know about) may still need. pgvault's own WAL expiry decides that (docs/retention.md)."""
+    facts = (manifest.facts.get("barman") or {}).get(site.name)
+    if not facts:
+        return
+    if facts.get("route") == "barman-server":
+        conf = Path(site.config.path) / facts["config"]
+        proc.run(bt.server_argv(str(conf), "delete", facts["server"], facts["backup_id"]))
+        return
+    prefix = f"{layout.barman_base_prefix(manifest.cluster)}{facts['backup_id']}/"
+    for obj in list(site.list(prefix)):
+        site.delete(obj.key)
