@@ -64,7 +64,10 @@ def archive_of(site, cluster: str, segment_size: int) -> planner.Archive:
         if k == "segment":
             tli, segno = names.parse_segment(name, segment_size)
             arch.segments.setdefault(tli, set()).add(segno)
-            arch.stored_at[(tli, segno)] = datetime.fromtimestamp(obj.mtime, timezone.utc)
+            # S3 reports LastModified in whole seconds: round up, or a target in the archive's
+            # last second would be refused as "beyond the end" at an S3 site only.
+            stored = obj.mtime + 1 if float(obj.mtime).is_integer() else obj.mtime
+            arch.stored_at[(tli, segno)] = datetime.fromtimestamp(stored, timezone.utc)
         elif k == "history":
             text = codec.decompress(get_bytes(site, obj.key), comp).decode("utf-8", "replace")
             arch.histories[int(name[:8], 16)] = planner.parse_history(text)

@@ -231,6 +231,16 @@ def receive_from_site(policy, job_name: str, backup_id: str | None, target: str,
 def _receive(cat: Catalog, newest: Manifest, target: str, port, start, socket_dir) -> Restored:
     kind = newest.method
     links = chain(cat, newest)
+    # Check every stream of the chain before `zfs/btrfs receive` sees a byte: a receive that is
+    # aborted part-way can leave zfs-fuse unable to destroy what it received. The streaming
+    # hash check in _feed stays as the second line of defence.
+    from .source import damaged
+
+    for m in links:
+        bad = damaged(cat, m)
+        if bad:
+            raise IntegrityError(f"site {cat.name!r}: {m.backup_id} is damaged ({bad})",
+                                 "restore from another site (--from-site)")
     volumes = [s["volume"] for s in newest.facts["snapshots"]]
     names = leaves(volumes)
     paths, created = {}, []

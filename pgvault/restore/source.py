@@ -41,7 +41,7 @@ def find_backup(policy, backup_id: str, from_site: str | None, *, only: bool = F
         except PgvaultError as exc:
             notes.append(f"site {n!r}: {exc.message}")
             continue
-        bad = _damaged(cat, m)
+        bad = damaged(cat, m)
         if bad:
             notes.append(f"site {n!r}: copy of {backup_id} is damaged ({bad}); trying the next site")
             continue
@@ -55,7 +55,8 @@ def find_backup(policy, backup_id: str, from_site: str | None, *, only: bool = F
     return out
 
 
-def _damaged(cat: Catalog, m: Manifest) -> str | None:
+def damaged(cat: Catalog, m: Manifest) -> str | None:
+    """Why this site's copy of a backup cannot be used (an artifact missing or failing its sha256), or None."""
     for a in m.artifacts:
         try:
             with cat.site.get(layout.artifact(cat.cluster, m.backup_id, a.name)) as fh:
