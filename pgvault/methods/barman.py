@@ -29,6 +29,7 @@ from .context import BackupContext
 log = logging.getLogger("pgvault.barman")
 
 INFO_ARTIFACT = "barman.json"
+CHECK_TIMEOUT = 60
 FIRST_WAL_TIMEOUT = 120
 
 
@@ -181,6 +182,13 @@ def server_backup(ctx: BackupContext, name: str) -> dict:
                 tick += 1
                 time.sleep(0.25)
                 run("cron")
+        # `barman backup` refuses to start while its checks fail, e.g. while the background
+        # receive-wal that `cron` just launched has not connected yet (seen on a second backup
+        # under load). Wait for `barman check` to pass, then back up (its error says why if not).
+        deadline = time.monotonic() + CHECK_TIMEOUT
+        while run("check", server, check=False).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            run("cron")
         run("backup", "--wait", "--wait-timeout", "300", server,
             hint=f"see {home}/barman.log, or run: barman -c {conf} check {server}")
     finally:
