@@ -3,6 +3,7 @@ failures that do not stop other jobs. The clock is injected with PGVAULT_NOW."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
@@ -210,3 +211,45 @@ def test_pins_and_schedule_install(week, tmp_path):
     assert "nightly" in show and "UTC" in show and "manual" in show
     cp = week.cli(t0, "schedule", "install", check=False)
     assert cp.returncode == 2 and "HINT: pass --systemd or --cron" in cp.stderr
+
+
+def test_simulated_days_with_a_barman_job_keep_what_retention_promises(s3world):
+    """tick over three simulated days with a nightly logical job and a nightly Barman job (a
+    real Barman server at the local site, WAL through wal-push): each job runs once a day, and
+    retention leaves exactly the newest two Barman bases (pgvault's manifests and Barman's own
+    backups) and the WAL from the oldest kept base on."""
+    from pgvault import sandbox
+    from pgvault.methods import barman_tools as bt
+
+    w = s3world
+    policy = w.workdir / "policy.yaml"
+    w.pg.stop()
+    w.pg.configure(archive_mode="on", archive_command=sandbox.pgvault_command(policy) + " wal-push %p")
+    w.local_site("a")
+    w.jobs["dump"] = {"method": "logical", "databases": ["postgres"], "globals": False, "sites": ["a"],
+                      "schedule": "0 1 * * *", "retain": {"count": 2}}
+    w.jobs["base"] = {"method": "barman", "sites": ["a"], "schedule": "0 3 * * *", "retain": {"count": 2}}
+    w.policy(wal={"sites": ["a"]}, state_dir=str(sandbox.owned_dir(w.workdir / "state")))
+    w.pg.start()
+    ticker = Ticker(w)
+    start = datetime(2026, 11, 16, tzinfo=UTC)
+    ticker.tick(start)                                                  # first seen
+    ran = []
+    for day in range(3):
+        w.pg.psql(f"CREATE TABLE day{day} AS SELECT g FROM generate_series(1, 1000) g; SELECT pg_switch_wal()")
+        cp = ticker.tick(start + timedelta(days=day, hours=4))
+        ran += [line.split(":")[0] for line in cp.stdout.splitlines() if ": ran -> " in line]
+    assert sorted(ran) == ["base"] * 3 + ["dump"] * 3
+    held = site_backups(w, "a")
+    assert sorted(held.values()) == ["base", "base", "dump", "dump"]
+    bases = sorted(b for b, j in held.items() if j == "base")
+    # Barman's own catalog agrees: exactly the two kept bases remain.
+    conf = w.workdir / "site-a/clusters/main/barman/barman.conf"
+    listing = subprocess.run([bt.tool("barman"), "-c", str(conf), "list-backups", "--minimal", "main"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    kept_barman = {json.loads((w.workdir / "site-a/clusters/main/backups" / b / "manifest.json").read_text())
+                   ["facts"]["barman"]["a"]["backup_id"] for b in bases}
+    assert set(listing) == kept_barman
+    oldest = json.loads((w.workdir / "site-a/clusters/main/backups" / bases[0] / "manifest.json").read_text())
+    wals = sorted(p.name[:24] for p in (w.workdir / "site-a/clusters/main/wals").rglob("0*") if p.is_file())
+    assert wals[0] >= oldest["start_wal"][:24]
