@@ -135,35 +135,25 @@ def _grow_pipe(fh, size: int = 1 << 20) -> None:
         pass
 
 
-class Stream:
-    """A running program whose stdout is read as a stream (pg_dump, zfs send...).
+class _Child:
+    """A running program whose stderr goes to a temporary file (so a chatty program never
+    blocks on a full pipe); killed on an exception inside ``with``."""
 
-    Use as a context manager; ``finish()`` waits and raises ToolFailed on a non-zero exit.
-    stderr goes to a temporary file so a chatty program can never block on a full pipe.
-    """
-
-    def __init__(self, argv: Sequence[str], *, env=None, extra_env=None, user=None, stdin=None,
-                 cwd=None, hint: str | None = None):
+    def _spawn(self, argv: Sequence[str], what: str, *, env, extra_env, user, cwd, hint, **popen) -> None:
         import tempfile
 
         self.argv = [str(a) for a in argv]
         self.argv[0] = which(self.argv[0])
         self.hint = hint
-        log.debug("stream: %s", quote(self.argv))
+        log.debug("%s: %s", what, quote(self.argv))
         self._err = tempfile.TemporaryFile()
         kw = _user_kwargs(user)
         home = kw.pop("cwd_default", None)
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=_env(env, extra_env),
-            stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            cwd=cwd if cwd is not None else (home if kw else None),
-            **kw,
-        )
-        self.stdout = self.proc.stdout
-        _grow_pipe(self.stdout)
+        popen.setdefault("stderr", self._err)
+        if popen.get("stdout") == "stderr":  # what the program prints joins the stderr tail
+            popen["stdout"] = self._err
+        self.proc = subprocess.Popen(self.argv, env=_env(env, extra_env),
+                                     cwd=cwd if cwd is not None else (home if kw else None), **popen, **kw)
 
     def stderr_tail(self) -> str:
         self._err.seek(0, os.SEEK_END)
@@ -171,9 +161,7 @@ class Stream:
         self._err.seek(max(0, size - STDERR_TAIL))
         return self._err.read().decode("utf-8", "replace")
 
-    def finish(self) -> None:
-        if self.stdout:
-            self.stdout.close()
+    def _wait_checked(self) -> None:
         rc = self.proc.wait()
         if rc != 0:
             raise ToolFailed(self.argv, rc, self.stderr_tail(), self.hint)
@@ -191,6 +179,25 @@ class Stream:
             self.kill()
         self._err.close()
         return False
+
+
+class Stream(_Child):
+    """A running program whose stdout is read as a stream (pg_dump, zfs send...).
+
+    Use as a context manager; ``finish()`` waits and raises ToolFailed on a non-zero exit.
+    """
+
+    def __init__(self, argv: Sequence[str], *, env=None, extra_env=None, user=None, stdin=None,
+                 cwd=None, hint: str | None = None):
+        self._spawn(argv, "stream", env=env, extra_env=extra_env, user=user, cwd=cwd, hint=hint,
+                    stdin=stdin if stdin is not None else subprocess.DEVNULL, stdout=subprocess.PIPE)
+        self.stdout = self.proc.stdout
+        _grow_pipe(self.stdout)
+
+    def finish(self) -> None:
+        if self.stdout:
+            self.stdout.close()
+        self._wait_checked()
 
 
 def feed(argvs: Sequence[Sequence[str]], reader, *, hint: str | None = None, user: str | None = None) -> None:
@@ -259,27 +266,17 @@ def feed(argvs: Sequence[Sequence[str]], reader, *, hint: str | None = None, use
                 p.wait()
         for e in errs:
             e.close()
-class Sink:
+class Sink(_Child):
     """A running program fed through its stdin (zfs receive, btrfs receive...).
 
     ``write(data)`` feeds it; ``finish()`` closes stdin, waits and raises ToolFailed on a
-    non-zero exit. stdout and stderr go to temporary files so the program never blocks on them.
+    non-zero exit. stdout and stderr go to a temporary file so the program never blocks on them.
     """
 
     def __init__(self, argv: Sequence[str], *, env=None, extra_env=None, user=None, cwd=None,
                  hint: str | None = None):
-        import tempfile
-
-        self.argv = [str(a) for a in argv]
-        self.argv[0] = which(self.argv[0])
-        self.hint = hint
-        log.debug("sink: %s", quote(self.argv))
-        self._err = tempfile.TemporaryFile()
-        kw = _user_kwargs(user)
-        home = kw.pop("cwd_default", None)
-        self.proc = subprocess.Popen(self.argv, env=_env(env, extra_env), stdin=subprocess.PIPE,
-                                     stdout=self._err, stderr=self._err,
-                                     cwd=cwd if cwd is not None else (home if kw else None), **kw)
+        self._spawn(argv, "sink", env=env, extra_env=extra_env, user=user, cwd=cwd, hint=hint,
+                    stdin=subprocess.PIPE, stdout="stderr")
 
     def write(self, data: bytes) -> None:
         try:
@@ -287,33 +284,11 @@ class Sink:
         except BrokenPipeError:
             # The program stopped reading: its exit status and stderr say why.
             self.proc.wait()
-            raise ToolFailed(self.argv, self.proc.returncode, self._tail(), self.hint) from None
-
-    def _tail(self) -> str:
-        self._err.seek(0, os.SEEK_END)
-        size = self._err.tell()
-        self._err.seek(max(0, size - STDERR_TAIL))
-        return self._err.read().decode("utf-8", "replace")
+            raise ToolFailed(self.argv, self.proc.returncode, self.stderr_tail(), self.hint) from None
 
     def finish(self) -> None:
         try:
             self.proc.stdin.close()
         except BrokenPipeError:
             pass
-        rc = self.proc.wait()
-        if rc != 0:
-            raise ToolFailed(self.argv, rc, self._tail(), self.hint)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self.kill()
-        self._err.close()
-        return False
+        self._wait_checked()

@@ -8,6 +8,8 @@ uses (an exported snapshot), so drills can compare them exactly."""
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from urllib.parse import quote
 
 from .. import pg, proc
@@ -64,13 +66,18 @@ def _tables(conn) -> list[tuple[str, str]]:
 
 
 def _dump_database(ctx: BackupContext, session, db: str, row_counts: dict) -> None:
-    """Dump one database in a snapshot shared with a counting transaction."""
+    """Dump one database in an exported snapshot; count its rows in the same snapshot, on a
+    second connection, while pg_dump runs (the counts then cost no extra wall time)."""
     conn = pg.connect(ctx.conninfo(db), autocommit=False)
+    counter = None
     try:
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur.execute("SELECT pg_export_snapshot()")
             snapshot = cur.fetchone()[0]
+            if ctx.job.row_counts:
+                counter = _Counter(ctx.conninfo(db), snapshot)
+                counter.start()
             argv = [ctx.tool("pg_dump"), "-Fc", "-Z0", "--snapshot", snapshot, "-d", ctx.conninfo(db)]
             if ctx.job.lock_wait_timeout is not None:
                 argv += [f"--lock-wait-timeout={int(ctx.job.lock_wait_timeout.total_seconds() * 1000)}"]
@@ -79,14 +86,60 @@ def _dump_database(ctx: BackupContext, session, db: str, row_counts: dict) -> No
                                    threads=ctx.job.compression_threads, kind="pg_dump -Fc", database=db,
                                    progress=(lambda n: ctx.progress(db, n)) if ctx.progress else None)
                 dump.finish()
-            counts = {}
-            for schema, table in (_tables(conn) if ctx.job.row_counts else []):
-                cur.execute(f'SELECT count(*) FROM "{schema.replace(chr(34), chr(34) * 2)}"."{table.replace(chr(34), chr(34) * 2)}"')
-                counts[f"{schema}.{table}"] = cur.fetchone()[0]
-            row_counts[db] = counts
+            # The exporting transaction stays open until the counter has imported the snapshot.
+            row_counts[db] = counter.result() if counter else {}
         conn.rollback()
     finally:
+        if counter:
+            counter.cancel()
         conn.close()
+
+
+class _Counter(threading.Thread):
+    """Exact row counts of every table, in an imported snapshot, on its own connection."""
+
+    def __init__(self, conninfo: str, snapshot: str):
+        super().__init__(name="pgvault-row-counts", daemon=True)
+        self.conninfo, self.snapshot = conninfo, snapshot
+        self.counts: dict[str, int] = {}
+        self.error: BaseException | None = None
+        self.conn = None
+
+    def run(self) -> None:
+        try:
+            self.conn = pg.connect(self.conninfo, autocommit=False)
+            with self.conn.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                # A utility statement takes no bind parameters; the id is PostgreSQL's own (hex and dashes).
+                if not re.fullmatch(r"[0-9A-Fa-f-]+", self.snapshot):
+                    raise ValueError(f"unexpected snapshot id {self.snapshot!r}")
+                cur.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot}'")
+                for schema, table in _tables(self.conn):
+                    q = '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
+                    cur.execute(f"SELECT count(*) FROM {q}")
+                    self.counts[f"{schema}.{table}"] = cur.fetchone()[0]
+            self.conn.rollback()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+            self.error = exc
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+
+    def result(self) -> dict[str, int]:
+        self.join()
+        if self.error is not None:
+            raise DatabaseError(f"counting rows for the manifest failed: {self.error}",
+                                "set row_counts: false on the job to skip the counts") from self.error
+        return self.counts
+
+    def cancel(self) -> None:
+        """On failure: stop counting (the backup is being aborted anyway)."""
+        if self.is_alive() and self.conn is not None:
+            try:
+                self.conn.cancel()
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+            self.join(10)
 
 
 def backup(ctx: BackupContext, session) -> dict:
