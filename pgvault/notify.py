@@ -171,10 +171,9 @@ def notify_changes(policy, items: list[dict]) -> list[dict]:
     for e in events:
         notify(policy, e)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memory, indent=1))
-        os.replace(tmp, path)
+        from .fsutil import write_atomic
+
+        write_atomic(path, json.dumps(memory, indent=1).encode(), mkdir=True)
     except OSError as exc:
         log.warning("notify: cannot remember states in %s: %s", path, exc)
     return events

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import PgvaultError, UsageError
+from ..fsutil import write_atomic
 from . import snapshot, snapshot_sites
 from .snapshot import Snap, Volume
 
@@ -132,10 +133,7 @@ class BtrfsDriver:
 
     def write_meta(self, snaps: list[Snap], backup_id: str, meta: dict) -> None:
         for d in {Path(s.name).parent for s in snaps}:
-            tmp = d / (SIDECAR + ".tmp")
-            tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, d / SIDECAR)
+            write_atomic(d / SIDECAR, (json.dumps(meta, indent=2, default=str) + "\n").encode())
 
     def local_sets(self) -> dict[str, dict[str, Snap]]:
         out: dict[str, dict[str, Snap]] = {}

@@ -13,9 +13,9 @@ from typing import BinaryIO, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ObjectNotFound, SiteError, SiteUnreachable
+from ..fsutil import TMP_PREFIX, fsync_dir
 from .base import ObjectInfo, WriterMixin
 
-TMP_PREFIX = ".tmp-"
 
 
 class LocalSiteConfig(BaseModel):
@@ -48,7 +48,7 @@ class _LocalWriter(WriterMixin):
         os.fsync(self.fh.fileno())
         self.fh.close()
         os.rename(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         self.done = True
 
     def abort(self) -> None:
@@ -62,14 +62,6 @@ class _LocalWriter(WriterMixin):
                 os.unlink(self.tmp)
             except FileNotFoundError:
                 pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalSite:

@@ -1,0 +1,43 @@
+"""Durable local files, written once: atomic replace with fsync of the file and its directory.
+Used by the local site driver, the WAL spool, job state and notification memory. Imports only
+os and pathlib: it sits on the hot path of wal-push and tick."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"  # never listed as an object by the local site, the spool or the state store
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o600, sync: bool = True,
+                 mkdir: bool = False) -> None:
+    """Replace ``path`` with ``data`` all at once: a temp file beside it, written in full,
+    (fsynced), renamed over it, (directory fsynced). A crash leaves the old file or the new one."""
+    path = Path(path)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    if sync:
+        fsync_dir(path.parent)
