@@ -58,8 +58,10 @@ def test_killed_backup_leaves_only_debris_that_verify_reports(world):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         # Wait until the dump is being written (a temp file at the site), then kill -9 the group.
-        sandbox.wait_until(lambda: any(".tmp-" in f.name for f in site.rglob("*")) or p.poll() is not None,
-                           120, "the dump to start writing")
+        # (Under backups/: the site marker and cluster.json are written through temp files too.)
+        backups = site / "clusters/main/backups"
+        sandbox.wait_until(lambda: (backups.is_dir() and any(".tmp-" in f.name for f in backups.rglob("*")))
+                           or p.poll() is not None, 120, "the dump to start writing")
         assert p.poll() is None, "backup finished before it could be killed; make the data bigger"
         os.killpg(p.pid, signal.SIGKILL)
     finally:
