@@ -363,13 +363,20 @@ class _time_limit:
         return False
 
 
+EXPIRE_WAIT = 900.0  # seconds a job waits for another's expiry to finish
+
+
 def _expire_after(policy, store, clock, sites, report) -> None:
     from .errors import PgvaultError
     from .expire import expire_sites
 
     lock = store.lock(".expire")
-    if not lock.acquire(clock.now()):
-        report.expiry.append("skipped: another process is expiring (the next successful backup expires again)")
+    # Wait for another job's expiry rather than skip: it may be expiring other sites than ours,
+    # and a skipped site would keep what its retention drops until its next backup.
+    if not lock.acquire(clock.now(), wait=EXPIRE_WAIT):
+        report.expiry.append(f"skipped: another process has been expiring for over {EXPIRE_WAIT:.0f}s "
+                             "(the next successful backup expires again)")
+        report.expiry_failed = True
         return
     try:
         results = expire_sites(policy, sites, now=clock.now(), busy=_busy_jobs(store))

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -203,16 +204,25 @@ class JobLock:
         self.fd: int | None = None
         self.stale: dict | None = None
 
-    def acquire(self, now: datetime) -> bool:
+    def acquire(self, now: datetime, wait: float = 0.0) -> bool:
+        """Take the lock; with ``wait`` > 0, wait up to that many seconds for its holder to let go."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # O_CLOEXEC (Python's default) keeps the lock out of child processes such as pg_dump,
         # so an orphaned child never holds a job's lock.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        deadline = time.monotonic() + wait
+        pause = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                # flock has no timeout of its own; poll, backing off to 0.5 s
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 0.5)
         previous = os.pread(fd, 4096, 0)
         if previous.strip():
             try:

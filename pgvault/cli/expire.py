@@ -25,10 +25,11 @@ def expire(ctx, dry_run, site, as_json):
     clock = Clock.from_env()
     store = open_store(policy)
     lock = store.lock(".expire")
-    if not dry_run and not lock.acquire(clock.now()):
+    if not dry_run and not lock.acquire(clock.now(), wait=60):
         from ..errors import PgvaultError
 
-        raise PgvaultError("another pgvault is expiring backups right now", "try again when it has finished")
+        raise PgvaultError("another pgvault has been expiring backups for over a minute",
+                           "try again when it has finished (its job's log says which)")
     try:
         results = expire_sites(policy, [site] if site else None, now=clock.now(), dry_run=dry_run,
                                busy=_busy_jobs(store))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -39,6 +40,31 @@ def test_lock_excludes_and_reports_holder(tmp_path):
     a.release()
     assert b.held() is None and b.acquire(T) and b.stale is None   # a clean release leaves no stale note
     b.release()
+
+
+def test_waiting_acquire_gets_the_lock_when_its_holder_lets_go(tmp_path):
+    """Expiry waits for another job's expiry instead of skipping its own sites."""
+    path = tmp_path / ".expire.lock"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child holds the lock until the parent closes the pipe
+        os.close(w)
+        JobLock(path).acquire(T)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    waiter = JobLock(path)
+    while JobLock(path).held() is None:  # the child has taken it
+        os.sched_yield()
+    assert not waiter.acquire(T, wait=0)                     # no wait: refused at once
+    got = []
+    t = threading.Thread(target=lambda: got.append(waiter.acquire(T, wait=120)))
+    t.start()
+    os.close(w)                                              # the holder exits, releasing it
+    t.join()
+    os.waitpid(pid, 0)
+    assert got == [True] and waiter.held()["pid"] == os.getpid()
+    waiter.release()
 
 
 def test_lock_of_a_killed_holder_is_free_and_reported_stale(tmp_path):
