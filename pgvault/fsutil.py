@@ -19,9 +19,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o600, sync: bool = True,
-                 mkdir: bool = False) -> None:
+                 mkdir: bool = False, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` all at once: a temp file beside it, written in full,
-    (fsynced), renamed over it, (directory fsynced). A crash leaves the old file or the new one."""
+    (fsynced), renamed over it, (directory fsynced). A crash leaves the old file or the new one.
+    ``sync_dir=False`` leaves the directory's fsync to a caller writing several files there."""
     path = Path(path)
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -39,5 +40,5 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o600, syn
         raise
     os.close(fd)
     os.replace(tmp, path)
-    if sync:
+    if sync and sync_dir:
         fsync_dir(path.parent)

@@ -43,14 +43,23 @@ def wal_fetch(ctx, name, dest, from_site):
 
 
 @click.command("wal-ship")
+@click.option("--follow", is_flag=True,
+              help="keep shipping as wal-push spools files, until nothing was owed for a while "
+                   "(what wal-push starts in the background when wal.sync_sites is not 'all')")
 @click.pass_context
-def wal_ship(ctx):
+def wal_ship(ctx, follow):
     """Deliver the spooled backlog to every site that is reachable now (for cron/tick)."""
-    from ..wal.push import Archiver
+    from ..wal.push import SHIP_WORKERS, Archiver
 
     arch = Archiver(load(ctx))
+    if follow:
+        delivered = arch.follow()
+        arch.close()
+        for site, n in sorted(delivered.items()):
+            click.echo(f"{site}: delivered {n} file(s)")
+        return 0
     arch._prepare_clients()
-    delivered = arch.drain()
+    delivered = arch.drain(workers=SHIP_WORKERS)
     arch.close()
     for site in arch.spool.sites_with_backlog():
         click.echo(f"{site}: {len(arch.spool.backlog(site))} file(s) still spooled"

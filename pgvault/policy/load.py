@@ -80,6 +80,10 @@ def _semantic_problems(raw: dict) -> list[tuple[str, str, str | None]]:
     wal = raw.get("wal")
     if isinstance(wal, dict):
         refs("wal.sites", wal.get("sites"))
+        n, wsites = wal.get("sync_sites"), wal.get("sites")
+        if isinstance(n, int) and not isinstance(n, bool) and isinstance(wsites, list) and not 1 <= n <= len(wsites):
+            out.append(("wal.sync_sites", f"must be between 1 and the number of wal.sites ({len(wsites)})",
+                        "'all' (the default) waits for every site; 1 waits for the first site that is up"))
     jobs = raw.get("jobs") if isinstance(raw.get("jobs"), dict) else {}
     for jname, job in jobs.items():
         if not isinstance(job, dict):

@@ -134,6 +134,9 @@ class Wal(Strict):
     sites: list[str] = Field(default_factory=list, description="sites that receive every WAL segment")
     spool_dir: str | None = Field(None, description="local spool where wal-push makes a segment durable before shipping")
     compression: Literal["none", "gzip", "bzip2", "zstd"] = Field("gzip", description="WAL compression at the sites (Barman cloud layout)")
+    sync_sites: int | Literal["all"] = Field("all", description="sites wal-push writes a file to before it reports it archived: "
+                                             "'all', or N = the first N of wal.sites that are up; the others are owed it through the "
+                                             "spool and a background shipper (`wal-ship --follow`) delivers it within seconds")
     batch: int = Field(64, ge=1, le=256, description="files one wal-push ships at most: the one asked for plus others already waiting in pg_wal/archive_status (1 = one at a time)")
     retry_interval: timedelta = Field(timedelta(seconds=30), description="how long wal-push spools for a failed site before trying it again")
     slow_site_grace: timedelta = Field(timedelta(seconds=10), description="once one site has a wal-push batch, how long the others get before the rest is spooled for them")

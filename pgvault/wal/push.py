@@ -26,6 +26,9 @@ from .workers import DaemonPool
 log = logging.getLogger("pgvault.wal")
 
 DRAIN_PER_PUSH = 64
+SHIPPER_IDLE = 30.0  # seconds the background shipper waits for more work before it exits
+SHIP_WORKERS = 4     # requests in flight per site while shipping a backlog
+SHIPPER_NICE = 10    # the background shipper's CPU priority, relative to wal-push
 
 
 @dataclass
@@ -89,6 +92,8 @@ class Archiver:
         self._identity: dict | None = None
         self._failed: dict[str, str] = {}
         self._pools: dict[str, DaemonPool] = {}
+        self._bind: tuple | None = None
+        self._refused: dict[str, set] = {}  # site -> spooled files it refused (a conflict)
 
     # -- identity: the system identifier every pushed file must carry
     def identity(self) -> dict:
@@ -131,14 +136,17 @@ class Archiver:
             except OSError as exc:  # a cache: losing it costs a read of cluster.json, nothing more
                 log.debug("cannot save the identity cache: %s", exc)
 
-    def ensure_bound(self, site, sysid: str, pg_major: int, segsize: int) -> None:
-        """Bind the cluster at a site on first use, or check the binding (once, then cached)."""
+    def ensure_bound(self, site, bind) -> None:
+        """Bind the cluster at a site on first use, or check the binding (once, then cached).
+        ``bind`` is (sysid, pg_major, segsize), or a callable returning it (computed only when
+        the site is not known to be bound yet)."""
         key = site.describe()
         if key in self.identity().get("bound", []):
             return
         from ..catalog.catalog import Catalog
 
-        Catalog(site, self.cluster).bind(sysid, pg_major, segsize)
+        sysid, major, segsize = bind() if callable(bind) else bind
+        Catalog(site, self.cluster).bind(sysid, major, segsize)
         self._remember(bound=key)
 
     # -- reading and checking one file
@@ -173,7 +181,7 @@ class Archiver:
     # -- one site
     def ship(self, site, item: Item, bind: tuple) -> str:
         """Put ``item`` at ``site`` unless an identical copy is there; refuse a different one."""
-        self.ensure_bound(site, *bind)
+        self.ensure_bound(site, bind)
         existing = stored_variants(site, self.cluster, item.name)
         if existing:
             from ..sites.base import get_bytes
@@ -255,7 +263,10 @@ class Archiver:
         if resting == set(self.sites):
             resting = set()  # every site is down: trying costs nothing, waiting helps no one
         self._failed = {s: "resting after a failure" for s in resting}
-        self._prepare_clients()
+        n_sync = self.sync_count()
+        # only the sites this push writes to (with sync_sites < all, the first N that are up)
+        self._prepare_clients(None if n_sync >= len(self.sites) else
+                              [s for s in self.sites if s not in self._failed][:n_sync])
 
         items: list[Item] = []
         with ThreadPoolExecutor(2, thread_name_prefix="wal-compress") as cpool:
@@ -276,16 +287,29 @@ class Archiver:
                 it.blob_future = cpool.submit(self._prepare, p, sysid)
                 items.append(it)
             bind = (sysid, pg_major(hdr0, pgdata), hdr0.segment_size if hdr0 else 16 << 20)
-            self._run(items, bind)
+            self._bind = bind
+            if n_sync >= len(self.sites):
+                self._run(items, bind)
+            else:
+                self._run_sync_sites(items, bind, n_sync)
         for it in items:
             if not it.stored_at and not it.error:
                 it.error = SiteError(
                     f"{it.name} was not archived: no site accepted it ({'; '.join(f'{s}: {m}' for s, m in sorted(self._failed.items()))})",
                     "PostgreSQL keeps the file and retries; check the sites with `pgvault check`")
-            if it.error is None and it.spool_for:
-                self.spool.enqueue(it.stored, it.data(), sorted(it.spool_for))
+            if it.error is None and it.stored_at:
+                # every site not holding it now is owed it (async sites were not even tried)
+                it.spool_for |= set(self.sites) - it.stored_at
+        owed = [it for it in items if it.error is None and it.spool_for]
+        if owed:
+            self.spool.enqueue_many([(it.stored, it.data(), sorted(it.spool_for), self._local_copy(it))
+                                     for it in owed])
         self._update_breakers(now)
-        drained = self.drain(bind, limit=DRAIN_PER_PUSH, budget=self.policy.wal.slow_site_grace.total_seconds())
+        if n_sync < len(self.sites):
+            drained = {}
+            self.kick_shipper()
+        else:
+            drained = self.drain(bind, limit=DRAIN_PER_PUSH, budget=self.policy.wal.slow_site_grace.total_seconds())
         for it in items[1:]:
             if it.error is None:
                 mark_done(path.parent, it.name)
@@ -296,20 +320,51 @@ class Archiver:
                  time.time() - now, sum(1 for i in items if i.spool_for), sum(drained.values()))
         return PushResult(items, drained)
 
-    def _prepare_clients(self) -> None:
+    def _prepare_clients(self, sites: list[str] | None = None) -> None:
         # boto3 client creation is not thread-safe: build each S3 client here, once.
         for name, site in self.sites.items():
-            if name not in self._failed and hasattr(site, "client"):
+            if (sites is None or name in sites) and name not in self._failed and hasattr(site, "client"):
                 site.client  # noqa: B018
 
-    def _run(self, items: list[Item], bind: tuple) -> None:
-        """Ship every item to every site. Once one site has the whole batch, the others get
-        ``wal.slow_site_grace`` (or as long again as that site took, if longer); what a site
-        has not confirmed by then is spooled for it, and the site rests like a failed one."""
+    def _local_copy(self, it: Item):
+        """The committed file of ``it`` at a local site that stored it (for the spool to link)."""
+        key = layout.wal_key(self.cluster, it.name, self.suffix)
+        for sname in self.sites:
+            site = self.sites[sname]
+            if sname in it.stored_at and hasattr(site, "local_path"):
+                return site.local_path(key)
+        return None
+
+    def sync_count(self) -> int:
+        """How many sites wal-push writes to before it returns (wal.sync_sites)."""
+        n = self.policy.wal.sync_sites
+        return len(self.sites) if n == "all" else max(1, min(int(n), len(self.sites)))
+
+    def _run_sync_sites(self, items: list[Item], bind: tuple, n_sync: int) -> None:
+        """wal.sync_sites = N: write to the first N sites that are up, in wal.sites order; if one
+        of them fails, the next sites stand in for the files it missed. Whatever a site does not
+        hold is spooled for it by the caller and delivered by the background shipper."""
+        order = [s for s in self.sites if s not in self._failed]
+        first, rest = order[:n_sync], order[n_sync:]
+        self._run(items, bind, first)
+        short = [it for it in items if it.error is None and len(it.stored_at) < n_sync]
+        if short and rest:
+            log.warning("%d file(s) not confirmed by the first %d site(s); writing them to %s as well",
+                        len(short), n_sync, ", ".join(rest))
+            self._prepare_clients(rest)
+            self._run(short, bind, rest)
+
+    def _run(self, items: list[Item], bind: tuple, sites: list[str] | None = None) -> None:
+        """Ship every item to every site (of ``sites``). Once one site has the whole batch, the
+        others get ``wal.slow_site_grace`` (or as long again as that site took, if longer); what
+        a site has not confirmed by then is spooled for it, and the site rests like a failed one."""
         from concurrent.futures import FIRST_COMPLETED, wait
 
         grace = self.policy.wal.slow_site_grace.total_seconds()
-        by_site = {s: [(it, self._pool(s).submit(self._site_task, s, it, bind)) for it in items] for s in self.sites}
+        sites = list(self.sites) if sites is None else sites
+        if not sites:
+            return
+        by_site = {s: [(it, self._pool(s).submit(self._site_task, s, it, bind)) for it in items] for s in sites}
         pending = {f for fs in by_site.values() for _it, f in fs}
         t0 = time.monotonic()
         deadline = None
@@ -348,44 +403,130 @@ class Archiver:
             elif self.spool.site_state(s):
                 self.spool.mark_up(s)
 
-    def drain(self, bind: tuple | None = None, *, limit: int | None = None, budget: float | None = None) -> dict[str, int]:
+    def drain(self, bind: tuple | None = None, *, limit: int | None = None, budget: float | None = None,
+              workers: int = 1) -> dict[str, int]:
         """Ship spooled backlog to the sites that are up, for at most ``budget`` seconds (all
-        sites in parallel); returns the files delivered per site."""
+        sites in parallel, ``workers`` requests at a time per site); returns the files
+        delivered per site."""
         from concurrent.futures import wait
 
         todo = [s for s in self.spool.sites_with_backlog() if s in self.sites and s not in self._failed]
         if not todo:
             return {}
         stop = None if budget is None else time.monotonic() + budget
-        futures = {s: self._pool(s).submit(self._drain_site, s, bind, limit, stop) for s in todo}
+        futures = {s: self._pool(s).submit(self._drain_site, s, bind, limit, stop, workers) for s in todo}
         wait(futures.values(), timeout=budget)
         return {s: f.result() for s, f in futures.items() if f.done() and not f.exception() and f.result()}
 
-    def _drain_site(self, sname: str, bind: tuple | None, limit: int | None, stop: float | None) -> int:
-        n = 0
-        for stored in self.spool.backlog(sname)[:limit]:
-            if stop is not None and time.monotonic() > stop:
-                break
-            data = self.spool.read(stored)
-            if data is None:  # delivered by a concurrent drain
-                self.spool.delivered(sname, stored)
-                continue
-            it = Item(names.split_stored(stored)[0], stored, blob=data)
-            self._ship_or_spool(sname, it, bind or self._bind_from_blob(it))
-            if it.error:
-                log.error("%s", it.error.message)  # kept in the spool; wal-status shows it
-                continue
-            if sname in self._failed:
-                self.spool.mark_down(sname, self._failed[sname], self.retry)
-                break
+    def _drain_site(self, sname: str, bind: tuple | None, limit: int | None, stop: float | None,
+                    workers: int = 1) -> int:
+        backlog = self.spool.backlog(sname)[:limit]
+        if workers <= 1 or len(backlog) <= 1:
+            return sum(self._deliver(sname, stored, bind, stop) for stored in backlog)
+        with ThreadPoolExecutor(workers, thread_name_prefix=f"ship-{sname}") as pool:
+            return sum(pool.map(lambda stored: self._deliver(sname, stored, bind, stop), backlog))
+
+    def _deliver(self, sname: str, stored: str, bind: tuple | None, stop: float | None) -> int:
+        """Ship one spooled file to one site; 1 if delivered."""
+        if sname in self._failed or (stop is not None and time.monotonic() > stop) \
+                or stored in self._refused.get(sname, ()):
+            return 0
+        data = self.spool.read(stored)
+        if data is None:  # delivered by a concurrent drain
             self.spool.delivered(sname, stored)
-            n += 1
-        return n
+            return 0
+        it = Item(names.split_stored(stored)[0], stored, blob=data)
+        self._ship_or_spool(sname, it, bind or (lambda: self._bind_from_blob(it)))
+        if it.error:
+            log.error("%s", it.error.message)  # kept in the spool; wal-status shows it
+            with self._lock:
+                self._refused.setdefault(sname, set()).add(stored)  # not retried by this process
+            return 0
+        if sname in self._failed:
+            self.spool.mark_down(sname, self._failed[sname], self.retry)
+            return 0
+        self.spool.delivered(sname, stored)
+        return 1
 
     def _bind_from_blob(self, it: Item) -> tuple:
+        if self._bind is not None:
+            return self._bind
         sysid = self.expected_sysid()
         hdr = None
         if names.has_header(it.name):
             hdr = names.parse_header(it.content(names.split_stored(it.stored)[1]))
             sysid = sysid or str(hdr.system_identifier)
-        return (sysid, pg_major(hdr, None), hdr.segment_size if hdr else 16 << 20)
+        bind = (sysid, pg_major(hdr, None), hdr.segment_size if hdr else 16 << 20)
+        if hdr is not None:
+            self._bind = bind
+        return bind
+
+    # -- the background shipper (wal.sync_sites < all)
+    def shipper_lock(self):
+        from ..state import JobLock
+
+        return JobLock(self.spool.root / "shipper.lock")
+
+    def kick_shipper(self) -> bool:
+        """Start ``pgvault wal-ship --follow`` detached unless one runs (or nothing is owed)."""
+        import subprocess
+        import sys
+
+        if not self.spool.sites_with_backlog() or self.shipper_lock().held() is not None:
+            return False
+        src = getattr(self.policy, "_source", None)
+        if src is None:  # an in-memory policy (a library caller): nothing to hand a process
+            log.warning("WAL is spooled for other sites, but no policy file to start a shipper with; "
+                        "run `pgvault wal-ship`")
+            return False
+        self.spool.ensure()
+        with open(self.spool.root / "shipper.log", "ab") as out:
+            os.chmod(out.name, 0o600)
+            subprocess.Popen([sys.executable, "-m", "pgvault", "--policy", str(src), "wal-ship", "--follow"],
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                             close_fds=True, cwd="/")
+        return True
+
+    def follow(self, *, idle: float = SHIPPER_IDLE, workers: int = SHIP_WORKERS,
+               poll: float = 0.1) -> dict[str, int]:
+        """Ship the backlog as it is spooled, until nothing could be shipped for ``idle``
+        seconds; one shipper per spool (flock). Returns the files delivered per site."""
+        from datetime import datetime, timezone
+
+        total: dict[str, int] = {}
+        try:
+            # The shipper is background work on the database host: PostgreSQL and the archiver
+            # (wal-push) come first.
+            os.nice(SHIPPER_NICE)
+        except OSError:
+            pass
+        while True:
+            lock = self.shipper_lock()
+            if not lock.acquire(datetime.now(timezone.utc)):
+                return total  # another shipper has it
+            try:
+                quiet_since = time.monotonic()
+                while time.monotonic() - quiet_since < idle:
+                    now = time.time()
+                    self._failed = {s: "resting after a failure" for s in self.sites if self.spool.is_resting(s, now)}
+                    self._prepare_clients()
+                    got = self.drain(workers=workers)
+                    self._update_breakers(now)
+                    for s, n in got.items():
+                        total[s] = total.get(s, 0) + n
+                    if got:
+                        quiet_since = time.monotonic()
+                    else:
+                        time.sleep(poll)  # nothing shipped: wait for wal-push (or a site's retry time)
+            finally:
+                lock.release()
+            # A push may have spooled a file after our last look but before the release, and
+            # seen the lock still held: look once more, now that the lock is free.
+            if not self._shippable():
+                return total
+
+    def _shippable(self) -> bool:
+        """Is anything owed to a site that is up, other than files this process failed to ship?"""
+        now = time.time()
+        return any(set(self.spool.backlog(s)) - self._refused.get(s, set())
+                   for s in self.spool.sites_with_backlog() if s in self.sites and not self.spool.is_resting(s, now))

@@ -36,16 +36,48 @@ class Spool:
     # -- backlog
     def enqueue(self, stored: str, data: bytes, sites: list[str]) -> None:
         """Make ``stored`` durable here for ``sites``: bytes fsynced first, then the markers."""
+        self.enqueue_many([(stored, data, sites, None)])
+
+    def enqueue_many(self, entries: list[tuple[str, bytes, list[str], "Path | None"]]) -> None:
+        """Like ``enqueue`` for a whole batch, with one fsync per directory instead of one per
+        file. Each entry is (stored, data, sites, same_bytes_at): when ``same_bytes_at`` is a
+        file already durable on this filesystem holding exactly ``data`` (the copy a local
+        site just committed), the spool hard-links it instead of writing the bytes again."""
+        from ..fsutil import TMP_PREFIX
+
         self.ensure()
-        path = self.files / stored
-        if not path.exists() or path.stat().st_size != len(data):
-            _write_atomic(path, data)
-        for site in sites:
-            d = self.pending_dir / site
-            d.mkdir(mode=0o700, exist_ok=True)
-            fd = os.open(d / stored, os.O_WRONLY | os.O_CREAT, 0o600)
-            os.close(fd)
+        for stored, data, _sites, src in entries:
+            path = self.files / stored
+            try:
+                if path.stat().st_size == len(data):
+                    continue
+            except FileNotFoundError:
+                pass
+            if src is not None:
+                tmp = self.files / f"{TMP_PREFIX}{stored}.{os.getpid()}"
+                try:
+                    tmp.unlink(missing_ok=True)
+                    os.link(src, tmp)
+                    if tmp.stat().st_size == len(data):
+                        os.replace(tmp, path)
+                        continue
+                    tmp.unlink()
+                except OSError:  # another filesystem, not ours to link, gone: write the bytes
+                    tmp.unlink(missing_ok=True)
+            _write_atomic(path, data, sync_dir=False)
+        _fsync_dir(self.files)
+        dirs = set()
+        for stored, _data, sites, _src in entries:
+            for site in sites:
+                d = self.pending_dir / site
+                if d not in dirs:
+                    d.mkdir(mode=0o700, exist_ok=True)
+                    dirs.add(d)
+                os.close(os.open(d / stored, os.O_WRONLY | os.O_CREAT, 0o600))
+        for d in dirs:
             _fsync_dir(d)
+        if dirs:
+            _fsync_dir(self.pending_dir)
 
     def backlog(self, site: str) -> list[str]:
         """Stored names owed to ``site``, in archive order (history files first)."""

@@ -191,3 +191,41 @@ def test_dead_site_does_not_stall_others_and_gets_its_backlog(walworld):
     status = json.loads(w.cli("wal-status", "--json").stdout)["sites"]["us"]
     assert (status["spooled"], status["gaps"], status["lag_segments"]) == (0, [], 0)
     assert not list((w.state / "wal-spool" / "files").iterdir())
+
+
+def test_sync_sites_one_background_shipper_delivers_and_a_dead_first_site_is_stood_in_for(walworld):
+    """wal.sync_sites: 1 — wal-push writes to the first site that is up and returns; a detached
+    `wal-ship --follow` delivers to the others. With the first site dead, the next stands in."""
+    w = walworld
+    w.policy(wal={"sites": ["us", "a", "eu"], "sync_sites": 1, "retry_interval": "1s"}, state_dir=str(w.state))
+    spool = w.state / "wal-spool"
+    switch(w.pg, 3)
+    last = current_segment(w.pg)
+    expected = {names.segment_name(1, n) for n in range(1, names.parse_segment(last)[1])}
+    for site in ("us", "a", "eu"):
+        sandbox.wait_until(lambda: expected <= listed(w, site), 90, f"segments at {site}")
+    sandbox.wait_until(lambda: not list((spool / "files").iterdir()), 60, "the shipper emptied the spool")
+    log = spool / "shipper.log"
+    assert log.exists() and log.stat().st_mode & 0o077 == 0
+
+    w.us_moto.pause()   # the first sync site dies: site a stands in, eu and us are owed it
+    try:
+        switch(w.pg, 3)
+        last = current_segment(w.pg)
+        expected = {names.segment_name(1, n) for n in range(1, names.parse_segment(last)[1])}
+        for site in ("a", "eu"):
+            sandbox.wait_until(lambda: expected <= listed(w, site), 120, f"segments at {site} during the outage")
+        sandbox.wait_until(lambda: no_ready(w.pg), 60, "pg_wal drained during the outage")
+        status = json.loads(w.cli("wal-status", "--json").stdout)["sites"]
+        assert status["us"]["spooled"] >= 1 and status["eu"]["spooled"] == 0
+    finally:
+        w.us_moto.resume()
+    # WAL keeps flowing; the shipper the next push starts (or the one still running, after
+    # retry_interval) delivers the backlog to the returning site with nothing run by hand.
+    switch(w.pg, 1)
+    last = current_segment(w.pg)
+    expected = {names.segment_name(1, n) for n in range(1, names.parse_segment(last)[1])}
+    sandbox.wait_until(lambda: expected <= listed(w, "us"), 120, "backlog delivered to us")
+    sandbox.wait_until(lambda: not list((spool / "files").iterdir()), 60, "spool empty")
+    status = json.loads(w.cli("wal-status", "--json").stdout)["sites"]["us"]
+    assert (status["spooled"], status["gaps"]) == (0, [])
