@@ -97,9 +97,14 @@ def main() -> int:
     ap.add_argument("--moto-nice", type=int, default=0,
                     help="run moto_server at this nice level: S3 is another machine in production, here "
                          "it competes with the archiver for the same 2 cores")
+    ap.add_argument("--moto-disk", action="store_true",
+                    help="let moto_server spill objects over 5 MB to this machine's disk (its default); by default "
+                         "the bench keeps them in memory, as S3 is another machine's disk in production")
     ap.add_argument("--rounds", type=int, default=1, help="run the contenders this many times, interleaved")
     args = ap.parse_args()
 
+    if not args.moto_disk:
+        os.environ["MOTO_S3_DEFAULT_KEY_BUFFER_SIZE"] = str(1 << 30)
     moto = sandbox.Moto().start()
     if args.moto_nice:
         os.setpriority(os.PRIO_PROCESS, moto.proc.pid, args.moto_nice)

@@ -134,7 +134,7 @@ class Wal(Strict):
     sites: list[str] = Field(default_factory=list, description="sites that receive every WAL segment")
     spool_dir: str | None = Field(None, description="local spool where wal-push makes a segment durable before shipping")
     compression: Literal["none", "gzip", "bzip2", "zstd"] = Field("gzip", description="WAL compression at the sites (Barman cloud layout)")
-    sync_sites: int | Literal["all"] = Field("all", description="sites wal-push writes a file to before it reports it archived: "
+    sync_sites: Union[int, Literal["all"]] = Field("all", description="sites wal-push writes a file to before it reports it archived: "
                                              "'all', or N = the first N of wal.sites that are up; the others are owed it through the "
                                              "spool and a background shipper (`wal-ship --follow`) delivers it within seconds")
     batch: int = Field(64, ge=1, le=256, description="files one wal-push ships at most: the one asked for plus others already waiting in pg_wal/archive_status (1 = one at a time)")
@@ -143,6 +143,13 @@ class Wal(Strict):
     prefetch: int = Field(8, ge=0, le=64, description="segments wal-fetch downloads ahead, in parallel, during recovery (0 = none)")
 
     _r = field_validator("retry_interval", "slow_site_grace", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("sync_sites", mode="before")
+    @classmethod
+    def _sync_sites(cls, v):
+        if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("must be 'all' or a number of sites (1 or more)")
 
 
 class Objectives(Strict):

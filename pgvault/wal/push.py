@@ -179,10 +179,16 @@ class Archiver:
         return raw, hdr
 
     # -- one site
-    def ship(self, site, item: Item, bind: tuple) -> str:
-        """Put ``item`` at ``site`` unless an identical copy is there; refuse a different one."""
+    def ship(self, site, item: Item, bind: tuple, listing: set | None = None) -> str:
+        """Put ``item`` at ``site`` unless an identical copy is there; refuse a different one.
+        ``listing``: the keys of the file's directory at the site, listed once for a whole
+        backlog (saves a LIST request per file at an S3 site)."""
         self.ensure_bound(site, bind)
-        existing = stored_variants(site, self.cluster, item.name)
+        if listing is not None:
+            existing = [k for k in (layout.wal_key(self.cluster, item.name, x) for x in names.SUFFIXES.values())
+                        if k in listing]
+        else:
+            existing = stored_variants(site, self.cluster, item.name)
         if existing:
             from ..sites.base import get_bytes
 
@@ -218,7 +224,7 @@ class Archiver:
                 if len(item.done_sites) == len(self.sites) and not item.spool_for:
                     item.blob = item.blob_future = None  # every site has it: free the memory
 
-    def _ship_or_spool(self, sname: str, item: Item, bind: tuple) -> None:
+    def _ship_or_spool(self, sname: str, item: Item, bind: tuple, listing: set | None = None) -> None:
         try:
             item.data()
         except PgvaultError as exc:  # a batch member that failed its checks: not shipped anywhere
@@ -230,7 +236,7 @@ class Archiver:
                 item.spool_for.add(sname)
             return
         try:
-            self.ship(self.sites[sname], item, bind)
+            self.ship(self.sites[sname], item, bind, listing)
             with self._lock:
                 item.stored_at.add(sname)
         except (WalConflict, ClusterMismatch) as exc:
@@ -347,12 +353,16 @@ class Archiver:
         order = [s for s in self.sites if s not in self._failed]
         first, rest = order[:n_sync], order[n_sync:]
         self._run(items, bind, first)
-        short = [it for it in items if it.error is None and len(it.stored_at) < n_sync]
-        if short and rest:
-            log.warning("%d file(s) not confirmed by the first %d site(s); writing them to %s as well",
-                        len(short), n_sync, ", ".join(rest))
-            self._prepare_clients(rest)
-            self._run(short, bind, rest)
+        while rest:
+            short = [it for it in items if it.error is None and len(it.stored_at) < n_sync]
+            if not short:
+                break
+            need = n_sync - min(len(it.stored_at) for it in short)
+            group, rest = rest[:need], rest[need:]
+            log.warning("%d file(s) not confirmed by %d site(s); writing them to %s as well",
+                        len(short), n_sync, ", ".join(group))
+            self._prepare_clients(group)
+            self._run(short, bind, group)
 
     def _run(self, items: list[Item], bind: tuple, sites: list[str] | None = None) -> None:
         """Ship every item to every site (of ``sites``). Once one site has the whole batch, the
@@ -421,12 +431,34 @@ class Archiver:
     def _drain_site(self, sname: str, bind: tuple | None, limit: int | None, stop: float | None,
                     workers: int = 1) -> int:
         backlog = self.spool.backlog(sname)[:limit]
-        if workers <= 1 or len(backlog) <= 1:
-            return sum(self._deliver(sname, stored, bind, stop) for stored in backlog)
-        with ThreadPoolExecutor(workers, thread_name_prefix=f"ship-{sname}") as pool:
-            return sum(pool.map(lambda stored: self._deliver(sname, stored, bind, stop), backlog))
+        listing = None
+        site = self.sites[sname]
+        if len(backlog) > 1 and not hasattr(site, "local_path"):
+            # One LIST per WAL directory instead of one per file (a directory holds at most
+            # 256 segments). A file written there after this listing by another pusher would
+            # be overwritten, not compared: see "Limits" in docs/wal-archiving.md.
+            # History files sit at the top of wals/ (no hash directory): they look for themselves.
+            top = layout.wal_prefix(self.cluster)
+            dirs = {d for d in (self._wal_dir(n) for n in backlog) if d != top}
+            try:
+                listing = {"dirs": dirs, "keys": {o.key for d in sorted(dirs) for o in site.list(d)}}
+            except (SiteError, OSError):
+                listing = None  # each file then finds out for itself (and fails the site)
 
-    def _deliver(self, sname: str, stored: str, bind: tuple | None, stop: float | None) -> int:
+        def one(stored: str) -> int:
+            known = listing["keys"] if listing and self._wal_dir(stored) in listing["dirs"] else None
+            return self._deliver(sname, stored, bind, stop, known)
+
+        if workers <= 1 or len(backlog) <= 1:
+            return sum(one(stored) for stored in backlog)
+        with ThreadPoolExecutor(workers, thread_name_prefix=f"ship-{sname}") as pool:
+            return sum(pool.map(one, backlog))
+
+    def _wal_dir(self, stored: str) -> str:
+        return layout.wal_key(self.cluster, names.split_stored(stored)[0]).rsplit("/", 1)[0] + "/"
+
+    def _deliver(self, sname: str, stored: str, bind: tuple | None, stop: float | None,
+                 listing: set | None = None) -> int:
         """Ship one spooled file to one site; 1 if delivered."""
         if sname in self._failed or (stop is not None and time.monotonic() > stop) \
                 or stored in self._refused.get(sname, ()):
@@ -436,7 +468,7 @@ class Archiver:
             self.spool.delivered(sname, stored)
             return 0
         it = Item(names.split_stored(stored)[0], stored, blob=data)
-        self._ship_or_spool(sname, it, bind or (lambda: self._bind_from_blob(it)))
+        self._ship_or_spool(sname, it, bind or (lambda: self._bind_from_blob(it)), listing)
         if it.error:
             log.error("%s", it.error.message)  # kept in the spool; wal-status shows it
             with self._lock:

@@ -42,6 +42,10 @@ CASES = [
      [("jobs.n.sites", "needs at least one site")]),
     ("wal: {sites: [local, mars]}",
      [("wal.sites[1]", "site 'mars' does not exist")]),
+    ("wal: {sites: [local], sync_sites: 2}",
+     [("wal.sync_sites", "between 1 and the number of wal.sites (1)")]),
+    ("wal: {sites: [local], sync_sites: some}",
+     [("wal.sync_sites", "must be 'all' or a number of sites")]),
     ("objectives: {rpo: -5m}",
      [("objectives.rpo", "cannot be negative")]),
 ]

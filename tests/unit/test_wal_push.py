@@ -129,6 +129,38 @@ def test_dead_site_spools_then_receives_backlog(tmp_path, pg_wal):
     assert (st["spooled"], st["gaps"], st["lag_segments"], st["failing"]) == (0, [], 0, None)
 
 
+def test_sync_sites_one_spools_by_hard_link_and_the_shipper_delivers(tmp_path, pg_wal):
+    a, b = tmp_path / "a", tmp_path / "b"
+    pol = make_policy(tmp_path, {"a": a, "b": b}, sync_sites=1, batch=3)
+    files = [put_wal(pg_wal, n) for n in (1, 2, 3)]
+    r = Archiver(pol).push(files[0])
+    assert all(i.error is None and i.stored_at == {"a"} and i.spool_for == {"b"} for i in r.items)
+    assert not (b / "clusters").exists()                    # b was not written to by wal-push
+    spool = tmp_path / "state" / "wal-spool"
+    for n in (1, 2, 3):
+        at_a, spooled = stored(a, n).stat(), (spool / "files" / stored(a, n).name).stat()
+        assert (spooled.st_ino, spooled.st_nlink) == (at_a.st_ino, 2)   # the same bytes, not a copy
+    assert sorted(os.listdir(spool / "pending" / "b")) == sorted(stored(a, n).name for n in (1, 2, 3))
+
+    # The shipper (here in-process; wal-push starts it detached when the policy is a file).
+    assert Archiver(pol).follow(idle=0.2) == {"b": 3}
+    for n in (1, 2, 3):
+        assert codec.decompress(stored(b, n).read_bytes(), "gzip") == segment(n)
+        assert stored(a, n).stat().st_nlink == 1                       # the spool let go of it
+    assert os.listdir(spool / "files") == [] and os.listdir(spool / "pending" / "b") == []
+
+
+def test_sync_sites_one_dead_first_site_next_stands_in(tmp_path, pg_wal):
+    a, b, c = tmp_path / "gone" / "a", tmp_path / "b", tmp_path / "c"
+    pol = make_policy(tmp_path, {"a": a, "b": b, "c": c}, sync_sites=1)
+    r = Archiver(pol).push(put_wal(pg_wal, 1, ready=False))
+    it = r.requested
+    assert (it.error, it.stored_at, it.spool_for) == (None, {"b"}, {"a", "c"})   # b stands in for a
+    assert stored(b, 1).exists() and not stored(c, 1).exists()
+    st = archive_status(pol)["sites"]
+    assert st["a"]["spooled"] == 1 and "does not exist" in st["a"]["failing"]
+
+
 def test_no_site_accepts_then_nothing_is_marked_or_spooled(tmp_path, pg_wal):
     pol = make_policy(tmp_path, {"a": tmp_path / "gone" / "a"}, batch=4)
     files = [put_wal(pg_wal, n) for n in (1, 2)]
