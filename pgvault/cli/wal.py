@@ -53,10 +53,12 @@ def wal_ship(ctx, follow):
 
     arch = Archiver(load(ctx))
     if follow:
+        import logging
+
         delivered = arch.follow()
         arch.close()
-        for site, n in sorted(delivered.items()):
-            click.echo(f"{site}: delivered {n} file(s)")
+        logging.getLogger("pgvault.wal").info(
+            "shipper exits: %s", ", ".join(f"{s} {n}" for s, n in sorted(delivered.items())) or "nothing delivered")
         return 0
     arch._prepare_clients()
     delivered = arch.drain(workers=SHIP_WORKERS)

@@ -29,6 +29,7 @@ DRAIN_PER_PUSH = 64
 SHIPPER_IDLE = 30.0  # seconds the background shipper waits for more work before it exits
 SHIP_WORKERS = 4     # requests in flight per site while shipping a backlog
 SHIPPER_NICE = 10    # the background shipper's CPU priority, relative to wal-push
+SHIPPER_LOG_MAX = 10 << 20  # <spool>/shipper.log is rotated (one old copy) beyond this size
 
 
 @dataclass
@@ -512,9 +513,16 @@ class Archiver:
                         "run `pgvault wal-ship`")
             return False
         self.spool.ensure()
-        with open(self.spool.root / "shipper.log", "ab") as out:
+        logf = self.spool.root / "shipper.log"
+        try:
+            if logf.stat().st_size > SHIPPER_LOG_MAX:
+                os.replace(logf, logf.with_name("shipper.log.1"))  # keep one previous log
+        except FileNotFoundError:
+            pass
+        with open(logf, "ab") as out:
             os.chmod(out.name, 0o600)
-            subprocess.Popen([sys.executable, "-m", "pgvault", "--policy", str(src), "wal-ship", "--follow"],
+            subprocess.Popen([sys.executable, "-m", "pgvault", "--log-format", "json", "-v", "--policy", str(src),
+                              "wal-ship", "--follow"],
                              stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
                              close_fds=True, cwd="/")
         return True
@@ -546,6 +554,7 @@ class Archiver:
                     self._update_breakers(now)
                     for s, n in got.items():
                         total[s] = total.get(s, 0) + n
+                        log.info("shipped %d file(s) to %s; %d still owed there", n, s, len(self.spool.backlog(s)))
                     if got:
                         quiet_since = time.monotonic()
                     else:

@@ -207,6 +207,8 @@ def test_sync_sites_one_background_shipper_delivers_and_a_dead_first_site_is_sto
     sandbox.wait_until(lambda: not list((spool / "files").iterdir()), 60, "the shipper emptied the spool")
     log = spool / "shipper.log"
     assert log.exists() and log.stat().st_mode & 0o077 == 0
+    sandbox.wait_until(lambda: any(json.loads(line).get("message", "").startswith("shipped ")
+                                   for line in log.read_text().splitlines() if line.startswith("{")), 30, "shipper log")
 
     w.us_moto.pause()   # the first sync site dies: site a stands in, eu and us are owed it
     try:
