@@ -4,6 +4,7 @@ never write manifests."""
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -83,6 +84,10 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
         backup_id = layout.new_backup_id(now, taken)
         started = datetime.now(timezone.utc)
         session = BackupSession(catalogs, backup_id)
+        # The relation record (catalog reads and one small object per site) is taken while the
+        # method runs, off the critical path; it is complete before run_backup returns.
+        relations = threading.Thread(target=_record_relations, args=(policy,), name="pgvault-relations", daemon=True)
+        relations.start()
         try:
             facts = module.backup(ctx, session) or {}
             tool_versions = facts.pop("tool_versions", {})
@@ -99,8 +104,9 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
         except BaseException:
             session.abort()
             raise
+        finally:
+            relations.join()
         failed.update({n: getattr(e, "message", str(e)) for n, e in session.failed.items()})
-        _record_relations(policy)
         return BackupResult(job_name, backup_id, manifest, session.committed, failed)
     finally:
         conn.close()
@@ -108,8 +114,8 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
 
 def _record_relations(policy) -> None:
     """Note which file each table lives in, so `pgvault find` can later recognise a TRUNCATE
-    or DROP of it in the WAL (the file changes with the damage). Best effort: a backup that
-    succeeded is never failed by this."""
+    or DROP of it in the WAL (the file changes with the damage). Taken while the backup runs
+    (a thread). Best effort: a backup is never failed by this."""
     from .restore.relations import record_relations
 
     try:

@@ -43,13 +43,13 @@ def databases(ctx: BackupContext) -> list[str]:
 
 def check(ctx: BackupContext) -> list[str]:
     problems = []
-    for t in ("pg_dump", "pg_dumpall"):
+    for t in ("pg_dump", "pg_dumpall") if ctx.job.globals else ("pg_dump",):
         try:
             path = ctx.tool(t)
         except Exception as exc:
             problems.append(getattr(exc, "message", str(exc)))
             continue
-        out = proc.output([path, "--version"])
+        out = pg.tool_version(path)
         major = int(out.split()[-1].split(".")[0])
         if major < ctx.server.major:
             problems.append(f"{t} {major} cannot dump a PostgreSQL {ctx.server.major} server "
@@ -153,7 +153,7 @@ def backup(ctx: BackupContext, session) -> dict:
     for db in dbs:
         log.info("dumping database %s", db)
         _dump_database(ctx, session, db, row_counts)
-    version = proc.output([ctx.tool("pg_dump"), "--version"]).strip()
+    version = pg.tool_version(ctx.tool("pg_dump"))
     return {
         "databases": dbs,
         "row_counts": row_counts,
