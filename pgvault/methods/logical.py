@@ -114,6 +114,9 @@ class _Counter(threading.Thread):
                 if not re.fullmatch(r"[0-9A-Fa-f-]+", self.snapshot):
                     raise ValueError(f"unexpected snapshot id {self.snapshot!r}")
                 cur.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot}'")
+                # One process per count: parallel workers finish no sooner while pg_dump keeps
+                # both cores busy, and cost ~50% more CPU (measured: 0.9 vs 0.6 s per 5M rows).
+                cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
                 for schema, table in _tables(self.conn):
                     q = '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
                     cur.execute(f"SELECT count(*) FROM {q}")
