@@ -83,11 +83,11 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
             taken.update(p.rstrip("/").rsplit("/", 1)[-1] for p in cat.debris() if p.endswith("/"))
         backup_id = layout.new_backup_id(now, taken)
         started = datetime.now(timezone.utc)
-        session = BackupSession(catalogs, backup_id)
         # The relation record (catalog reads and one small object per site) is taken while the
-        # method runs, off the critical path; it is complete before run_backup returns.
+        # method's first stream flows (started then, so it does not hold the GIL while the dump
+        # is being set up), off the critical path; it is complete before run_backup returns.
         relations = threading.Thread(target=_record_relations, args=(policy,), name="pgvault-relations", daemon=True)
-        relations.start()
+        session = BackupSession(catalogs, backup_id, on_first_stream=relations.start)
         try:
             facts = module.backup(ctx, session) or {}
             tool_versions = facts.pop("tool_versions", {})
@@ -105,7 +105,10 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
             session.abort()
             raise
         finally:
-            relations.join()
+            if relations.ident is not None:
+                relations.join()
+        if relations.ident is None:  # a method that streamed nothing
+            _record_relations(policy)
         failed.update({n: getattr(e, "message", str(e)) for n, e in session.failed.items()})
         return BackupResult(job_name, backup_id, manifest, session.committed, failed)
     finally:
