@@ -4,6 +4,7 @@ never write manifests."""
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -82,7 +83,11 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
             taken.update(p.rstrip("/").rsplit("/", 1)[-1] for p in cat.debris() if p.endswith("/"))
         backup_id = layout.new_backup_id(now, taken)
         started = datetime.now(timezone.utc)
-        session = BackupSession(catalogs, backup_id)
+        # The relation record (catalog reads and one small object per site) is taken while the
+        # method's first stream flows (started then, so it does not hold the GIL while the dump
+        # is being set up), off the critical path; it is complete before run_backup returns.
+        relations = threading.Thread(target=_record_relations, args=(policy,), name="pgvault-relations", daemon=True)
+        session = BackupSession(catalogs, backup_id, on_first_stream=relations.start)
         try:
             facts = module.backup(ctx, session) or {}
             tool_versions = facts.pop("tool_versions", {})
@@ -99,8 +104,12 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
         except BaseException:
             session.abort()
             raise
+        finally:
+            if relations.ident is not None:
+                relations.join()
+        if relations.ident is None:  # a method that streamed nothing
+            _record_relations(policy)
         failed.update({n: getattr(e, "message", str(e)) for n, e in session.failed.items()})
-        _record_relations(policy)
         return BackupResult(job_name, backup_id, manifest, session.committed, failed)
     finally:
         conn.close()
@@ -108,8 +117,8 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
 
 def _record_relations(policy) -> None:
     """Note which file each table lives in, so `pgvault find` can later recognise a TRUNCATE
-    or DROP of it in the WAL (the file changes with the damage). Best effort: a backup that
-    succeeded is never failed by this."""
+    or DROP of it in the WAL (the file changes with the damage). Taken while the backup runs
+    (a thread). Best effort: a backup is never failed by this."""
     from .restore.relations import record_relations
 
     try:

@@ -38,6 +38,16 @@ def tool(name: str, major: int | None = None, configured: str | None = None) -> 
     return proc.which(str(path) if path.exists() else name)
 
 
+_VERSIONS: dict[str, str] = {}
+
+
+def tool_version(path: str) -> str:
+    """``PATH --version`` (e.g. "pg_dump (PostgreSQL) 15.8"), run once per program per process."""
+    if path not in _VERSIONS:
+        _VERSIONS[path] = proc.output([path, "--version"]).strip()
+    return _VERSIONS[path]
+
+
 def connect(conninfo: str, *, autocommit: bool = True, dbname: str | None = None, **kw):
     """Open a psycopg connection; failures become DatabaseError with a hint."""
     import psycopg

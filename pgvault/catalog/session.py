@@ -18,9 +18,11 @@ log = logging.getLogger("pgvault.session")
 
 
 class BackupSession:
-    def __init__(self, catalogs: dict[str, Catalog], backup_id: str):
+    def __init__(self, catalogs: dict[str, Catalog], backup_id: str,
+                 on_first_stream: Callable[[], None] | None = None):
         self.catalogs = dict(catalogs)
         self.backup_id = backup_id
+        self._on_first_stream = on_first_stream  # called once, when the first stream is flowing
         self.artifacts: list[Artifact] = []
         # Which sites hold each artifact (a stream may go to a subset of sites, e.g. an
         # incremental snapshot send whose base differs per site), and per-site manifest fields.
@@ -59,6 +61,9 @@ class BackupSession:
         if not targets:
             raise self._none_left()
         tee = Tee({n: (c.site, layout.artifact(c.cluster, self.backup_id, name)) for n, c in targets.items()})
+        if self._on_first_stream is not None:
+            hook, self._on_first_stream = self._on_first_stream, None
+            hook()
         try:
             raw = pump(source, tee, compression, level, threads, progress)
             survivors = tee.commit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from typing import BinaryIO, Callable
 
 from ..errors import IntegrityError, SiteError
@@ -64,11 +65,26 @@ class Tee:
             raise self._all_failed()
 
     def commit(self) -> list[str]:
-        for name, w in list(self.writers.items()):
+        """Commit every writer, all at once (each waits on its own fsync or upload)."""
+        errors: dict[str, Exception] = {}
+
+        def one(name, w):
             try:
                 w.commit()
             except Exception as exc:
-                self._fail(name, exc)
+                errors[name] = exc
+
+        items = list(self.writers.items())
+        threads = [threading.Thread(target=one, args=item, name=f"pgvault-commit-{item[0]}") for item in items[1:]]
+        for t in threads:
+            t.start()
+        if items:
+            one(*items[0])
+        for t in threads:
+            t.join()
+        for name, _w in items:
+            if name in errors:
+                self._fail(name, errors[name])
         if not self.writers:
             raise self._all_failed()
         return list(self.writers)

@@ -47,6 +47,13 @@ COMMANDS = {
 }
 
 
+# Commands that, once they return, have nothing left to do: every write is durable and every
+# thread joined. main() ends the process for them without the interpreter's teardown, which
+# frees every imported module's objects one by one (0.1-0.15 s for `backup`, boto3's are many).
+FAST_EXIT = {"backup"}
+_invoked: list[str] = []
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -55,6 +62,7 @@ class LazyGroup(click.Group):
         target = COMMANDS.get(name)
         if target is None:
             return None
+        _invoked.append(name)
         mod, attr = target.split(":")
         cmd = getattr(importlib.import_module(mod), attr)
         if not any(p.name == "sub_policy" for p in cmd.params):
@@ -121,10 +129,23 @@ def load(ctx):
     return obj["policy"]
 
 
+def _exit_now(code: int) -> None:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main(argv=None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="pgvault", standalone_mode=False)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        code = rv if isinstance(rv, int) else 0
+        if _invoked and set(_invoked) <= FAST_EXIT:
+            _exit_now(code)
+        sys.exit(code)
     except PgvaultError as exc:
         click.echo(exc.render(), err=True)
         sys.exit(exc.exit_code)

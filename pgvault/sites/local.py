@@ -1,5 +1,6 @@
-"""A site in a local directory. Writes go to a hidden temp file in the final directory, are
-fsynced, renamed into place and the directory fsynced: a crash leaves either the whole object
+"""A site in a local directory. Writes go to a hidden temp file in the final directory (whose
+writeback to disk is started every few MiB as it streams), are fsynced, renamed into place and
+the directory fsynced: a crash leaves either the whole object
 or a temp file that ``list`` never shows. Files are 0600, directories 0700. When pgvault runs
 as root, new files take the owner of the site's root directory, so the postgres user (which
 runs archive_command) and root can share a site."""
@@ -13,7 +14,7 @@ from typing import BinaryIO, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ObjectNotFound, SiteError, SiteUnreachable
-from ..fsutil import TMP_PREFIX, fsync_dir
+from ..fsutil import TMP_PREFIX, WRITEBACK_EVERY, fsync_dir, start_writeback
 from .base import ObjectInfo, WriterMixin
 
 
@@ -34,12 +35,18 @@ class _LocalWriter(WriterMixin):
         site._chown(self.tmp)
         self.fh = os.fdopen(fd, "wb", buffering=0)
         self.done = False
+        self.written = self.flushed = 0
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             n = self.fh.write(view)
             view = view[n:]
+        self.written += len(data)
+        if self.written - self.flushed >= WRITEBACK_EVERY:
+            # Start writing to disk as the stream goes, so commit's fsync is short.
+            start_writeback(self.fh.fileno(), self.flushed, self.written - self.flushed)
+            self.flushed = self.written
 
     def commit(self) -> None:
         if self.done:
