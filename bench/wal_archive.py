@@ -188,9 +188,11 @@ def main() -> int:
 
         # per contender: the median rate over the rounds
         base_rate = {k: statistics.median(n / t for n, t in v) for k, v in results.items()}
+        refs = [k for k in ("pgbackrest-async", "cp") if k in base_rate]
+        print(f"median over {args.rounds} round(s)")
         for name, rate in base_rate.items():
-            ratios = ", ".join(f"{rate / r:.2f}x {k}" for k, r in base_rate.items() if k != name)
-            print(f"{name:28} {rate:6.1f} seg/s  ({ratios})")
+            ratios = ", ".join(f"{rate / base_rate[k]:.2f}x {k}" for k in refs if k != name)
+            print(f"{name:48} {rate:6.1f} seg/s  {ratios}")
     finally:
         for pidfile in base.glob("*/postmaster.pid"):
             subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "stop", "-D",

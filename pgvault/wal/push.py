@@ -29,6 +29,7 @@ DRAIN_PER_PUSH = 64
 SHIPPER_IDLE = 30.0  # seconds the background shipper waits for more work before it exits
 SHIP_WORKERS = 4     # requests in flight per site while shipping a backlog
 SHIPPER_NICE = 10    # the background shipper's CPU priority, relative to wal-push
+SHIPPER_DEFER = 10.0  # at most this long a spooled file waits for a running wal-push to finish
 SHIPPER_LOG_MAX = 10 << 20  # <spool>/shipper.log is rotated (one old copy) beyond this size
 
 
@@ -95,6 +96,7 @@ class Archiver:
         self._pools: dict[str, DaemonPool] = {}
         self._bind: tuple | None = None
         self._refused: dict[str, set] = {}  # site -> spooled files it refused (a conflict)
+        self._defer = False  # True in the background shipper: yield to a running wal-push
 
     # -- identity: the system identifier every pushed file must carry
     def identity(self) -> dict:
@@ -252,7 +254,46 @@ class Archiver:
 
     # -- the whole push
     def push(self, path: str | os.PathLike, *, batch: int | None = None) -> PushResult:
-        path = Path(path)
+        """Ship ``path`` (and ready neighbours) — while holding the spool's push lock (shared),
+        which tells the background shipper that the archiver is busy."""
+        fd = self._push_lock()
+        try:
+            return self._push(Path(path), batch)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _push_lock(self) -> int | None:
+        import fcntl
+
+        try:
+            self.spool.ensure()
+            fd = os.open(self.spool.root / "push.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return None  # an unwritable spool fails later, with a proper message
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            pass
+        return fd
+
+    def archiver_busy(self) -> bool:
+        """Is a wal-push running right now (holding the push lock)?"""
+        import fcntl
+
+        try:
+            fd = os.open(self.spool.root / "push.lock", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def _push(self, path: Path, batch: int | None) -> PushResult:
         batch = batch or self.policy.wal.batch
         if self.compression == "none":
             batch = min(batch, 16)  # uncompressed files owed to a slow site stay in memory: bound it
@@ -464,6 +505,8 @@ class Archiver:
         if sname in self._failed or (stop is not None and time.monotonic() > stop) \
                 or stored in self._refused.get(sname, ()):
             return 0
+        if self._defer:
+            self._yield_to_archiver(sname, stored)
         data = self.spool.read(stored)
         if data is None:  # delivered by a concurrent drain
             self.spool.delivered(sname, stored)
@@ -480,6 +523,17 @@ class Archiver:
             return 0
         self.spool.delivered(sname, stored)
         return 1
+
+    def _yield_to_archiver(self, sname: str, stored: str) -> None:
+        """The background shipper lets a running wal-push have the machine (its CPU and disk are
+        what PostgreSQL waits on), but never holds a file back more than SHIPPER_DEFER seconds
+        after it was spooled: under continuous archiving the other sites still follow."""
+        try:
+            spooled_at = (self.spool.pending_dir / sname / stored).stat().st_mtime
+        except FileNotFoundError:
+            return
+        while time.time() < spooled_at + SHIPPER_DEFER and self.archiver_busy():
+            time.sleep(0.05)
 
     def _bind_from_blob(self, it: Item) -> tuple:
         if self._bind is not None:
@@ -521,10 +575,14 @@ class Archiver:
             pass
         with open(logf, "ab") as out:
             os.chmod(out.name, 0o600)
-            subprocess.Popen([sys.executable, "-m", "pgvault", "--log-format", "json", "-v", "--policy", str(src),
-                              "wal-ship", "--follow"],
-                             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-                             close_fds=True, cwd="/")
+            child = subprocess.Popen([sys.executable, "-m", "pgvault", "--log-format", "json", "-v", "--policy",
+                                      str(src), "wal-ship", "--follow"],
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                                     close_fds=True, cwd="/")
+        try:  # niced from its first instruction: its start-up (imports, policy, S3 clients) is background work too
+            os.setpriority(os.PRIO_PROCESS, child.pid, SHIPPER_NICE)
+        except OSError:
+            pass
         return True
 
     def follow(self, *, idle: float = SHIPPER_IDLE, workers: int = SHIP_WORKERS,
@@ -534,10 +592,12 @@ class Archiver:
         from datetime import datetime, timezone
 
         total: dict[str, int] = {}
+        self._defer = True
         try:
             # The shipper is background work on the database host: PostgreSQL and the archiver
-            # (wal-push) come first.
-            os.nice(SHIPPER_NICE)
+            # (wal-push) come first. (wal-push already set this when it started us.)
+            if os.getpriority(os.PRIO_PROCESS, 0) < SHIPPER_NICE:
+                os.setpriority(os.PRIO_PROCESS, 0, SHIPPER_NICE)
         except OSError:
             pass
         while True:

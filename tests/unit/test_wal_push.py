@@ -286,3 +286,19 @@ def test_cli_bad_input_is_explained_without_traceback(tmp_path):
         assert "Traceback" not in out
     cp = run("wal-fetch", "000000010000000000000001", str(tmp_path / "x"))
     assert (cp.returncode, cp.stderr) == (1, "")
+
+
+def test_shipper_sees_a_running_push_through_the_push_lock(tmp_path, pg_wal):
+    import fcntl
+
+    pol = make_policy(tmp_path, {"a": tmp_path / "a", "b": tmp_path / "b"}, sync_sites=1)
+    arch = Archiver(pol)
+    arch.push(put_wal(pg_wal, 1, ready=False))
+    assert not arch.archiver_busy()                      # the push let go of it when it returned
+    fd = os.open(tmp_path / "state" / "wal-spool" / "push.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_SH)                       # as a running wal-push holds it
+    try:
+        assert Archiver(pol).archiver_busy()
+    finally:
+        os.close(fd)
+    assert not Archiver(pol).archiver_busy()
