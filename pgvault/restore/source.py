@@ -26,7 +26,9 @@ def site_order(policy, from_site: str | None) -> list[str]:
 
 def find_backup(policy, backup_id: str, from_site: str | None, *, only: bool = False,
                 warn=None) -> list[tuple[Catalog, Manifest]]:
-    """Every site that holds ``backup_id`` with intact artifacts, in preference order."""
+    """The first site, in preference order, holding ``backup_id`` with intact artifacts (every
+    artifact read and its sha256 checked); later sites are not read once one copy is sound —
+    a damaged or missing copy sends it on to the next."""
     names = site_order(policy, from_site)
     if only and from_site:
         names = [from_site]
@@ -46,6 +48,7 @@ def find_backup(policy, backup_id: str, from_site: str | None, *, only: bool = F
             notes.append(f"site {n!r}: copy of {backup_id} is damaged ({bad}); trying the next site")
             continue
         out.append((cat, m))
+        break
     for note in notes:
         (warn or log.warning)(note)
     if not out:
