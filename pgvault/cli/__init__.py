@@ -23,7 +23,6 @@ COMMANDS = {
     "verify": "pgvault.cli.catalog:verify",
     "restore": "pgvault.cli.restore:restore",
     "drill": "pgvault.cli.drill:drill",
-
     "status": "pgvault.cli.status:status",
     "demo": "pgvault.cli.demo:demo",
     "wal-push": "pgvault.cli.wal:wal_push",
@@ -36,14 +35,9 @@ COMMANDS = {
     "expire": "pgvault.cli.expire:expire",
     "pin": "pgvault.cli.expire:pin",
     "unpin": "pgvault.cli.expire:unpin",
-    "demo": "pgvault.cli.demo:demo",
     "snapshot": "pgvault.cli.snapshot:snapshot",
     "find": "pgvault.cli.find:find",
     "relations": "pgvault.cli.find:relations_cmd",
-    "wal-push": "pgvault.cli.wal:wal_push",
-    "wal-fetch": "pgvault.cli.wal:wal_fetch",
-    "wal-ship": "pgvault.cli.wal:wal_ship",
-    "wal-status": "pgvault.cli.wal:wal_status",
 }
 
 
