@@ -55,7 +55,9 @@ def wal_ship(ctx, follow):
     if follow:
         import logging
 
-        delivered = arch.follow()
+        from ..wal.shipper import follow as follow_spool
+
+        delivered = follow_spool(arch)
         arch.close()
         logging.getLogger("pgvault.wal").info(
             "shipper exits: %s", ", ".join(f"{s} {n}" for s, n in sorted(delivered.items())) or "nothing delivered")

@@ -26,11 +26,7 @@ from .workers import DaemonPool
 log = logging.getLogger("pgvault.wal")
 
 DRAIN_PER_PUSH = 64
-SHIPPER_IDLE = 30.0  # seconds the background shipper waits for more work before it exits
 SHIP_WORKERS = 4     # requests in flight per site while shipping a backlog
-SHIPPER_NICE = 10    # the background shipper's CPU priority, relative to wal-push
-SHIPPER_DEFER = 10.0  # at most this long a spooled file waits for a running wal-push to finish
-SHIPPER_LOG_MAX = 10 << 20  # <spool>/shipper.log is rotated (one old copy) beyond this size
 
 
 @dataclass
@@ -96,7 +92,7 @@ class Archiver:
         self._pools: dict[str, DaemonPool] = {}
         self._bind: tuple | None = None
         self._refused: dict[str, set] = {}  # site -> spooled files it refused (a conflict)
-        self._defer = False  # True in the background shipper: yield to a running wal-push
+        self.before_deliver = None  # the background shipper's hook: yield to a running wal-push
 
     # -- identity: the system identifier every pushed file must carry
     def identity(self) -> dict:
@@ -254,44 +250,12 @@ class Archiver:
 
     # -- the whole push
     def push(self, path: str | os.PathLike, *, batch: int | None = None) -> PushResult:
-        """Ship ``path`` (and ready neighbours) — while holding the spool's push lock (shared),
-        which tells the background shipper that the archiver is busy."""
-        fd = self._push_lock()
-        try:
+        """Ship ``path`` (and ready neighbours), holding the spool's push lock (shared), which
+        tells the background shipper that the archiver is busy."""
+        from .shipper import push_lock
+
+        with push_lock(self.spool):
             return self._push(Path(path), batch)
-        finally:
-            if fd is not None:
-                os.close(fd)
-
-    def _push_lock(self) -> int | None:
-        import fcntl
-
-        try:
-            self.spool.ensure()
-            fd = os.open(self.spool.root / "push.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            return None  # an unwritable spool fails later, with a proper message
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            pass
-        return fd
-
-    def archiver_busy(self) -> bool:
-        """Is a wal-push running right now (holding the push lock)?"""
-        import fcntl
-
-        try:
-            fd = os.open(self.spool.root / "push.lock", os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
 
     def _push(self, path: Path, batch: int | None) -> PushResult:
         batch = batch or self.policy.wal.batch
@@ -354,8 +318,10 @@ class Archiver:
                                      for it in owed])
         self._update_breakers(now)
         if n_sync < len(self.sites):
+            from .shipper import kick
+
             drained = {}
-            self.kick_shipper()
+            kick(self)
         else:
             drained = self.drain(bind, limit=DRAIN_PER_PUSH, budget=self.policy.wal.slow_site_grace.total_seconds())
         for it in items[1:]:
@@ -377,8 +343,7 @@ class Archiver:
     def _local_copy(self, it: Item):
         """The committed file of ``it`` at a local site that stored it (for the spool to link)."""
         key = layout.wal_key(self.cluster, it.name, self.suffix)
-        for sname in self.sites:
-            site = self.sites[sname]
+        for sname, site in self.sites.items():
             if sname in it.stored_at and hasattr(site, "local_path"):
                 return site.local_path(key)
         return None
@@ -505,8 +470,8 @@ class Archiver:
         if sname in self._failed or (stop is not None and time.monotonic() > stop) \
                 or stored in self._refused.get(sname, ()):
             return 0
-        if self._defer:
-            self._yield_to_archiver(sname, stored)
+        if self.before_deliver is not None:
+            self.before_deliver(sname, stored)
         data = self.spool.read(stored)
         if data is None:  # delivered by a concurrent drain
             self.spool.delivered(sname, stored)
@@ -524,17 +489,6 @@ class Archiver:
         self.spool.delivered(sname, stored)
         return 1
 
-    def _yield_to_archiver(self, sname: str, stored: str) -> None:
-        """The background shipper lets a running wal-push have the machine (its CPU and disk are
-        what PostgreSQL waits on), but never holds a file back more than SHIPPER_DEFER seconds
-        after it was spooled: under continuous archiving the other sites still follow."""
-        try:
-            spooled_at = (self.spool.pending_dir / sname / stored).stat().st_mtime
-        except FileNotFoundError:
-            return
-        while time.time() < spooled_at + SHIPPER_DEFER and self.archiver_busy():
-            time.sleep(0.05)
-
     def _bind_from_blob(self, it: Item) -> tuple:
         if self._bind is not None:
             return self._bind
@@ -547,87 +501,3 @@ class Archiver:
         if hdr is not None:
             self._bind = bind
         return bind
-
-    # -- the background shipper (wal.sync_sites < all)
-    def shipper_lock(self):
-        from ..state import JobLock
-
-        return JobLock(self.spool.root / "shipper.lock")
-
-    def kick_shipper(self) -> bool:
-        """Start ``pgvault wal-ship --follow`` detached unless one runs (or nothing is owed)."""
-        import subprocess
-        import sys
-
-        if not self.spool.sites_with_backlog() or self.shipper_lock().held() is not None:
-            return False
-        src = getattr(self.policy, "_source", None)
-        if src is None:  # an in-memory policy (a library caller): nothing to hand a process
-            log.warning("WAL is spooled for other sites, but no policy file to start a shipper with; "
-                        "run `pgvault wal-ship`")
-            return False
-        self.spool.ensure()
-        logf = self.spool.root / "shipper.log"
-        try:
-            if logf.stat().st_size > SHIPPER_LOG_MAX:
-                os.replace(logf, logf.with_name("shipper.log.1"))  # keep one previous log
-        except FileNotFoundError:
-            pass
-        with open(logf, "ab") as out:
-            os.chmod(out.name, 0o600)
-            child = subprocess.Popen([sys.executable, "-m", "pgvault", "--log-format", "json", "-v", "--policy",
-                                      str(src), "wal-ship", "--follow"],
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-                                     close_fds=True, cwd="/")
-        try:  # niced from its first instruction: its start-up (imports, policy, S3 clients) is background work too
-            os.setpriority(os.PRIO_PROCESS, child.pid, SHIPPER_NICE)
-        except OSError:
-            pass
-        return True
-
-    def follow(self, *, idle: float = SHIPPER_IDLE, workers: int = SHIP_WORKERS,
-               poll: float = 0.1) -> dict[str, int]:
-        """Ship the backlog as it is spooled, until nothing could be shipped for ``idle``
-        seconds; one shipper per spool (flock). Returns the files delivered per site."""
-        from datetime import datetime, timezone
-
-        total: dict[str, int] = {}
-        self._defer = True
-        try:
-            # The shipper is background work on the database host: PostgreSQL and the archiver
-            # (wal-push) come first. (wal-push already set this when it started us.)
-            if os.getpriority(os.PRIO_PROCESS, 0) < SHIPPER_NICE:
-                os.setpriority(os.PRIO_PROCESS, 0, SHIPPER_NICE)
-        except OSError:
-            pass
-        while True:
-            lock = self.shipper_lock()
-            if not lock.acquire(datetime.now(timezone.utc)):
-                return total  # another shipper has it
-            try:
-                quiet_since = time.monotonic()
-                while time.monotonic() - quiet_since < idle:
-                    now = time.time()
-                    self._failed = {s: "resting after a failure" for s in self.sites if self.spool.is_resting(s, now)}
-                    self._prepare_clients()
-                    got = self.drain(workers=workers)
-                    self._update_breakers(now)
-                    for s, n in got.items():
-                        total[s] = total.get(s, 0) + n
-                        log.info("shipped %d file(s) to %s; %d still owed there", n, s, len(self.spool.backlog(s)))
-                    if got:
-                        quiet_since = time.monotonic()
-                    else:
-                        time.sleep(poll)  # nothing shipped: wait for wal-push (or a site's retry time)
-            finally:
-                lock.release()
-            # A push may have spooled a file after our last look but before the release, and
-            # seen the lock still held: look once more, now that the lock is free.
-            if not self._shippable():
-                return total
-
-    def _shippable(self) -> bool:
-        """Is anything owed to a site that is up, other than files this process failed to ship?"""
-        now = time.time()
-        return any(set(self.spool.backlog(s)) - self._refused.get(s, set())
-                   for s in self.spool.sites_with_backlog() if s in self.sites and not self.spool.is_resting(s, now))

@@ -34,13 +34,10 @@ class Spool:
         return self
 
     # -- backlog
-    def enqueue(self, stored: str, data: bytes, sites: list[str]) -> None:
-        """Make ``stored`` durable here for ``sites``: bytes fsynced first, then the markers."""
-        self.enqueue_many([(stored, data, sites, None)])
-
     def enqueue_many(self, entries: list[tuple[str, bytes, list[str], "Path | None"]]) -> None:
-        """Like ``enqueue`` for a whole batch, with one fsync per directory instead of one per
-        file. Each entry is (stored, data, sites, same_bytes_at): when ``same_bytes_at`` is a
+        """Make each file durable here for its sites: bytes fsynced first, then the markers, with
+        one fsync per directory for the whole batch. Each entry is (stored, data, sites,
+        same_bytes_at): when ``same_bytes_at`` is a
         file already durable on this filesystem holding exactly ``data`` (the copy a local
         site just committed), the spool hard-links it instead of writing the bytes again."""
         from ..fsutil import TMP_PREFIX

@@ -52,6 +52,12 @@ def current_segment(inst) -> str:
     return inst.psql("SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
 
 
+def archived_expected(inst) -> set[str]:
+    """Every segment before the open one: what the archive must hold once it has caught up."""
+    last = current_segment(inst)
+    return {names.segment_name(1, n) for n in range(1, names.parse_segment(last)[1])}
+
+
 def no_ready(inst) -> bool:
     status = inst.pgdata / "pg_wal" / "archive_status"
     return not [f for f in os.listdir(status) if f.endswith(".ready")]
@@ -78,8 +84,7 @@ def fetch(w, name, dest, *extra, check=True):
 def test_every_site_receives_wal_and_barman_reads_it(walworld):
     w = walworld
     switch(w.pg, 4)
-    last = current_segment(w.pg)  # the open segment: everything before it must be archived
-    expected = {names.segment_name(1, n) for n in range(1, names.parse_segment(last)[1])}
+    expected = archived_expected(w.pg)
     for site in ("a", "eu", "us"):
         sandbox.wait_until(lambda: expected <= listed(w, site), 60, f"segments at site {site}")
     assert sandbox.wait_until(lambda: no_ready(w.pg), 30, "no .ready left")
@@ -172,8 +177,7 @@ def test_dead_site_does_not_stall_others_and_gets_its_backlog(walworld):
     w.us_moto.pause()
     try:
         switch(w.pg, 3)
-        last = current_segment(w.pg)
-        expected = {names.segment_name(1, n) for n in range(1, names.parse_segment(last)[1])}
+        expected = archived_expected(w.pg)
         # The local and the healthy S3 site keep receiving; PostgreSQL's queue drains.
         for site in ("a", "eu"):
             sandbox.wait_until(lambda: expected <= listed(w, site), 90, f"segments at {site} during the outage")
@@ -200,8 +204,7 @@ def test_sync_sites_one_background_shipper_delivers_and_a_dead_first_site_is_sto
     w.policy(wal={"sites": ["us", "a", "eu"], "sync_sites": 1, "retry_interval": "1s"}, state_dir=str(w.state))
     spool = w.state / "wal-spool"
     switch(w.pg, 3)
-    last = current_segment(w.pg)
-    expected = {names.segment_name(1, n) for n in range(1, names.parse_segment(last)[1])}
+    expected = archived_expected(w.pg)
     for site in ("us", "a", "eu"):
         sandbox.wait_until(lambda: expected <= listed(w, site), 90, f"segments at {site}")
     sandbox.wait_until(lambda: not list((spool / "files").iterdir()), 60, "the shipper emptied the spool")
@@ -213,8 +216,7 @@ def test_sync_sites_one_background_shipper_delivers_and_a_dead_first_site_is_sto
     w.us_moto.pause()   # the first sync site dies: site a stands in, eu and us are owed it
     try:
         switch(w.pg, 3)
-        last = current_segment(w.pg)
-        expected = {names.segment_name(1, n) for n in range(1, names.parse_segment(last)[1])}
+        expected = archived_expected(w.pg)
         for site in ("a", "eu"):
             sandbox.wait_until(lambda: expected <= listed(w, site), 120, f"segments at {site} during the outage")
         sandbox.wait_until(lambda: no_ready(w.pg), 60, "pg_wal drained during the outage")
@@ -225,8 +227,7 @@ def test_sync_sites_one_background_shipper_delivers_and_a_dead_first_site_is_sto
     # WAL keeps flowing; the shipper the next push starts (or the one still running, after
     # retry_interval) delivers the backlog to the returning site with nothing run by hand.
     switch(w.pg, 1)
-    last = current_segment(w.pg)
-    expected = {names.segment_name(1, n) for n in range(1, names.parse_segment(last)[1])}
+    expected = archived_expected(w.pg)
     sandbox.wait_until(lambda: expected <= listed(w, "us"), 120, "backlog delivered to us")
     sandbox.wait_until(lambda: not list((spool / "files").iterdir()), 60, "spool empty")
     status = json.loads(w.cli("wal-status", "--json").stdout)["sites"]["us"]

@@ -9,7 +9,7 @@ import pytest
 
 from pgvault.errors import ClusterMismatch, PgvaultError, SiteError
 from pgvault.policy.model import Policy
-from pgvault.wal import WalConflict, codec, names
+from pgvault.wal import WalConflict, codec, names, shipper
 from pgvault.wal.fetch import WalMissing, WalUnavailable, fetch
 from pgvault.wal.push import Archiver
 from pgvault.wal.status import archive_status
@@ -143,7 +143,7 @@ def test_sync_sites_one_spools_by_hard_link_and_the_shipper_delivers(tmp_path, p
     assert sorted(os.listdir(spool / "pending" / "b")) == sorted(stored(a, n).name for n in (1, 2, 3))
 
     # The shipper (here in-process; wal-push starts it detached when the policy is a file).
-    assert Archiver(pol).follow(idle=0.2) == {"b": 3}
+    assert shipper.follow(Archiver(pol), idle=0.2) == {"b": 3}
     for n in (1, 2, 3):
         assert codec.decompress(stored(b, n).read_bytes(), "gzip") == segment(n)
         assert stored(a, n).stat().st_nlink == 1                       # the spool let go of it
@@ -294,11 +294,11 @@ def test_shipper_sees_a_running_push_through_the_push_lock(tmp_path, pg_wal):
     pol = make_policy(tmp_path, {"a": tmp_path / "a", "b": tmp_path / "b"}, sync_sites=1)
     arch = Archiver(pol)
     arch.push(put_wal(pg_wal, 1, ready=False))
-    assert not arch.archiver_busy()                      # the push let go of it when it returned
+    assert not shipper.archiver_busy(arch.spool)                      # the push let go of it when it returned
     fd = os.open(tmp_path / "state" / "wal-spool" / "push.lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_SH)                       # as a running wal-push holds it
     try:
-        assert Archiver(pol).archiver_busy()
+        assert shipper.archiver_busy(Archiver(pol).spool)
     finally:
         os.close(fd)
-    assert not Archiver(pol).archiver_busy()
+    assert not shipper.archiver_busy(Archiver(pol).spool)
