@@ -85,6 +85,18 @@ def scalar(conn, sql: str, params=None):
     return rows[0][0] if rows else None
 
 
+def replay_pause_state(conn) -> str | None:
+    """'not paused' | 'pause requested' | 'paused' while in recovery; None once recovery has
+    ended. Recovery can end between any two statements (a promotion at the target), and the
+    recovery control functions then raise instead of answering: that is read as "ended"."""
+    import psycopg
+
+    try:
+        return scalar(conn, "SELECT CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END")
+    except psycopg.errors.ObjectNotInPrerequisiteState:
+        return None
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     version_num: int          # e.g. 150018

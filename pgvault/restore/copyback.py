@@ -68,12 +68,17 @@ def plan(kind: str, table: str, database: str, source_conninfo: str, dest_connin
 
 def end_recovery(conninfo: str, timeout: float = 120) -> None:
     """Resume the paused side instance past its target: recovery ends, the instance is promoted."""
+    import psycopg
+
     from ..sandbox import wait_until
 
     conn = pg.connect(conninfo, dbname="postgres")
     try:
-        if pg.scalar(conn, "SELECT pg_is_in_recovery()"):
-            pg.query(conn, "SELECT pg_wal_replay_resume()")
+        if pg.replay_pause_state(conn) is not None:
+            try:
+                pg.query(conn, "SELECT pg_wal_replay_resume()")
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                pass  # recovery ended on its own between the two statements
         wait_until(lambda: not pg.scalar(conn, "SELECT pg_is_in_recovery()"), timeout, "the side instance to end recovery",
                    interval=0.2)
     finally:

@@ -248,9 +248,9 @@ def start_and_wait(dest: Path, port: int, action: str, timeout: float = RECOVERY
             time.sleep(0.2)
             continue
         try:
-            in_rec = pg.scalar(conn, "SELECT pg_is_in_recovery()")
-            paused = in_rec and pg.scalar(conn, "SELECT pg_get_wal_replay_pause_state()") == "paused"
-            if not in_rec or paused:
+            state = pg.replay_pause_state(conn)
+            paused = state == "paused"
+            if state is None or paused:
                 # After a promotion the checkpoint timeline lags; the current WAL file names it.
                 row = pg.query(conn, """SELECT pg_last_xact_replay_timestamp(),
                     CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())

@@ -231,3 +231,15 @@ def test_restore_from_s3_after_local_site_and_local_state_are_gone(scene):
         assert rows(inst) == w.expected
     finally:
         inst.stop("immediate")
+
+
+def test_replay_pause_state_reads_a_promoted_or_primary_server_as_recovery_ended(scene):
+    # The restore waits on this: a server promoted at its target between two statements made
+    # the recovery control functions raise, and the restore crashed (CI, session 2).
+    conn = scene.pg.connect()
+    try:
+        assert pg.replay_pause_state(conn) is None
+        with pytest.raises(Exception, match="recovery is not in progress"):
+            pg.scalar(conn, "SELECT pg_get_wal_replay_pause_state()")
+    finally:
+        conn.close()
