@@ -138,11 +138,14 @@ class Wal(Strict):
                                              "'all', or N = the first N of wal.sites that are up; the others are owed it through the "
                                              "spool and a background shipper (`wal-ship --follow`) delivers it within seconds")
     batch: int = Field(64, ge=1, le=256, description="files one wal-push ships at most: the one asked for plus others already waiting in pg_wal/archive_status (1 = one at a time)")
+    keep_going: timedelta = Field(timedelta(seconds=10), description="after its first batch, one wal-push ships further batches of files already "
+                                  "marked .ready until none is left or this much time has passed (0 = one batch): a backlog drains "
+                                  "without a process start per batch")
     retry_interval: timedelta = Field(timedelta(seconds=30), description="how long wal-push spools for a failed site before trying it again")
     slow_site_grace: timedelta = Field(timedelta(seconds=10), description="once one site has a wal-push batch, how long the others get before the rest is spooled for them")
     prefetch: int = Field(8, ge=0, le=64, description="segments wal-fetch downloads ahead, in parallel, during recovery (0 = none)")
 
-    _r = field_validator("retry_interval", "slow_site_grace", mode="before")(classmethod(lambda cls, v: _duration(v)))
+    _r = field_validator("retry_interval", "slow_site_grace", "keep_going", mode="before")(classmethod(lambda cls, v: _duration(v)))
 
     @field_validator("sync_sites", mode="before")
     @classmethod

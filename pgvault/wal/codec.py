@@ -26,7 +26,7 @@ def compress(data: bytes, compression: str) -> bytes:
     True
     """
     if compression == "none":
-        return data
+        return data if isinstance(data, bytes) else bytes(data)  # (a mapped segment: keep no mapping)
     if compression == "gzip":
         c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
         return c.compress(data) + c.flush()

@@ -52,7 +52,7 @@ def stored(site: Path, segno: int, suffix: str = ".gz") -> Path:
 
 def test_push_reaches_every_site_and_batches_ready_files(tmp_path, pg_wal):
     a, b = tmp_path / "a", tmp_path / "b"
-    pol = make_policy(tmp_path, {"a": a, "b": b}, batch=3)
+    pol = make_policy(tmp_path, {"a": a, "b": b}, batch=3, keep_going="0s")
     files = [put_wal(pg_wal, n) for n in (1, 2, 3, 4)]
     result = Archiver(pol).push(files[0])
     assert [i.name for i in result.items] == [f.name for f in files[:3]]
@@ -64,6 +64,26 @@ def test_push_reaches_every_site_and_batches_ready_files(tmp_path, pg_wal):
     # The file asked for is left to PostgreSQL to mark; the other batch members are marked done.
     assert status == sorted([f"{files[0].name}.ready", f"{files[1].name}.done", f"{files[2].name}.done",
                              f"{files[3].name}.ready"])
+
+
+def test_push_keeps_going_through_a_backlog_in_batches(tmp_path, pg_wal):
+    """With time left (wal.keep_going), one wal-push ships every .ready file in batches of
+    wal.batch; a file that fails is not retried by the same process and stays .ready."""
+    a = tmp_path / "a"
+    pol = make_policy(tmp_path, {"a": a}, batch=3)
+    files = [put_wal(pg_wal, n) for n in range(1, 9)]
+    files[5].write_bytes(segment(99))  # misnamed: refused, PostgreSQL will ask for it alone
+    result = Archiver(pol).push(files[0])
+    assert [i.name for i in result.items] == [f.name for f in files]
+    bad = result.items[5]
+    assert bad.error is not None and "does not match the segment name" in bad.error.message
+    for n in (1, 2, 3, 4, 5, 7, 8):
+        assert codec.decompress(stored(a, n).read_bytes(), "gzip") == segment(n)
+    assert not stored(a, 6).exists()
+    status = sorted(os.listdir(pg_wal / "archive_status"))
+    assert status == sorted([f"{files[0].name}.ready", f"{files[5].name}.ready"] +
+                            [f"{f.name}.done" for i, f in enumerate(files) if i not in (0, 5)])
+    assert all(i.blob is None for i in result.items)  # each batch let go of its memory
 
 
 def test_duplicate_identical_ok_different_refused(tmp_path, pg_wal):
