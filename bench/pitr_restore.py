@@ -92,7 +92,7 @@ def main() -> None:
     policy.write_text(yaml.safe_dump({
         "version": 1, "cluster": {"name": "main", "conninfo": inst.conninfo(), "pgdata": str(inst.pgdata)},
         "sites": {"local": {"type": "local", "path": str(site)}}, "state_dir": str(state),
-        "wal": {"sites": ["local"]},
+        "wal": {"sites": ["local"], "batch": 1},  # one file per call: pgBackRest must see each one too
         "jobs": {"base": {"method": "barman", "sites": ["local"]}}}, sort_keys=False))
     os.chmod(policy, 0o644)
     pgbackrest_conf(work, inst)

@@ -137,7 +137,7 @@ class Wal(Strict):
     sync_sites: Union[int, Literal["all"]] = Field("all", description="sites wal-push writes a file to before it reports it archived: "
                                              "'all', or N = the first N of wal.sites that are up; the others are owed it through the "
                                              "spool and a background shipper (`wal-ship --follow`) delivers it within seconds")
-    batch: int = Field(64, ge=1, le=256, description="files one wal-push ships at most: the one asked for plus others already waiting in pg_wal/archive_status (1 = one at a time)")
+    batch: int = Field(64, ge=1, le=256, description="files one wal-push ships at most: the one asked for plus others already waiting in pg_wal/archive_status (1 = one at a time: only the file asked for, as when archive_command chains another tool after wal-push)")
     keep_going: timedelta = Field(timedelta(seconds=10), description="after its first batch, one wal-push ships further batches of files already "
                                   "marked .ready until none is left or this much time has passed (0 = one batch): a backlog drains "
                                   "without a process start per batch")

@@ -322,7 +322,7 @@ class Archiver:
                 self._round(round_items, bind, n_sync, path.parent, requested=path.name)
                 items += round_items
                 # More files waiting (a backlog): another batch in this process, while time is left.
-                if time.monotonic() >= stop:
+                if batch == 1 or time.monotonic() >= stop:
                     break
                 todo = [p for p in ready_neighbours(path, batch + len(seen)) if p.name not in seen][:batch]
                 if not todo:

@@ -46,7 +46,8 @@ def _damage(wal_level, workdir):
     w = _World(workdir, inst, arch)
     w.site = w.world.local_site("a")
     state = sandbox.owned_dir(workdir / "state")
-    w.world.policy(wal={"sites": ["a"]}, state_dir=str(state))
+    # batch 1: wal-push must not ship (and mark done) files the `cp` before it has not copied.
+    w.world.policy(wal={"sites": ["a"], "batch": 1}, state_dir=str(state))
     inst.start()
     inst.psql("CREATE DATABASE app")
     inst.psql("CREATE DATABASE scratch")

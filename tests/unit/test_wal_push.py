@@ -86,6 +86,17 @@ def test_push_keeps_going_through_a_backlog_in_batches(tmp_path, pg_wal):
     assert all(i.blob is None for i in result.items)  # each batch let go of its memory
 
 
+def test_batch_one_ships_only_the_file_asked_for(tmp_path, pg_wal):
+    # archive_command = 'cp %p DIR/%f && pgvault wal-push %p': a file wal-push marked done
+    # would never reach DIR.
+    a = tmp_path / "a"
+    files = [put_wal(pg_wal, n) for n in (1, 2, 3)]
+    result = Archiver(make_policy(tmp_path, {"a": a}, batch=1)).push(files[0])
+    assert [i.name for i in result.items] == [files[0].name]
+    assert stored(a, 1).exists() and not stored(a, 2).exists()
+    assert sorted(os.listdir(pg_wal / "archive_status")) == sorted(f"{f.name}.ready" for f in files)
+
+
 def test_duplicate_identical_ok_different_refused(tmp_path, pg_wal):
     a = tmp_path / "a"
     pol = make_policy(tmp_path, {"a": a})
