@@ -322,8 +322,8 @@ class Archiver:
                 self._round(round_items, bind, n_sync, path.parent, requested=path.name)
                 items += round_items
                 # More files waiting (a backlog): another batch in this process, while time is left.
-                if batch == 1 or time.monotonic() >= stop:
-                    break
+                if batch == 1 or time.monotonic() >= stop or not any(it.stored_at for it in round_items):
+                    break  # (a batch no site took: the next would fare no better)
                 todo = [p for p in ready_neighbours(path, batch + len(seen)) if p.name not in seen][:batch]
                 if not todo:
                     break

@@ -193,9 +193,10 @@ def test_sync_sites_one_dead_first_site_next_stands_in(tmp_path, pg_wal):
 
 
 def test_no_site_accepts_then_nothing_is_marked_or_spooled(tmp_path, pg_wal):
-    pol = make_policy(tmp_path, {"a": tmp_path / "gone" / "a"}, batch=4)
-    files = [put_wal(pg_wal, n) for n in (1, 2)]
+    pol = make_policy(tmp_path, {"a": tmp_path / "gone" / "a"}, batch=2)
+    files = [put_wal(pg_wal, n) for n in (1, 2, 3, 4)]
     r = Archiver(pol).push(files[0])
+    assert [i.name for i in r.items] == [f.name for f in files[:2]]  # no second batch after a failed one
     assert isinstance(r.requested.error, SiteError) and "no site accepted" in r.requested.error.message
     assert sorted(os.listdir(pg_wal / "archive_status")) == sorted(f"{f.name}.ready" for f in files)
     assert not (tmp_path / "state" / "wal-spool" / "files").exists() or \
