@@ -334,3 +334,23 @@ def test_shipper_sees_a_running_push_through_the_push_lock(tmp_path, pg_wal):
     finally:
         os.close(fd)
     assert not shipper.archiver_busy(Archiver(pol).spool)
+
+
+def test_check_calls_a_young_backlog_in_flight_and_an_old_one_lag(tmp_path, pg_wal):
+    """sync_sites < all: what the background shipper has not delivered yet is normal for
+    IN_FLIGHT seconds, a WARNING after that (the spool marker's mtime is its age)."""
+    import time
+
+    from pgvault.checks import IN_FLIGHT, OK, WARNING, check_wal
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    pol = make_policy(tmp_path, {"a": a, "b": b}, sync_sites=1)
+    assert Archiver(pol).push(put_wal(pg_wal, 1, ready=False)).requested.spool_for == {"b"}
+    by_site = {r.name: r for r in check_wal(pol)}
+    assert by_site["wal a"].state == OK and "no lag" in by_site["wal a"].message
+    assert by_site["wal b"].state == OK and "1 in flight" in by_site["wal b"].message
+    marker = next((tmp_path / "state" / "wal-spool" / "pending" / "b").iterdir())
+    old = time.time() - IN_FLIGHT - 60
+    os.utime(marker, (old, old))
+    b_line = {r.name: r for r in check_wal(pol)}["wal b"]
+    assert b_line.state == WARNING and "lagging" in b_line.message and "1 spooled" in b_line.message
