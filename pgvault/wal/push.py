@@ -43,6 +43,7 @@ class Item:
     done_sites: set = field(default_factory=set)  # sites whose task for it has finished
     stored_at: set = field(default_factory=set)   # sites that hold it now
     spool_for: set = field(default_factory=set)   # sites that failed: owed through the spool
+    late: bool = False  # a site's task still runs past the grace (it will read the bytes)
 
     def data(self) -> bytes:
         if self.blob is None and self.blob_future is not None:
@@ -369,7 +370,8 @@ class Archiver:
                     mark_done(pg_wal, it.name)
                 else:  # PostgreSQL will ask for it again, alone, and then the error is its answer
                     log.warning("%s", it.error.message)
-            it.blob = it.blob_future = None  # durable where it must be: the next batch needs the memory
+            if not it.late:  # durable where it must be: the next batch needs the memory
+                it.blob = it.blob_future = None
 
     def _prepare_clients(self, sites: list[str] | None = None) -> None:
         # boto3 client creation is not thread-safe: build each S3 client here, once.
@@ -437,6 +439,7 @@ class Archiver:
                                                    f"had the whole batch")
                     for it in late:
                         it.spool_for.add(sname)
+                        it.late = True
 
     def close(self) -> None:
         """Release the worker threads (a long-running caller such as tick reuses the process)."""

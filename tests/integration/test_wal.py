@@ -170,18 +170,25 @@ def test_fetch_missing_is_quiet_and_damaged_copy_falls_back(walworld):
     assert dest.read_bytes() == gzip.decompress(good)
 
 
+def switch_during_outage(w, n: int) -> set:
+    """With site us paused: write ``n`` segments, wait until sites a and eu hold them and
+    pg_wal has drained; return the segments the archive must hold."""
+    switch(w.pg, n)
+    expected = archived_expected(w.pg)
+    for site in ("a", "eu"):
+        sandbox.wait_until(lambda: expected <= listed(w, site), 120, f"segments at {site} during the outage")
+    sandbox.wait_until(lambda: no_ready(w.pg), 60, "pg_wal drained during the outage")
+    return expected
+
+
 def test_dead_site_does_not_stall_others_and_gets_its_backlog(walworld):
     w = walworld
     switch(w.pg, 1)
     sandbox.wait_until(lambda: names.segment_name(1, 1) in listed(w, "us"), 60, "us receives WAL")
     w.us_moto.pause()
     try:
-        switch(w.pg, 3)
-        expected = archived_expected(w.pg)
         # The local and the healthy S3 site keep receiving; PostgreSQL's queue drains.
-        for site in ("a", "eu"):
-            sandbox.wait_until(lambda: expected <= listed(w, site), 90, f"segments at {site} during the outage")
-        sandbox.wait_until(lambda: no_ready(w.pg), 60, "pg_wal drained during the outage")
+        expected = switch_during_outage(w, 3)
         status = json.loads(w.cli("wal-status", "--json").stdout)
         assert status["sites"]["us"]["spooled"] >= 1
         assert not status["sites"]["us"]["reachable"]
@@ -215,11 +222,7 @@ def test_sync_sites_one_background_shipper_delivers_and_a_dead_first_site_is_sto
 
     w.us_moto.pause()   # the first sync site dies: site a stands in, eu and us are owed it
     try:
-        switch(w.pg, 3)
-        expected = archived_expected(w.pg)
-        for site in ("a", "eu"):
-            sandbox.wait_until(lambda: expected <= listed(w, site), 120, f"segments at {site} during the outage")
-        sandbox.wait_until(lambda: no_ready(w.pg), 60, "pg_wal drained during the outage")
+        expected = switch_during_outage(w, 3)
         status = json.loads(w.cli("wal-status", "--json").stdout)["sites"]
         assert status["us"]["spooled"] >= 1 and status["eu"]["spooled"] == 0
     finally:

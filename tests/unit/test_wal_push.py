@@ -281,6 +281,8 @@ def test_slow_site_is_left_behind_and_spooled(tmp_path, pg_wal):
         try:
             r = Archiver(pol).push(put_wal(pg_wal, 2, ready=False))
             assert (r.requested.error, r.requested.stored_at, r.requested.spool_for) == (None, {"a"}, {"slow"})
+            # The slow site's request still runs on its daemon thread: its bytes were kept.
+            assert r.requested.late and r.requested.blob is not None
             from pgvault.wal.spool import Spool
 
             assert "too slow" in Spool(tmp_path / "state" / "wal-spool").site_state("slow")["error"]
