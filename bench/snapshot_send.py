@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pgvault import sandbox  # noqa: E402
-from pgvault.sandbox_fs import BtrfsImage, ZfsDaemon, ZfsPool, instance_on  # noqa: E402
+from pgvault.sandbox.fs import BtrfsImage, ZfsDaemon, ZfsPool, instance_on  # noqa: E402
 from tests.conftest import World  # noqa: E402
 
 PG_BIN = "/usr/lib/postgresql/15/bin"

@@ -10,13 +10,13 @@ from datetime import datetime, timezone
 
 from . import pg
 from .catalog import layout
-from .catalog.catalog import Catalog
+from .catalog.catalog import Catalog, open_catalogs
 from .catalog.formats import Manifest
 from .catalog.session import BackupSession
-from .errors import PgvaultError, UsageError
+from .errors import PgvaultError
 from .methods import method_module
 from .methods.context import BackupContext
-from .sites import open_sites
+from .policy.model import get_job
 
 log = logging.getLogger("pgvault.backup")
 
@@ -32,18 +32,6 @@ class BackupResult:
     @property
     def partial(self) -> bool:
         return bool(self.failed_sites)
-
-
-def get_job(policy, job_name: str):
-    try:
-        return policy.jobs[job_name]
-    except KeyError:
-        raise UsageError(f"no job {job_name!r} in the policy",
-                         f"jobs defined: {', '.join(policy.jobs) or 'none'}") from None
-
-
-def open_catalogs(policy, names: list[str]) -> dict[str, Catalog]:
-    return {n: Catalog(s, policy.cluster.name) for n, s in open_sites(policy, names).items()}
 
 
 def bind_all(catalogs: dict[str, Catalog], server: pg.ServerInfo) -> tuple[dict[str, Catalog], dict[str, str]]:
@@ -119,7 +107,7 @@ def _record_relations(policy) -> None:
     """Note which file each table lives in, so `pgvault find` can later recognise a TRUNCATE
     or DROP of it in the WAL (the file changes with the damage). Taken while the backup runs
     (a thread). Best effort: a backup is never failed by this."""
-    from .restore.relations import record_relations
+    from .catalog.relations import record_relations
 
     try:
         record_relations(policy)

@@ -150,7 +150,7 @@ def apply(catalog, plan: SiteExpiry) -> None:
 def expire_sites(policy, site_names: list[str] | None = None, *, now: datetime | None = None, dry_run: bool = False,
                  busy: bool = False, grace: timedelta = DEBRIS_GRACE) -> list[SiteExpiry]:
     """Plan (and unless ``dry_run``, apply) expiry at each named site (all sites by default)."""
-    from .backup import open_catalogs
+    from .catalog.catalog import open_catalogs
 
     now = now or datetime.now(timezone.utc)
     names = list(policy.sites) if site_names is None else site_names
@@ -173,7 +173,7 @@ def expire_sites(policy, site_names: list[str] | None = None, *, now: datetime |
 def pin(policy, backup_id: str, site: str | None, *, note: str = "", now: datetime | None = None,
         remove: bool = False) -> list[str]:
     """Pin (or unpin) ``backup_id`` at ``site`` or at every site that holds it; returns the sites."""
-    from .backup import open_catalogs
+    from .catalog.catalog import open_catalogs
     from .sites.base import put_bytes
 
     if site is not None and site not in policy.sites:

@@ -130,7 +130,7 @@ def notify(policy, event: dict) -> bool:
 
 def state_file(policy) -> Path:
     """Where the last notified states are remembered (the engine's state directory)."""
-    from .state import state_dir
+    from .statedir import state_dir
 
     return state_dir(policy.state_dir, policy.cluster.name) / "notify.json"
 

@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -292,3 +293,40 @@ class Sink(_Child):
         except BrokenPipeError:
             pass
         self._wait_checked()
+
+
+def wait_until(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05):
+    """Poll ``predicate`` until it returns a truthy value; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pgvault_command(policy_file: str | os.PathLike | None = None) -> str:
+    """How PostgreSQL (running as postgres) invokes this pgvault, e.g. in archive_command."""
+    root = Path(__file__).resolve().parent.parent  # the checkout or site-packages holding pgvault
+    argv = ["env", f"PYTHONPATH={root}", sys.executable, "-m", "pgvault"]
+    if policy_file:
+        argv += ["--policy", str(policy_file)]
+    return quote(argv)
+
+
+def spawn_detached(argv: Sequence[str], log_path: Path, *, nice: int = 0) -> int:
+    """Start a background process in its own session (it outlives this one), its output
+    appended to ``log_path`` (0600), at ``nice`` CPU priority from its first instruction.
+    Returns its pid; never waits for it."""
+    with open(log_path, "ab") as out:
+        os.chmod(out.name, 0o600)
+        child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 start_new_session=True, close_fds=True, cwd="/")
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, child.pid, nice)
+        except OSError:
+            pass
+    return child.pid

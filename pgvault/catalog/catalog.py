@@ -170,3 +170,9 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems and not self.debris
+
+
+def open_catalogs(policy, names: list[str]) -> dict[str, Catalog]:
+    from ..sites import open_sites
+
+    return {n: Catalog(s, policy.cluster.name) for n, s in open_sites(policy, names).items()}

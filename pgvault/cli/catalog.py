@@ -8,7 +8,7 @@ from .output import emit_json, human_size, table, warn
 
 
 def _sites(policy, site):
-    from ..backup import open_catalogs
+    from ..catalog.catalog import open_catalogs
 
     if site and site not in policy.sites:
         from ..errors import UsageError

@@ -11,7 +11,7 @@ def demo(keep, report_dir):
     """Create a sandbox cluster and sites, run pgvault's main jobs on it, print what happened."""
     import os
 
-    from ..demo import run_demo
+    from ..sandbox.demo import run_demo
     from ..errors import UsageError
 
     if os.geteuid() != 0:

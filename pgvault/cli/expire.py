@@ -15,7 +15,7 @@ from .output import emit_json, table
 def expire(ctx, dry_run, site, as_json):
     """Apply retention: list every backup at every site with KEEP or EXPIRE and why, then delete
     the expired ones (manifest first), the WAL no kept base needs, and old debris."""
-    from ..engine import Clock, _busy_jobs, open_store
+    from ..tick.engine import Clock, _busy_jobs, open_store
     from ..errors import UsageError
     from ..expire import expire_sites
 

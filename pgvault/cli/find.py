@@ -76,7 +76,7 @@ def find(ctx, table_name, database, around, window, wal_dir, from_site, timeline
 @click.pass_context
 def relations_cmd(ctx, force, as_json):
     """Record which file each table lives in now (the relation history used by find)."""
-    from ..restore.relations import record_relations
+    from ..catalog.relations import record_relations
 
     r = record_relations(load(ctx), force=force)
     if as_json:
@@ -98,7 +98,7 @@ def before_truncate_target(policy, table_name, *, from_site=None, as_json=False,
     that stops just before it (inclusive off) with what was found."""
     from ..restore.finder import resolve_before_truncate
     from ..restore.plan import Target
-    from ..restore.walscan import parse_lsn
+    from ..lsn import parse_lsn
 
     if window and not around:
         from ..errors import UsageError

@@ -113,7 +113,7 @@ def install(ctx, kind, unit_dir, install_cron, cron_dir):
 @click.pass_context
 def show(ctx, count):
     """Every job with its next run times: in UTC, in the job's schedule_tz and in host local time."""
-    from ..engine import Clock, open_store
+    from ..tick.engine import Clock, open_store
     from ..policy.schedule import slots_between
 
     policy = load(ctx)

@@ -17,7 +17,7 @@ def state():
 @click.pass_context
 def show(ctx, as_json):
     """Each job's last run, outcome and backup id, as recorded on this host."""
-    from ..engine import open_store
+    from ..tick.engine import open_store
 
     policy = load(ctx)
     store = open_store(policy)
@@ -46,7 +46,7 @@ def show(ctx, as_json):
 @click.pass_context
 def rebuild(ctx):
     """Rebuild each job's last success from the sites' manifests (the sites are the truth)."""
-    from ..engine import Clock, open_store, rebuild_states
+    from ..tick.engine import Clock, open_store, rebuild_states
 
     policy = load(ctx)
     store = open_store(policy)

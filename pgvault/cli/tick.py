@@ -20,7 +20,7 @@ def tick(ctx, dry_run, no_wait, now_text):
     if now_text:
         os.environ["PGVAULT_NOW"] = now_text  # children and the state see the same clock
     from ..clock import Clock
-    from ..tick_note import idle_until
+    from ..tick.note import idle_until
 
     clock = Clock.from_env()
     root = ctx.find_root()
@@ -35,7 +35,7 @@ def tick(ctx, dry_run, no_wait, now_text):
 
 
 def _full(ctx, clock, dry_run, no_wait, verbose):
-    from ..engine import tick as run_tick
+    from ..tick.engine import tick as run_tick
     from . import load
 
     policy = load(ctx)

@@ -102,7 +102,7 @@ def target_time(target, started_at: datetime, canary=None) -> datetime:
 def wait_for_wal(policy, site: str, wal_file: str, timeout: float = WAL_TIMEOUT) -> None:
     """PostgreSQL counts a segment archived once wal-push made it durable — at a site that was
     down, that may mean the spool. Wait (bounded) until this site holds the canary's segment."""
-    from ..sandbox import wait_until
+    from ..proc import wait_until
     from ..sites import open_site
     from ..wal.push import stored_variants
 

@@ -26,7 +26,7 @@ def receive_target(run: DrillRun, job) -> str:
 
 def _remove_zfs(target: str) -> None:
     from ..methods import zfs
-    from ..sandbox import wait_until
+    from ..proc import wait_until
 
     if not zfs.exists(target):
         return

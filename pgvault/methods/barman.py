@@ -25,6 +25,7 @@ from ..catalog import layout
 from ..errors import PgvaultError, SiteError
 from . import barman_tools as bt
 from .context import BackupContext
+from ..lsn import parse_lsn
 
 log = logging.getLogger("pgvault.barman")
 
@@ -233,11 +234,6 @@ def server_delete(ctx: BackupContext, name: str, bid: str) -> None:
 # -- the method
 
 
-def _lsn(text: str) -> int:
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
 def summarize(per_site: dict[str, dict]) -> dict:
     """Manifest-level facts: the widest range over every site's Barman backup.
 
@@ -250,8 +246,8 @@ def summarize(per_site: dict[str, dict]) -> dict:
     >>> s["start_lsn"], s["stop_lsn"], s["start_wal"], s["stop_wal"]
     ('0/3000028', '0/5000100', '000000010000000000000003', '000000010000000000000005')
     """
-    first = min(per_site.values(), key=lambda f: _lsn(f["begin_lsn"]))
-    last = max(per_site.values(), key=lambda f: _lsn(f["end_lsn"]))
+    first = min(per_site.values(), key=lambda f: parse_lsn(f["begin_lsn"]))
+    last = max(per_site.values(), key=lambda f: parse_lsn(f["end_lsn"]))
     return {"timeline": first["timeline"], "start_lsn": first["begin_lsn"], "stop_lsn": last["end_lsn"],
             "start_wal": first["begin_wal"], "stop_wal": last["end_wal"],
             "start_time": first["begin_time"], "stop_time": last["end_time"]}

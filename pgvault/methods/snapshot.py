@@ -25,6 +25,7 @@ from typing import Protocol
 
 from .. import pg
 from ..errors import DatabaseError, PgvaultError, UsageError
+from ..lsn import parse_lsn
 
 log = logging.getLogger("pgvault.snapshot")
 
@@ -93,15 +94,6 @@ class Driver(Protocol):
     def write_meta(self, snaps: list[Snap], backup_id: str, meta: dict) -> None: ...
     def local_sets(self) -> dict[str, dict[str, Snap]]: ...
     def send_argv(self, snap: Snap, base: Snap | None) -> list[str]: ...
-
-
-def lsn_int(lsn: str) -> int:
-    """
-    >>> lsn_int("1/2A")
-    4294967338
-    """
-    hi, lo = lsn.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
 
 
 def place(found: dict[str, tuple[str, int]], volumes: list[Volume]) -> list[Placement]:
@@ -252,7 +244,7 @@ def take(ctx, driver: Driver, backup_id: str, volumes: list[Volume], placements:
         for line in label.splitlines():
             if line.startswith("START WAL LOCATION:") and "(file " in line:
                 start_wal = line.split("(file ")[1].rstrip(")")
-    if backup_stop and lsn_int(backup_stop) > lsn_int(fence):
+    if backup_stop and parse_lsn(backup_stop) > parse_lsn(fence):
         fence = backup_stop
     return Taken(backup_id, mode, snaps, placements, start_lsn, fence, start_wal, stop_wal,
                  int(stop_wal[:8], 16), started, stop_time, label, tsmap or None, backup_stop)

@@ -231,3 +231,13 @@ class Policy(Strict):
 
     def site_names(self) -> list[str]:
         return list(self.sites)
+
+
+def get_job(policy, job_name: str):
+    try:
+        return policy.jobs[job_name]
+    except KeyError:
+        from ..errors import UsageError
+
+        raise UsageError(f"no job {job_name!r} in the policy",
+                         f"jobs defined: {', '.join(policy.jobs) or 'none'}") from None

@@ -70,7 +70,7 @@ def end_recovery(conninfo: str, timeout: float = 120) -> None:
     """Resume the paused side instance past its target: recovery ends, the instance is promoted."""
     import psycopg
 
-    from ..sandbox import wait_until
+    from ..proc import wait_until
 
     conn = pg.connect(conninfo, dbname="postgres")
     try:

@@ -16,8 +16,10 @@ from datetime import datetime, timedelta, timezone
 
 from .. import pg, proc
 from ..errors import PgvaultError, ToolFailed, UsageError
-from . import relations, walsource
-from .walscan import DROP_DATABASE, Candidate, Scanner, TableSpec, format_lsn, parse_lsn
+from ..catalog import relations
+from . import walsource
+from ..lsn import format_lsn, parse_lsn
+from .walscan import DROP_DATABASE, Candidate, Scanner, TableSpec
 
 log = logging.getLogger("pgvault.find")
 

@@ -111,7 +111,7 @@ def policy_file(policy) -> str:
 
 def restore_command(policy, wal_site: str | None) -> str:
     """restore_command through this pgvault (absolute invocation: it runs as postgres)."""
-    from ..sandbox import pgvault_command
+    from ..proc import pgvault_command
 
     cmd = pgvault_command(policy_file(policy)) + " wal-fetch %f %p"
     if wal_site and wal_site in policy.sites:

@@ -13,32 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ..errors import RestoreRefused, UsageError
+from ..lsn import format_lsn, parse_lsn  # noqa: F401  (planner.parse_lsn is used by pitr)
 
 SEG = 16 << 20
 
 
 # -- values
-
-
-def parse_lsn(text: str) -> int:
-    """An LSN as PostgreSQL prints it, as an integer.
-
-    >>> parse_lsn("1/3000060")
-    4345299040
-    """
-    m = re.fullmatch(r"\s*([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\s*", text or "")
-    if not m:
-        raise UsageError(f"{text!r} is not an LSN", "write an LSN as PostgreSQL prints it, e.g. 0/3000060")
-    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
-
-
-def format_lsn(lsn: int) -> str:
-    """An integer LSN as PostgreSQL prints it.
-
-    >>> format_lsn(4345299040)
-    '1/3000060'
-    """
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def parse_time(text: str) -> tuple[datetime, str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import pg, proc
-from ..backup import get_job
+from ..policy.model import get_job
 from ..catalog.catalog import Catalog
 from ..catalog.formats import Manifest
 from ..catalog.streams import CHUNK

@@ -96,23 +96,6 @@ class _Xact:
     dropdb: list = field(default_factory=list)           # (db oid, lsn)
 
 
-def parse_lsn(text: str) -> int:
-    """
-    >>> parse_lsn('0/1BC7990')
-    29129104
-    """
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def format_lsn(value: int) -> str:
-    """
-    >>> format_lsn(29129104)
-    '0/1BC7990'
-    """
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
 def _commit_time(line: bytes) -> datetime | None:
     m = _COMMIT_TS.search(line)
     if not m:

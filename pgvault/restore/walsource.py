@@ -35,15 +35,6 @@ def segment_of(lsn: int, seg_size: int) -> int:
     return lsn // seg_size
 
 
-def segment_name(tli: int, segno: int, seg_size: int) -> str:
-    """
-    >>> segment_name(1, 258, 16 * 1024 * 1024)
-    '000000010000000100000002'
-    """
-    per = 0x100000000 // seg_size
-    return f"{tli:08X}{segno // per:08X}{segno % per:08X}"
-
-
 @dataclass
 class Segments:
     """A run of segments of one timeline in one directory, ready for pg_waldump."""

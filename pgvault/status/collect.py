@@ -176,7 +176,7 @@ def _segment_size(policy, cluster: dict) -> int:
 def run_facts(policy) -> dict:
     """The last finished run of each job as this host's engine recorded it (a local cache: it
     knows about failures, which leave nothing at the sites). Empty on a host that runs no tick."""
-    from ..state import StateStore, state_dir
+    from ..tick.state import StateStore, state_dir
 
     store = StateStore(state_dir(policy.state_dir, policy.cluster.name))
     out = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..wal import names
+from ..lsn import parse_lsn
 
 GAPS_LISTED = 10  # a broken archive can miss thousands; name the first few, count the rest
 segment_name = names.segment_name
@@ -26,16 +27,6 @@ def parse_segment(filename: str, segment_size: int = 16 << 20) -> tuple[int, int
     if not names.is_wal_name(name) or names.kind(name) != "segment":
         return None
     return names.parse_segment(name, segment_size)
-
-
-def parse_lsn(text: str) -> int:
-    """Example:
-
-    >>> parse_lsn("1/2A000028")
-    4999610408
-    """
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
 
 
 def current_segno(lsn: str, segment_size: int = 16 << 20) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from ..lsn import format_lsn
 
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 ANY_RE = re.compile(r"^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
@@ -152,15 +153,6 @@ def check_header(name: str, header: PageHeader) -> str | None:
         return (f"page address {format_lsn(header.pageaddr)} does not match the segment name "
                 f"(expected {format_lsn(expected)})")
     return None
-
-
-def format_lsn(lsn: int) -> str:
-    """An LSN as PostgreSQL prints it.
-
-    >>> format_lsn(0x100000028)
-    '1/28'
-    """
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def gaps(names: list[str], segment_size: int = 16 << 20) -> list[tuple[str, str]]:

@@ -270,7 +270,7 @@ class Archiver:
     def push(self, path: str | os.PathLike, *, batch: int | None = None) -> PushResult:
         """Ship ``path`` (and ready neighbours), holding the spool's push lock (shared), which
         tells the background shipper that the archiver is busy."""
-        from .shipper import push_lock
+        from .launch import push_lock
 
         with push_lock(self.spool):
             return self._push(Path(path), batch)
@@ -332,12 +332,12 @@ class Archiver:
                 round_items = []
         self._update_breakers(now)
         if n_sync < len(self.sites):
-            from .shipper import kick
+            from .launch import kick
 
             # Started once this push is done: its start-up (imports, S3 clients) and its
             # uploads would take CPU from the compression PostgreSQL is waiting on.
             drained = {}
-            kick(self)
+            kick(self.spool, self.policy)
         else:
             drained = self.drain(bind, limit=DRAIN_PER_PUSH, budget=self.policy.wal.slow_site_grace.total_seconds())
         self.close()

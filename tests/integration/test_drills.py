@@ -334,7 +334,7 @@ from tests.integration.snapshots.conftest import btrfs_fs, instances, zfs_daemon
 def test_btrfs_snapshot_drills_latest_and_canary(btrfs_fs, workdir, instances, world):
     """A snapshot drill (received from the site into a fresh directory, removed afterwards)
     and a canary drill that uses the snapshot as its PITR base."""
-    from pgvault.sandbox_fs import instance_on
+    from pgvault.sandbox.fs import instance_on
 
     sv = btrfs_fs.subvolume("pg", owner_postgres=True)
     inst = instance_on(sv / "data", workdir / "sock", start=False, settings={
@@ -377,7 +377,7 @@ def test_btrfs_snapshot_drills_latest_and_canary(btrfs_fs, workdir, instances, w
 
 def test_zfs_snapshot_drill_receives_into_a_new_dataset_and_destroys_it(zpool, workdir, instances, world):
     from pgvault.methods import zfs
-    from pgvault.sandbox_fs import instance_on
+    from pgvault.sandbox.fs import instance_on
 
     ds, mnt = zpool.dataset("db/pg", owner_postgres=True)
     inst = instance_on(mnt / "data", workdir / "sock")

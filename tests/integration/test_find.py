@@ -141,7 +141,7 @@ def test_drop_database_targets_the_drop_record(damaged):
     target = first["recovery_target"]
     assert set(target) == {"recovery_target_lsn", "recovery_target_inclusive"}
     # The drop record comes before the commit record.
-    from pgvault.restore.walscan import parse_lsn
+    from pgvault.lsn import parse_lsn
 
     assert parse_lsn(target["recovery_target_lsn"]) < parse_lsn(first["commit_lsn"])
 

@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 from pgvault.sandbox import wait_until
-from pgvault.state import JobLock
+from pgvault.statedir import JobLock
 
 from .test_tick import ROOT_ENV, iso, site_backups
 

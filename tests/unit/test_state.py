@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pgvault.errors import PgvaultError
-from pgvault.state import JobLock, JobState, Run, StateStore
+from pgvault.tick.state import JobLock, JobState, Run, StateStore
 
 T = datetime(2026, 11, 16, 2, tzinfo=timezone.utc)
 
@@ -99,10 +99,11 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path):
 def test_doctests_of_the_engine_modules():
     import doctest
 
-    from pgvault import clock, state
+    from pgvault import clock, statedir
+    from pgvault.tick import state
     from pgvault.catalog import layout
     from pgvault.policy import load_light
     from pgvault.cli import schedule as schedule_cli
 
-    for mod in (clock, state, layout, schedule_cli, load_light):
+    for mod in (clock, state, statedir, layout, schedule_cli, load_light):
         assert doctest.testmod(mod).failed == 0, mod.__name__

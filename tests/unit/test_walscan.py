@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pgvault.restore.walscan import (DROP_DATABASE, DROP_TABLE, MASS_DELETE, REWRITE, TRUNCATE, Scanner,
-                                     TableSpec, parse_lsn)
+from pgvault.lsn import parse_lsn
+from pgvault.restore.walscan import DROP_DATABASE, DROP_TABLE, MASS_DELETE, REWRITE, TRUNCATE, Scanner, TableSpec
 
 SAMPLES = Path(__file__).resolve().parent / "find_samples"
 

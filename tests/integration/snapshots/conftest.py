@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pgvault import sandbox
-from pgvault.sandbox_fs import BtrfsImage, ZfsDaemon, ZfsPool, instance_on
+from pgvault.sandbox.fs import BtrfsImage, ZfsDaemon, ZfsPool, instance_on
 from tests.conftest import World
 
 PG_BIN = "/usr/lib/postgresql/15/bin"

@@ -8,11 +8,11 @@ import subprocess
 from pgvault import pg, sandbox
 from pgvault.catalog.catalog import Catalog
 from pgvault.policy import load_policy
-from pgvault.methods.snapshot import lsn_int
+from pgvault.lsn import parse_lsn as lsn_int
 from pgvault.sites import open_sites
 
 from .conftest import Load, consistent, invariants, pgbench_init
-from pgvault.sandbox_fs import instance_on
+from pgvault.sandbox.fs import instance_on
 
 
 def archived(inst, segment: str) -> bool:

@@ -90,7 +90,7 @@ def snapshot_id(doc: dict) -> str:
     >>> snapshot_id({"time": "2026-11-25T22:15:30.5+00:00", "lsn": "0/1BC7990"})
     '20261125T221530Z-0000000001BC7990'
     """
-    from .walscan import parse_lsn
+    from ..lsn import parse_lsn
 
     t = datetime.fromisoformat(doc["time"]).astimezone(timezone.utc)
     return f"{t:%Y%m%dT%H%M%SZ}-{parse_lsn(doc['lsn']):016X}"

@@ -1,6 +1,6 @@
 """One tick: due jobs -> run -> record -> expire. See docs/scheduling.md.
 
-- Each scheduled item (a backup job; drills plug in through SOURCES) is decided and run under
+- Each scheduled item (a backup job or a scheduled drill, see items.py) is decided and run under
   its own non-blocking per-job lock. A held lock means another tick is running that job: this
   tick skips it and goes on, so a slow job delays unrelated jobs by at most one tick.
 - Due-ness is re-checked after the lock is taken (the state is reread), so two ticks never run
@@ -18,42 +18,17 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
-from .clock import Clock, parse_now  # noqa: F401  (re-exported)
-from .policy.schedule import Due, due
+from ..clock import Clock, parse_now  # noqa: F401  (re-exported)
+from ..policy.schedule import Due, due
+from .items import Outcome, Scheduled
 from .state import JobState, Run, StateStore, state_dir
 
-log = logging.getLogger("pgvault.engine")
+log = logging.getLogger("pgvault.tick.engine")
 
 BACKUP_METHODS = ("logical", "barman", "zfs", "btrfs")
-# Where scheduled items come from: "module:function(policy) -> list[Scheduled]". The drills
-# helper adds its line here; a module that does not exist yet is skipped.
-SOURCES = [
-    "pgvault.engine:backup_items",
-    "pgvault.drills.schedule:scheduled",
-]
 
 
-@dataclass
-class Outcome:
-    outcome: str = "success"           # success | partial | failed
-    backup_id: str | None = None
-    message: str = ""
-    sites: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Scheduled:
-    """Something tick runs on a schedule."""
-
-    name: str
-    schedule: str | None
-    tz: str
-    run: Callable[[datetime], Outcome]
-    sites: list[str] = field(default_factory=list)
-    kind: str = "backup"
-    timeout: float | None = None     # seconds; the run is aborted (and recorded failed) after this
 
 
 def backup_items(policy) -> list[Scheduled]:
@@ -68,7 +43,7 @@ def backup_items(policy) -> list[Scheduled]:
 
 def _backup_runner(policy, name):
     def run(now: datetime) -> Outcome:
-        from .backup import run_backup
+        from ..backup import run_backup
 
         r = run_backup(policy, name, now=now)
         if r.partial:
@@ -79,19 +54,10 @@ def _backup_runner(policy, name):
 
 
 def scheduled(policy) -> list[Scheduled]:
-    import importlib
+    """Every item the tick schedules: the policy's backup jobs, then its scheduled drills."""
+    from .drills import scheduled as drill_items  # imported on use: an idle tick never needs it
 
-    out: list[Scheduled] = []
-    for src in SOURCES:
-        mod, fn = src.split(":")
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name and mod.startswith(exc.name):
-                continue
-            raise
-        out.extend(getattr(m, fn)(policy))
-    return out
+    return backup_items(policy) + drill_items(policy)
 
 
 @dataclass
@@ -123,12 +89,12 @@ class TickReport:
 def rebuild_states(policy, store: StateStore, names: list[str], now: datetime, *, save: bool = True) -> dict[str, JobState]:
     """Job states from the sites' manifests (the source of truth): the newest backup of each job
     becomes its last success. Jobs with nothing at any reachable site start from ``now``."""
-    from .catalog import layout
+    from ..catalog import layout
 
     newest: dict[str, str] = {}
     if names:
-        from .backup import open_catalogs
-        from .errors import PgvaultError
+        from ..catalog.catalog import open_catalogs
+        from ..errors import PgvaultError
 
         wanted = set(names)
         for sname, cat in open_catalogs(policy, list(policy.sites)).items():
@@ -283,7 +249,7 @@ def run_one(policy, name: str, clock: Clock, store: StateStore) -> "Line":
     finally:
         lock.release()
     if line.action in ("failed", "partial"):
-        from .notify import notify
+        from ..notify import notify
 
         notify(policy, {"event": "job_failed", "job": name, "outcome": line.action, "message": line.reason,
                         "started_at": now.isoformat()})
@@ -295,7 +261,7 @@ def run_one(policy, name: str, clock: Clock, store: StateStore) -> "Line":
 
 
 def _run_locked(item: Scheduled, store: StateStore, lock, clock: Clock, now: datetime) -> Line:
-    from .errors import PgvaultError
+    from ..errors import PgvaultError
 
     st = store.load(item.name) or JobState(item.name, now)
     d: Due = due(item.schedule, item.tz, st.anchor, now)
@@ -356,7 +322,7 @@ class _time_limit:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.old)
         if exc_type is JobTimeout:
-            from .errors import PgvaultError
+            from ..errors import PgvaultError
 
             raise PgvaultError(f"timed out after {self.seconds:g}s (the job's timeout) and was aborted",
                                "raise jobs.<job>.timeout, or find what the job waits for") from None
@@ -367,8 +333,8 @@ EXPIRE_WAIT = 900.0  # seconds a job waits for another's expiry to finish
 
 
 def _expire_after(policy, store, clock, sites, report) -> None:
-    from .errors import PgvaultError
-    from .expire import expire_sites
+    from ..errors import PgvaultError
+    from ..expire import expire_sites
 
     lock = store.lock(".expire")
     # Wait for another job's expiry rather than skip: it may be expiring other sites than ours,
@@ -403,7 +369,7 @@ def _busy_jobs(store: StateStore) -> bool:
     return False
 
 
-# -- the note that lets an idle tick stop early (pgvault.tick_note)
+# -- the note that lets an idle tick stop early (pgvault.tick.note)
 
 def _save_note(policy, store, items, report, clock) -> None:
     src = getattr(policy, "_source", None)
@@ -423,7 +389,7 @@ def _save_note(policy, store, items, report, clock) -> None:
         elif d.next is not None:
             nexts.append(d.next)
     try:
-        from .tick_note import policy_digest
+        from .note import policy_digest
 
         store.save_tick_note({"digest": policy_digest(Path(src).read_bytes()), "written_at": now.isoformat(),
                               "next_due": min(nexts).isoformat() if nexts else None, "jobs": len(items)})

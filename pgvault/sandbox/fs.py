@@ -13,8 +13,8 @@ import signal
 import uuid
 from pathlib import Path
 
-from . import pg, proc
-from .sandbox import owned_dir, wait_until
+from .. import pg, proc
+from . import owned_dir, wait_until
 
 LOCK = Path(os.environ.get("PGVAULT_ZFS_LOCK", "/run/pgvault-zfs-fuse.lock"))
 PIDFILE = Path(os.environ.get("PGVAULT_ZFS_PIDFILE", "/run/pgvault-zfs-fuse.pid"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from . import pg, sandbox
+from .. import pg, sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def _snapshot_fs(base: Path, out):
     if os.geteuid() != 0 or not shutil.which("btrfs") or not shutil.which("mkfs.btrfs"):
         out("(btrfs is not available here: the snapshot method is left out of this demo)")
         return None
-    from .sandbox_fs import BtrfsImage
+    from .fs import BtrfsImage
 
     try:
         return BtrfsImage(base).create("1G")
@@ -124,7 +124,7 @@ def run_demo(keep: bool = False, out=print, report_dir: str | None = None) -> in
         policy = base / "policy.yaml"
         settings = {"archive_mode": "on", "archive_command": sandbox.pgvault_command(policy) + " wal-push %p"}
         if fs:
-            from .sandbox_fs import instance_on
+            from .fs import instance_on
 
             subvol = fs.subvolume("pg", owner_postgres=True)
             inst = instance_on(subvol / "data", base / "cluster-sock", settings=settings, start=False)

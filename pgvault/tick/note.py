@@ -13,7 +13,7 @@ NOTE = "tick.json"
 
 
 def policy_digest(data: bytes) -> str:
-    from . import __version__
+    from .. import __version__
 
     return hashlib.sha256(data + b"\0" + __version__.encode()).hexdigest()
 
@@ -21,7 +21,7 @@ def policy_digest(data: bytes) -> str:
 def idle_until(policy_file: str | None, now: datetime) -> datetime | bool | None:
     """The time before which nothing is due (True: nothing is scheduled at all), or None when
     the full path must decide (no note, another policy, or something is due)."""
-    from .policy.load_light import light_read
+    from ..policy.load_light import light_read
 
     found = light_read(policy_file)
     if found is None:

@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
-from . import pg, proc
+from .. import pg
+from ..proc import pgvault_command, wait_until  # noqa: F401  (the harness's names for them)
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -31,18 +31,6 @@ def owned_dir(path: Path, mode: int = 0o700) -> Path:
     os.chmod(path, mode)
     pg.chown_to_run_user(path)
     return path
-
-
-def wait_until(predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05):
-    """Poll ``predicate`` until it returns a truthy value; raise TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Moto:
@@ -113,12 +101,3 @@ def new_instance(base: Path, name: str = "pg", *, port: int | None = None, setti
     if start:
         inst.start()
     return inst
-
-
-def pgvault_command(policy_file: str | os.PathLike | None = None) -> str:
-    """How PostgreSQL (running as postgres) invokes this pgvault, e.g. in archive_command."""
-    root = Path(__file__).resolve().parent.parent
-    argv = ["env", f"PYTHONPATH={root}", sys.executable, "-m", "pgvault"]
-    if policy_file:
-        argv += ["--policy", str(policy_file)]
-    return proc.quote(argv)

@@ -1,5 +1,5 @@
 """Scheduled drills for ``pgvault tick``: every drill with a ``schedule:`` becomes one item
-of the engine's schedule (the engine lists this module in its SOURCES).
+of the engine's schedule (engine.scheduled adds them after the backup jobs).
 
 Each item runs one drill (at each of its sites) through run_drills, which stores the evidence
 at the sites; the engine records the outcome and handles locks and catch-up like any job."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("pgvault.drills.schedule")
+log = logging.getLogger("pgvault.tick.drills")
 
 PREFIX = "drill:"
 
@@ -22,9 +22,9 @@ def item_name(drill_name: str) -> str:
 
 def scheduled(policy) -> list:
     """The engine's Scheduled items for drills that have a schedule."""
-    from ..engine import Scheduled
-    from .load import DrillDefinitionError, load_drills
-    from .sources import sites_for
+    from ..drills.load import DrillDefinitionError, load_drills
+    from ..drills.sources import sites_for
+    from .items import Scheduled
 
     if not policy.drills:
         return []
@@ -40,8 +40,8 @@ def scheduled(policy) -> list:
 
 def _runner(policy, name: str):
     def run(now):
-        from ..engine import Outcome
-        from .runner import run_drills
+        from ..drills.runner import run_drills
+        from .items import Outcome
 
         results = run_drills(policy, [name])
         sites = [r.site for r in results]
