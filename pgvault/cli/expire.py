@@ -15,7 +15,7 @@ from .output import emit_json, table
 def expire(ctx, dry_run, site, as_json):
     """Apply retention: list every backup at every site with KEEP or EXPIRE and why, then delete
     the expired ones (manifest first), the WAL no kept base needs, and old debris."""
-    from ..tick.engine import Clock, _busy_jobs, open_store
+    from ..tick.engine import Clock, busy_jobs, open_store
     from ..errors import UsageError
     from ..expire import expire_sites
 
@@ -32,7 +32,7 @@ def expire(ctx, dry_run, site, as_json):
                            "try again when it has finished (its job's log says which)")
     try:
         results = expire_sites(policy, [site] if site else None, now=clock.now(), dry_run=dry_run,
-                               busy=_busy_jobs(store))
+                               busy=busy_jobs(store))
     finally:
         lock.release()
     if as_json:

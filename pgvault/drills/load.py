@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import PolicyError, UsageError
-from ..policy.load import _translate
+from ..policy.load import translate_error
 from .model import EACH, PITR_METHODS, Drill
 
 Problem = tuple[str, str, str | None]
@@ -110,7 +110,7 @@ def parse_drill(policy, text: str, source: str, default_name: str) -> tuple[Dril
         drill = Drill.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
-            msg, hint = _translate(err)
+            msg, hint = translate_error(err)
             if err["type"] == "extra_forbidden":
                 hint = "remove it or check its spelling against docs/drills.md"
             if err["type"] == "check_kind":

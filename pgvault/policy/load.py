@@ -40,7 +40,7 @@ def _loc_to_path(loc: tuple) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _translate(err: dict) -> tuple[str, str | None]:
+def translate_error(err: dict) -> tuple[str, str | None]:
     kind = err["type"]
     msg = err["msg"]
     if kind == "extra_forbidden":
@@ -140,7 +140,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         policy = Policy.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
-            msg, hint = _translate(err)
+            msg, hint = translate_error(err)
             problems.append((_loc_to_path(err["loc"]), msg, hint))
     problems += _semantic_problems(raw)
     # De-duplicate while keeping order.

@@ -345,7 +345,7 @@ def _expire_after(policy, store, clock, sites, report) -> None:
         report.expiry_failed = True
         return
     try:
-        results = expire_sites(policy, sites, now=clock.now(), busy=_busy_jobs(store))
+        results = expire_sites(policy, sites, now=clock.now(), busy=busy_jobs(store))
         for r in results:
             report.expiry.append(r.summary())
             report.expiry_failed |= bool(r.errors)
@@ -356,7 +356,7 @@ def _expire_after(policy, store, clock, sites, report) -> None:
         lock.release()
 
 
-def _busy_jobs(store: StateStore) -> bool:
+def busy_jobs(store: StateStore) -> bool:
     """Is any job's lock held right now (a backup may be writing what looks like debris)?"""
     d = store.root / "locks"
     if not d.is_dir():
