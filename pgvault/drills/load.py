@@ -128,6 +128,12 @@ def load_drills(policy, names: list[str] | None = None) -> list[Drill]:
     drills: list[Drill] = []
     problems: list[Problem] = []
     where: dict[str, str] = {}
+    for i, pattern in enumerate(policy.drills):
+        # A glob may match nothing (no drills yet); a plain path that names no file is a typo or a
+        # moved file, and "no drills defined" would hide that the restores are no longer proven.
+        if not glob.has_magic(pattern) and not (Path(pattern) if os.path.isabs(pattern) else base / pattern).is_file():
+            problems.append((f"policy drills[{i}]", f"{pattern}: no such file",
+                             "fix the path (relative paths are relative to the policy file) or remove it"))
     for f in drill_files(policy):
         rel = os.path.relpath(f, base)
         try:

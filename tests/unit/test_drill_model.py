@@ -104,3 +104,16 @@ def test_pitr_example_drills_validate_against_the_example_policy():
     for f in files:
         drill, problems = parse_drill(policy, f.read_text(), f.name, f.stem)
         assert problems == [] and drill.source.method == "barman"
+
+
+def test_a_drill_path_that_names_no_file_is_a_problem_a_glob_that_matches_nothing_is_not(tmp_path):
+    from pgvault.drills.load import DrillDefinitionError, load_drills
+
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\ncluster: {name: main, conninfo: 'host=/tmp'}\nsites: {a: {type: local, path: /tmp/pgv-a}}\n"
+        "jobs: {nightly: {method: logical, sites: [a]}}\ndrills: [none-yet/*.yaml, moved/latest.yaml]\n")
+    from pgvault.policy.load import load_policy
+
+    with pytest.raises(DrillDefinitionError) as e:
+        load_drills(load_policy(tmp_path / "policy.yaml"))
+    assert [p[0] for p in e.value.problems] == ["policy drills[1]"] and "moved/latest.yaml" in e.value.problems[0][1]
