@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Iterator, Literal
+from typing import BinaryIO, ClassVar, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,14 @@ class LocalSiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["local"] = Field(description="a directory on this host (or a mounted file system)")
     path: str = Field(min_length=1, description="absolute path of the site's root directory")
+
+    # The key a policy error about this site's place points at (the overlap check).
+    location_field: ClassVar[str] = "path"
+
+    def impatient(self, seconds: float) -> "LocalSiteConfig":
+        """This configuration, giving up within about ``seconds`` (monitoring): a local file
+        system has no timeouts to shorten."""
+        return self
 
     def location_key(self) -> tuple:
         """(space, path parts) for the overlap check (pgvault.sites.base.overlaps)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Iterator, Literal
+from typing import BinaryIO, ClassVar, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,15 @@ class S3SiteConfig(BaseModel):
     def url(self) -> str:
         """s3://bucket/prefix as barman-cloud and humans write it."""
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    # The key a policy error about this site's place points at (the overlap check).
+    location_field: ClassVar[str] = "prefix"
+
+    def impatient(self, seconds: float) -> "S3SiteConfig":
+        """This configuration, giving up within about ``seconds`` per request (monitoring)."""
+        return self.model_copy(update={"connect_timeout": min(self.connect_timeout, seconds),
+                                       "read_timeout": min(self.read_timeout, seconds),
+                                       "max_attempts": min(self.max_attempts, 2)})
 
     def location_key(self) -> tuple:
         """(space, path parts) for the overlap check: the region does not tell buckets apart

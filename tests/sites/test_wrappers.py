@@ -166,3 +166,26 @@ def test_wrapping_hook_wraps_the_sites_a_command_opens(workdir):
 def test_location_keys_tell_overlapping_sites(a, b, overlap):
     assert overlaps(a.location_key(), b.location_key()) is overlap
     assert overlaps(b.location_key(), a.location_key()) is overlap
+
+
+def test_the_policy_refuses_sites_that_overlap():
+    from pgvault.errors import PolicyError
+    from pgvault.policy.load import parse_policy
+
+    text = """
+version: 1
+cluster: {name: main, conninfo: "host=/tmp port=5432 user=postgres"}
+sites:
+  a: {type: local, path: /var/backups/pgvault}
+  b: {type: local, path: /var/backups/pgvault/inner}
+  c: {type: local, path: /var/backups/pgvault2}
+  eu: {type: s3, bucket: acme, prefix: prod}
+  eu2: {type: s3, bucket: acme, prefix: prod/x, region: eu-west-1}
+  us: {type: s3, bucket: acme, prefix: production}
+  bad: {type: s3}
+"""
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "p.yaml")
+    overlapping = [(p, m) for p, m, _h in info.value.problems if "overlaps" in m]
+    assert [p for p, _m in overlapping] == ["sites.b.path", "sites.eu2.prefix"]
+    assert "'a'" in overlapping[0][1] and "'eu'" in overlapping[1][1]
