@@ -116,9 +116,8 @@ class Catalog:
             parts = layout.split_backup_key(self.cluster, obj.key)
             if parts and parts[0] not in committed:
                 out.add(layout.backup_prefix(self.cluster, parts[0]))
-        temps = getattr(self.site, "list_temporaries", None)
-        if temps:
-            out.update(temps(layout.cluster_prefix(self.cluster)))
+        if self.site.capabilities.lists_temporaries:
+            out.update(self.site.list_temporaries(layout.cluster_prefix(self.cluster)))
         return sorted(out)
 
     def verify(self, backup_ids: list[str] | None = None) -> "VerifyReport":

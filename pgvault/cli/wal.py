@@ -62,7 +62,6 @@ def wal_ship(ctx, follow):
         logging.getLogger("pgvault.wal").info(
             "shipper exits: %s", ", ".join(f"{s} {n}" for s, n in sorted(delivered.items())) or "nothing delivered")
         return 0
-    arch._prepare_clients()
     delivered = arch.drain(workers=SHIP_WORKERS)
     arch.close()
     for site in arch.spool.sites_with_backlog():

@@ -38,24 +38,41 @@ def _site_cfg(ctx: BackupContext, name: str):
     return ctx.policy.sites[name]
 
 
+def route(caps) -> str | None:
+    """How Barman reaches a site, from what the site declares: barman-cloud if its tools can
+    reach it, else a Barman server in a local directory; None if neither."""
+    if caps.barman_cloud is not None:
+        return "barman-cloud"
+    return "barman-server" if caps.local_root is not None else None
+
+
+def _caps(ctx: BackupContext, name: str):
+    from ..sites import open_site
+
+    return open_site(name, _site_cfg(ctx, name)).capabilities
+
+
 def check(ctx: BackupContext) -> list[str]:
     problems = []
-    kinds = {_site_cfg(ctx, n).type for n in ctx.job.sites}
-    needed = (["barman-cloud-backup", "barman-cloud-backup-show"] if "s3" in kinds else []) + \
-             (["barman"] if "local" in kinds else [])
+    routes = {n: route(_caps(ctx, n)) for n in ctx.job.sites}
+    kinds = set(routes.values())
+    problems += [f"site {n!r} can hold no Barman backup: barman-cloud cannot reach it and it is not a local "
+                 f"directory (HINT: use another method for this site)" for n, r in routes.items() if r is None]
+    needed = (["barman-cloud-backup", "barman-cloud-backup-show"] if "barman-cloud" in kinds else []) + \
+             (["barman"] if "barman-server" in kinds else [])
     for t in needed:
         try:
             bt.tool(t)
         except PgvaultError as exc:
             problems.append(f"{exc.message} (HINT: {exc.hint})")
-    if "s3" in kinds and ctx.job.compression not in bt.CLOUD_COMPRESSION:
+    if "barman-cloud" in kinds and ctx.job.compression not in bt.CLOUD_COMPRESSION:
         problems.append(f"jobs.{ctx.job_name}.compression: barman-cloud-backup cannot compress with "
                         f"{ctx.job.compression} (HINT: use one of {', '.join(bt.CLOUD_COMPRESSION)})")
     settings = dict(pg.query(ctx.conn, "SELECT name, setting FROM pg_settings WHERE name IN "
                                        "('wal_level', 'max_wal_senders', 'max_replication_slots')"))
     if settings.get("wal_level") == "minimal":
         problems.append("wal_level is minimal: base backups need replica or logical (HINT: set wal_level = replica and restart)")
-    if "local" in kinds:
+    if "barman-server" in kinds:
         if int(settings.get("max_wal_senders", 0)) < 2:
             problems.append("max_wal_senders < 2: Barman needs two (pg_basebackup + WAL streaming) "
                             "(HINT: set max_wal_senders = 10 and restart)")
@@ -65,34 +82,32 @@ def check(ctx: BackupContext) -> list[str]:
     return problems
 
 
-# -- S3 sites: barman-cloud-backup
+# -- sites barman-cloud reaches (S3): barman-cloud-backup
 
 
-def _cloud(ctx: BackupContext, name: str) -> tuple[str, dict]:
-    cfg = _site_cfg(ctx, name)
-    env = {"AWS_DEFAULT_REGION": cfg.region} if cfg.region else {}
-    return layout.barman_cloud_url(cfg.url()), env
+def _cloud(ctx: BackupContext, name: str):
+    """(Barman's cloud URL at the site, the site's BarmanCloud capability, the tools' environment)."""
+    cloud = _caps(ctx, name).barman_cloud
+    return layout.barman_cloud_url(cloud.url), cloud, cloud.env
 
 
 def _cloud_ids(ctx, name: str) -> set[str]:
-    url, env = _cloud(ctx, name)
-    cfg = _site_cfg(ctx, name)
-    out = proc.output(bt.cloud_list_argv(url, ctx.policy.cluster.name, cfg.endpoint_url), extra_env=env)
+    url, cloud, env = _cloud(ctx, name)
+    out = proc.output(bt.cloud_list_argv(url, ctx.policy.cluster.name, cloud), extra_env=env)
     return {b["backup_id"] for b in json.loads(out or "{}").get("backups_list", [])}
 
 
 def cloud_backup(ctx: BackupContext, name: str, pgvault_id: str) -> dict:
-    url, env = _cloud(ctx, name)
-    cfg = _site_cfg(ctx, name)
+    url, cloud, env = _cloud(ctx, name)
     server = ctx.policy.cluster.name
     before = _cloud_ids(ctx, name)
-    argv = bt.cloud_backup_argv(url, server, ctx.conninfo(), endpoint_url=cfg.endpoint_url,
+    argv = bt.cloud_backup_argv(url, server, ctx.conninfo(), cloud=cloud,
                                 compression=ctx.job.compression, immediate=ctx.job.immediate_checkpoint,
                                 name=pgvault_id)
     # Barman runs pg_backup_start/stop itself and reads PGDATA; it needs PostgreSQL's bin dir.
     path_env = {**env, "PATH": f"{ctx.tool('pg_basebackup').rsplit('/', 1)[0]}:{os.environ.get('PATH', '')}"}
     try:
-        proc.run(argv, extra_env=path_env, hint=f"check site {name!r} ({cfg.url()}) and the server log")
+        proc.run(argv, extra_env=path_env, hint=f"check site {name!r} ({cloud.url}) and the server log")
     except PgvaultError:
         # barman-cloud leaves a FAILED backup.info behind; nothing that looks like a backup stays.
         try:
@@ -105,7 +120,7 @@ def cloud_backup(ctx: BackupContext, name: str, pgvault_id: str) -> dict:
     if len(new) != 1:
         raise PgvaultError(f"site {name!r}: could not find the backup barman-cloud-backup just took ({sorted(new)})")
     bid = new.pop()
-    out = proc.output(bt.cloud_show_argv(url, server, bid, cfg.endpoint_url), extra_env=env)
+    out = proc.output(bt.cloud_show_argv(url, server, bid, cloud), extra_env=env)
     info = next(iter(json.loads(out).values()))
     if info.get("status") != "DONE":
         raise PgvaultError(f"site {name!r}: Barman backup {bid} ended with status {info.get('status')}: {info.get('error')}")
@@ -118,8 +133,8 @@ def cloud_backup(ctx: BackupContext, name: str, pgvault_id: str) -> dict:
 
 
 def cloud_delete(ctx: BackupContext, name: str, bid: str) -> None:
-    url, env = _cloud(ctx, name)
-    proc.run(bt.cloud_delete_argv(url, ctx.policy.cluster.name, bid, _site_cfg(ctx, name).endpoint_url),
+    url, cloud, env = _cloud(ctx, name)
+    proc.run(bt.cloud_delete_argv(url, ctx.policy.cluster.name, bid, cloud),
              extra_env=env, check=False)
 
 
@@ -133,7 +148,7 @@ def server_paths(site_root: str, cluster: str) -> tuple[Path, Path]:
 
 
 def write_server_config(ctx: BackupContext, name: str) -> tuple[Path, Path]:
-    home, conf = server_paths(_site_cfg(ctx, name).path, ctx.policy.cluster.name)
+    home, conf = server_paths(str(_caps(ctx, name).local_root), ctx.policy.cluster.name)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     bin_dir = ctx.tool("pg_basebackup").rsplit("/", 1)[0]
     text = bt.server_config(str(home), ctx.policy.cluster.name, ctx.conninfo(), bin_dir, getpass.getuser())
@@ -262,10 +277,12 @@ def backup(ctx: BackupContext, session) -> dict:
     per_site: dict[str, dict] = {}
     try:
         for name in list(session.catalogs):
-            kind = _site_cfg(ctx, name).type
-            log.info("barman base backup to site %s (%s)", name, kind)
+            way = route(session.catalogs[name].site.capabilities)
+            log.info("barman base backup to site %s (%s)", name, way)
             try:
-                per_site[name] = cloud_backup(ctx, name, session.backup_id) if kind == "s3" else server_backup(ctx, name)
+                if way is None:
+                    raise PgvaultError(f"site {name!r} can hold no Barman backup (see pgvault check)")
+                per_site[name] = cloud_backup(ctx, name, session.backup_id) if way == "barman-cloud" else server_backup(ctx, name)
             except PgvaultError as exc:
                 if len(session.catalogs) == 1:
                     raise
@@ -303,7 +320,7 @@ def expire(manifest, site) -> None:
     if not facts:
         return
     if facts.get("route") == "barman-server":
-        conf = Path(site.config.path) / facts["config"]
+        conf = site.capabilities.local_root / facts["config"]
         proc.run(bt.server_argv(str(conf), "delete", facts["server"], facts["backup_id"]))
         return
     prefix = f"{layout.barman_base_prefix(manifest.cluster)}{facts['backup_id']}/"

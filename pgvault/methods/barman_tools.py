@@ -1,9 +1,10 @@
 """Argv builders for the stock Barman tools (pure, tested without I/O) and where to find them.
 
 pgvault drives two Barman routes (see docs/barman.md):
-- S3 sites: barman-cloud-backup / barman-cloud-restore with ``s3://<bucket>/<prefix>/clusters``
+- sites barman-cloud reaches (S3; the site's Barman-cloud capability gives the URL, provider,
+  endpoint and environment): barman-cloud-backup / barman-cloud-restore with ``s3://<bucket>/<prefix>/clusters``
   and server name = the cluster name, so Barman's cloud layout lands in ``clusters/<cluster>/``.
-- local sites: a generated Barman server configuration kept at the site (backup_method =
+- local sites (a local root): a generated Barman server configuration kept at the site (backup_method =
   postgres, i.e. pg_basebackup, streaming for the backup's own WAL; no SSH)."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import proc
+from ..sites.base import BarmanCloud
 
 CLOUD_COMPRESSION = {"none": [], "gzip": ["--gzip"], "bzip2": ["--bzip2"], "snappy": ["--snappy"], "lz4": ["--lz4"]}
 
@@ -24,29 +26,28 @@ def tool(name: str) -> str:
     return proc.which(name)
 
 
-def cloud_common(endpoint_url: str | None) -> list[str]:
-    """The provider and endpoint arguments every barman-cloud tool takes.
+def cloud_common(cloud: BarmanCloud) -> list[str]:
+    """The provider and endpoint arguments every barman-cloud tool takes, as the site declares
+    them (its Barman-cloud capability; credentials come from the environment, never argv).
 
-    >>> cloud_common("http://127.0.0.1:9000")
+    >>> cloud_common(BarmanCloud("s3://b", "aws-s3", "http://127.0.0.1:9000"))
     ['--cloud-provider', 'aws-s3', '--endpoint-url', 'http://127.0.0.1:9000']
     """
-    argv = ["--cloud-provider", "aws-s3"]
-    if endpoint_url:
-        argv += ["--endpoint-url", endpoint_url]
-    return argv
+    return cloud.argv()
 
 
-def cloud_backup_argv(url: str, server: str, conninfo: str, *, endpoint_url: str | None = None,
+def cloud_backup_argv(url: str, server: str, conninfo: str, *, cloud: BarmanCloud,
                       compression: str = "lz4", immediate: bool = True, name: str | None = None,
                       jobs: int = 2) -> list[str]:
-    """barman-cloud-backup for one S3 site.
+    """barman-cloud-backup for one site barman-cloud reaches.
 
-    >>> cloud_backup_argv("s3://b/p/clusters", "main", "host=/tmp port=5432", name="20261125T221530Z")[1:]
+    >>> cloud_backup_argv("s3://b/p/clusters", "main", "host=/tmp port=5432", cloud=BarmanCloud("s3://b/p", "aws-s3"),
+    ...                   name="20261125T221530Z")[1:]
     ['--cloud-provider', 'aws-s3', '--lz4', '--immediate-checkpoint', '-J', '2', '-d', 'host=/tmp port=5432', '-n', '20261125T221530Z', 's3://b/p/clusters', 'main']
     """
     if compression not in CLOUD_COMPRESSION:
         raise ValueError(f"barman-cloud-backup has no {compression} compression")
-    argv = [tool("barman-cloud-backup"), *cloud_common(endpoint_url), *CLOUD_COMPRESSION[compression]]
+    argv = [tool("barman-cloud-backup"), *cloud_common(cloud), *CLOUD_COMPRESSION[compression]]
     if immediate:
         argv.append("--immediate-checkpoint")
     argv += ["-J", str(jobs), "-d", conninfo]
@@ -55,30 +56,30 @@ def cloud_backup_argv(url: str, server: str, conninfo: str, *, endpoint_url: str
     return argv + [url, server]
 
 
-def cloud_list_argv(url: str, server: str, endpoint_url: str | None = None) -> list[str]:
-    return [tool("barman-cloud-backup-list"), *cloud_common(endpoint_url), "--format", "json", url, server]
+def cloud_list_argv(url: str, server: str, cloud: BarmanCloud) -> list[str]:
+    return [tool("barman-cloud-backup-list"), *cloud_common(cloud), "--format", "json", url, server]
 
 
-def cloud_show_argv(url: str, server: str, backup_id: str, endpoint_url: str | None = None) -> list[str]:
-    return [tool("barman-cloud-backup-show"), *cloud_common(endpoint_url), "--format", "json", url, server, backup_id]
+def cloud_show_argv(url: str, server: str, backup_id: str, cloud: BarmanCloud) -> list[str]:
+    return [tool("barman-cloud-backup-show"), *cloud_common(cloud), "--format", "json", url, server, backup_id]
 
 
-def cloud_delete_argv(url: str, server: str, backup_id: str, endpoint_url: str | None = None) -> list[str]:
-    return [tool("barman-cloud-backup-delete"), *cloud_common(endpoint_url), "-b", backup_id, url, server]
+def cloud_delete_argv(url: str, server: str, backup_id: str, cloud: BarmanCloud) -> list[str]:
+    return [tool("barman-cloud-backup-delete"), *cloud_common(cloud), "-b", backup_id, url, server]
 
 
-def cloud_restore_argv(url: str, server: str, backup_id: str, dest: str, endpoint_url: str | None = None) -> list[str]:
+def cloud_restore_argv(url: str, server: str, backup_id: str, dest: str, cloud: BarmanCloud) -> list[str]:
     """barman-cloud-restore of one base backup into DEST.
 
-    >>> cloud_restore_argv("s3://b/clusters", "main", "20261125T221530", "/r")[-4:]
+    >>> cloud_restore_argv("s3://b/clusters", "main", "20261125T221530", "/r", BarmanCloud("s3://b", "aws-s3"))[-4:]
     ['s3://b/clusters', 'main', '20261125T221530', '/r']
     """
-    return [tool("barman-cloud-restore"), *cloud_common(endpoint_url), url, server, backup_id, dest]
+    return [tool("barman-cloud-restore"), *cloud_common(cloud), url, server, backup_id, dest]
 
 
-def cloud_wal_restore_command(url: str, server: str, endpoint_url: str | None = None) -> list[str]:
+def cloud_wal_restore_command(url: str, server: str, cloud: BarmanCloud) -> list[str]:
     """The stock restore_command for WAL kept in Barman's cloud layout (without %f %p)."""
-    return [tool("barman-cloud-wal-restore"), *cloud_common(endpoint_url), url, server]
+    return [tool("barman-cloud-wal-restore"), *cloud_common(cloud), url, server]
 
 
 def slot_name(cluster: str) -> str:

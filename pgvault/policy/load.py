@@ -98,29 +98,25 @@ def _semantic_problems(raw: dict) -> list[tuple[str, str, str | None]]:
         if job.get("method") in ("logical", "barman") and not job.get("sites"):
             out.append((f"jobs.{jname}.sites", "a logical or barman job needs at least one site", None))
     # Two sites pointing at the same place would each believe they hold an independent copy.
-    seen: dict[tuple, str] = {}
+    # Each site configuration names its place (location_key); invalid ones are reported above.
+    from pydantic import TypeAdapter
+
+    from ..sites.base import overlaps
+    from .model import Site as SiteConfig
+
+    placed: list[tuple[str, tuple]] = []
     for sname, site in sites.items():
-        if not isinstance(site, dict):
+        try:
+            config = TypeAdapter(SiteConfig).validate_python(site)
+        except ValidationError:
             continue
-        if site.get("type") == "local" and isinstance(site.get("path"), str):
-            p = os.path.normpath(site["path"])
-            for other_key, other in seen.items():
-                if other_key[0] == "local":
-                    q = other_key[1]
-                    if p == q or p.startswith(q + os.sep) or q.startswith(p + os.sep):
-                        out.append((f"sites.{sname}.path", f"overlaps site {other!r} ({q})",
-                                    "each site needs its own directory"))
-            seen[("local", p)] = sname
-        elif site.get("type") == "s3" and isinstance(site.get("bucket"), str):
-            prefix = str(site.get("prefix") or "").strip("/")
-            key = ("s3", site.get("endpoint_url"), site["bucket"], prefix)
-            for other_key, other in seen.items():
-                if other_key[0] == "s3" and other_key[1:3] == key[1:3]:
-                    q = other_key[3]
-                    if prefix == q or prefix.startswith(q + "/") or q.startswith(prefix + "/") or not q or not prefix:
-                        out.append((f"sites.{sname}.prefix", f"overlaps site {other!r} (bucket {site['bucket']!r}, prefix {q!r})",
-                                    "give each site its own bucket or a distinct prefix"))
-            seen[key] = sname
+        key = config.location_key()
+        for other, other_key in placed:
+            if overlaps(key, other_key):
+                out.append((f"sites.{sname}.{config.location_field}",
+                            f"overlaps site {other!r} (the same place, or one inside the other)",
+                            "give each site its own directory, or its own bucket or a distinct prefix"))
+        placed.append((sname, key))
     return out
 
 

@@ -17,7 +17,7 @@ from ..catalog import layout
 from ..catalog.catalog import Catalog
 from ..errors import DatabaseError, NotSupported, PgvaultError
 from ..methods import barman_tools as bt
-from ..sites import open_sites
+from ..sites import open_site, open_sites
 from ..sites.base import get_bytes
 from . import plan as planner
 from . import prefetch
@@ -153,15 +153,15 @@ def fetch_base(policy, base: planner.Base, dest: Path) -> None:
     """Lay the base backup down in ``dest`` with the stock Barman tools."""
     ref = base.ref
     route = ref.get("route")
-    cfg = policy.sites[base.site]
+    caps = open_site(base.site, policy.sites[base.site]).capabilities
     if route == "barman-cloud":
-        env = {"AWS_DEFAULT_REGION": cfg.region} if cfg.region else {}
-        proc.run(bt.cloud_restore_argv(layout.barman_cloud_url(cfg.url()), ref["server"], ref["backup_id"], str(dest),
-                                       cfg.endpoint_url), extra_env=env,
+        cloud = caps.barman_cloud
+        proc.run(bt.cloud_restore_argv(layout.barman_cloud_url(cloud.url), ref["server"], ref["backup_id"], str(dest),
+                                       cloud), extra_env=cloud.env,
                  hint=f"check that site {base.site!r} is reachable; barman-cloud-backup-list shows its backups")
     elif route == "barman-server":
-        conf = Path(cfg.path) / ref["config"]
-        data = Path(cfg.path) / layout.barman_home(ref["server"]) / ref["server"] / "base" / ref["backup_id"] / "data"
+        conf = caps.local_root / ref["config"]
+        data = caps.local_root / layout.barman_home(ref["server"]) / ref["server"] / "base" / ref["backup_id"] / "data"
         if _plain_copy_ok(data):
             # Barman's postgres method keeps a plain PGDATA (pg_basebackup -Fp); with no tablespaces
             # a straight copy is what `barman recover` does, without its rsync and WAL staging

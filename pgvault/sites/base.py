@@ -9,15 +9,27 @@
 - ``list(prefix)`` yields ObjectInfo for every committed object whose key starts with prefix,
   in key order; temporary/in-flight data is never listed.
 - ``delete(key)`` is idempotent: deleting a missing key succeeds.
+- ``list_temporaries(prefix)`` names in-flight or crashed writes (debris) under prefix, for
+  verify and cleanup; a driver that cannot see them returns [] and says so in its capabilities.
 - ``describe()`` names the location without credentials.
+- ``capabilities`` declares what the driver offers beyond these primitives (see Capabilities).
+  Callers ask it; they never sniff a driver's attributes or compare site types as strings.
+
+Each site configuration gives ``location_key()``, a (space, path parts) pair: two sites overlap
+when their spaces are equal and one's parts start with the other's (see ``overlaps``).
+
+Drivers make their own lazy set-up thread-safe (the S3 client): callers may share a Site
+between threads without preparing it.
 
 Hashing and compression are stream wrappers above this (pgvault.catalog.streams); retry and
-fault injection are Sites that wrap a Site (pgvault.sites.wrappers).
+fault injection are Sites that wrap a Site (pgvault.sites.wrappers); pgvault.sites.memory is a
+complete driver in memory, for tests in one process.
 """
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
 from ..errors import ObjectNotFound
@@ -30,6 +42,73 @@ class ObjectInfo:
     key: str
     size: int
     mtime: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class BarmanCloud:
+    """Where barman-cloud-* tools reach a site: the site's URL as they write it, the
+    ``--cloud-provider``, the endpoint and the environment to run them in. Credentials are never
+    here: the tools take them from the same standard chain as pgvault (environment, profile,
+    role); ``env`` holds only non-secret settings such as the region."""
+
+    url: str                            # e.g. s3://bucket/prefix (no trailing slash)
+    provider: str                       # barman's --cloud-provider: aws-s3, google-cloud-storage, ...
+    endpoint_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        """The provider and endpoint arguments every barman-cloud tool takes.
+
+        >>> BarmanCloud("s3://b", "aws-s3", "http://127.0.0.1:9000").argv()
+        ['--cloud-provider', 'aws-s3', '--endpoint-url', 'http://127.0.0.1:9000']
+        """
+        return ["--cloud-provider", self.provider] + (["--endpoint-url", self.endpoint_url] if self.endpoint_url else [])
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver offers beyond the primitives. Each field names what callers need it for."""
+
+    # The object under ``key`` is the plain file ``local_root / key`` on this host: hard links
+    # (the WAL spool links a committed file instead of copying it) and tools that need a
+    # directory (a Barman server's home).
+    local_root: Path | None = None
+    # barman-cloud-* can reach the site (Barman's cloud layout is kept there).
+    barman_cloud: BarmanCloud | None = None
+    # ``head`` costs a local lookup, not a network round trip: probing a few keys one by one is
+    # cheaper than one listing (WAL variants, a spool backlog). False: prefer one list().
+    cheap_head: bool = False
+    # ``list_temporaries`` sees in-flight and crashed writes.
+    lists_temporaries: bool = False
+    # The store can copy an object without the bytes passing through pgvault, and keep objects
+    # immutable for a retention period. No driver offers a primitive for either yet: the fields
+    # exist so one can be added without sniffing. Always False today.
+    server_side_copy: bool = False
+    object_lock: bool = False
+
+
+def overlaps(a: tuple, b: tuple) -> bool:
+    """Whether two ``location_key()`` values name nested or equal places.
+
+    >>> overlaps((("local",), ("srv", "a")), (("local",), ("srv", "a", "b")))
+    True
+    >>> overlaps((("local",), ("srv", "a")), (("local",), ("srv", "ab")))
+    False
+    >>> overlaps((("s3", None, "b1"), ()), (("s3", None, "b2"), ()))
+    False
+    """
+    (space_a, parts_a), (space_b, parts_b) = a, b
+    n = min(len(parts_a), len(parts_b))
+    return space_a == space_b and parts_a[:n] == parts_b[:n]
+
+
+def path_parts(path: str) -> tuple[str, ...]:
+    """A path or key prefix as its components (no empty ones).
+
+    >>> path_parts("/srv//a/b/")
+    ('srv', 'a', 'b')
+    """
+    return tuple(p for p in path.split("/") if p and p != ".")
 
 
 class Writer(Protocol):
@@ -46,7 +125,11 @@ class Site(Protocol):
     def head(self, key: str) -> ObjectInfo | None: ...
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
+    def list_temporaries(self, prefix: str = "") -> list[str]: ...
     def describe(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
 
 
 class WriterMixin:

@@ -9,20 +9,31 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Iterator, Literal
+from typing import BinaryIO, ClassVar, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ObjectNotFound, SiteError, SiteUnreachable
 from ..fsutil import TMP_PREFIX, WRITEBACK_EVERY, fsync_dir, start_writeback
-from .base import ObjectInfo, WriterMixin
-
+from .base import Capabilities, ObjectInfo, WriterMixin, path_parts
 
 
 class LocalSiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["local"] = Field(description="a directory on this host (or a mounted file system)")
     path: str = Field(min_length=1, description="absolute path of the site's root directory")
+
+    # The key a policy error about this site's place points at (the overlap check).
+    location_field: ClassVar[str] = "path"
+
+    def impatient(self, seconds: float) -> "LocalSiteConfig":
+        """This configuration, giving up within about ``seconds`` (monitoring): a local file
+        system has no timeouts to shorten."""
+        return self
+
+    def location_key(self) -> tuple:
+        """(space, path parts) for the overlap check (pgvault.sites.base.overlaps)."""
+        return ("local",), path_parts(os.path.normpath(self.path))
 
 
 class _LocalWriter(WriterMixin):
@@ -77,6 +88,7 @@ class LocalSite:
         self.config = config
         self.root = Path(config.path)
         self._owner: tuple[int, int] | None = None
+        self.capabilities = Capabilities(local_root=self.root, cheap_head=True, lists_temporaries=True)
 
     # -- internals
     def _path(self, key: str) -> Path:
@@ -193,7 +205,3 @@ class LocalSite:
 
     def describe(self) -> str:
         return f"local:{self.root}"
-
-    def local_path(self, key: str) -> Path:
-        """Where an object lives on disk (for tools that need a path, e.g. barman)."""
-        return self._path(key)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Iterator, Literal
+from typing import BinaryIO, ClassVar, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ObjectNotFound, SiteError, SiteUnreachable
-from .base import ObjectInfo, WriterMixin
+from .base import BarmanCloud, Capabilities, ObjectInfo, WriterMixin, path_parts
 
 PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS_IN_FLIGHT = 3
@@ -35,6 +35,26 @@ class S3SiteConfig(BaseModel):
     def url(self) -> str:
         """s3://bucket/prefix as barman-cloud and humans write it."""
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    # The key a policy error about this site's place points at (the overlap check).
+    location_field: ClassVar[str] = "prefix"
+
+    def impatient(self, seconds: float) -> "S3SiteConfig":
+        """This configuration, giving up within about ``seconds`` per request (monitoring)."""
+        return self.model_copy(update={"connect_timeout": min(self.connect_timeout, seconds),
+                                       "read_timeout": min(self.read_timeout, seconds),
+                                       "max_attempts": min(self.max_attempts, 2)})
+
+    def location_key(self) -> tuple:
+        """(space, path parts) for the overlap check: the region does not tell buckets apart
+        (bucket names are global per endpoint), the endpoint does."""
+        return ("s3", self.endpoint_url, self.bucket), path_parts(self.prefix)
+
+
+# boto3 builds clients from shared loaders that are not safe to use from several threads at
+# once: every S3Site builds its client under this lock, so callers may share a site between
+# threads without preparing it first.
+_CLIENT_LOCK = threading.Lock()
 
 
 def _client(cfg: S3SiteConfig):
@@ -168,11 +188,17 @@ class S3Site:
         self.config = config
         self._client_obj = None
         self.prefix = config.prefix.strip("/")
+        self.capabilities = Capabilities(
+            barman_cloud=BarmanCloud(config.url(), "aws-s3", config.endpoint_url,
+                                     {"AWS_DEFAULT_REGION": config.region} if config.region else {}),
+            lists_temporaries=True)
 
     @property
     def client(self):
         if self._client_obj is None:
-            self._client_obj = _client(self.config)
+            with _CLIENT_LOCK:
+                if self._client_obj is None:
+                    self._client_obj = _client(self.config)
         return self._client_obj
 
     def _key(self, key: str) -> str:

@@ -123,12 +123,7 @@ def spool_facts(policy, name: str) -> dict:
 def _impatient(policy, config):
     """A site configuration that gives up quickly: a monitoring check that hangs for minutes
     on a dead endpoint is worse than one that says CRITICAL in seconds."""
-    if not hasattr(config, "read_timeout"):
-        return config
-    t = policy.monitoring.site_timeout.total_seconds()
-    return config.model_copy(update={"connect_timeout": min(config.connect_timeout, t),
-                                     "read_timeout": min(config.read_timeout, t),
-                                     "max_attempts": min(config.max_attempts, 2)})
+    return config.impatient(policy.monitoring.site_timeout.total_seconds())
 
 
 def site_facts(policy, name: str, segment_size: int) -> dict:

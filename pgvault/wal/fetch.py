@@ -176,8 +176,6 @@ def fetch(policy, name: str, dest: str | os.PathLike, *, from_site: str | None =
                     continue
                 write_file(Path(dest), raw)
                 if site_prefetch := getattr(policy.wal, "prefetch", 0):
-                    if hasattr(site, "client"):
-                        site.client  # noqa: B018  (create the S3 client before threads use it)
                     _prefetch(policy, site, name, dest, sysid, site_prefetch)
                 return sname
         except (SiteError, OSError) as exc:

@@ -69,7 +69,7 @@ class PushResult:
 def stored_variants(site, cluster: str, name: str) -> list[str]:
     """Keys under which ``site`` already holds ``name`` (any compression suffix)."""
     keys = [layout.wal_key(cluster, name, s) for s in names.SUFFIXES.values()]
-    if hasattr(site, "local_path"):  # a stat per variant is cheaper than walking the directory
+    if site.capabilities.cheap_head:  # a stat per variant is cheaper than walking the directory
         return [k for k in keys if site.head(k) is not None]
     base = layout.wal_key(cluster, name)
     return [o.key for o in site.list(base) if o.key in keys]
@@ -294,9 +294,6 @@ class Archiver:
             resting = set()  # every site is down: trying costs nothing, waiting helps no one
         self._failed = {s: "resting after a failure" for s in resting}
         n_sync = self.sync_count()
-        # only the sites this push writes to (with sync_sites < all, the first N that are up)
-        self._prepare_clients(None if n_sync >= len(self.sites) else
-                              [s for s in self.sites if s not in self._failed][:n_sync])
 
         items: list[Item] = []
         stop = time.monotonic() + self.policy.wal.keep_going.total_seconds()
@@ -373,18 +370,12 @@ class Archiver:
             if not it.late:  # durable where it must be: the next batch needs the memory
                 it.blob = it.blob_future = None
 
-    def _prepare_clients(self, sites: list[str] | None = None) -> None:
-        # boto3 client creation is not thread-safe: build each S3 client here, once.
-        for name, site in self.sites.items():
-            if (sites is None or name in sites) and name not in self._failed and hasattr(site, "client"):
-                site.client  # noqa: B018
-
     def _local_copy(self, it: Item):
         """The committed file of ``it`` at a local site that stored it (for the spool to link)."""
         key = layout.wal_key(self.cluster, it.name, self.suffix)
         for sname, site in self.sites.items():
-            if sname in it.stored_at and hasattr(site, "local_path"):
-                return site.local_path(key)
+            if sname in it.stored_at and (root := site.capabilities.local_root) is not None:
+                return root / key
         return None
 
     def sync_count(self) -> int:
@@ -407,7 +398,6 @@ class Archiver:
             group, rest = rest[:need], rest[need:]
             log.warning("%d file(s) not confirmed by %d site(s); writing them to %s as well",
                         len(short), n_sync, ", ".join(group))
-            self._prepare_clients(group)
             self._run(short, bind, group)
 
     def _run(self, items: list[Item], bind: tuple, sites: list[str] | None = None) -> None:
@@ -480,7 +470,7 @@ class Archiver:
         backlog = self.spool.backlog(sname)[:limit]
         listing = None
         site = self.sites[sname]
-        if len(backlog) > 1 and not hasattr(site, "local_path"):
+        if len(backlog) > 1 and not site.capabilities.cheap_head:
             # One LIST per WAL directory instead of one per file (a directory holds at most
             # 256 segments). A file written there after this listing by another pusher would
             # be overwritten, not compared: see "Limits" in docs/wal-archiving.md.

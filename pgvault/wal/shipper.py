@@ -42,7 +42,6 @@ def follow(arch: Archiver, *, idle: float = IDLE, workers: int = SHIP_WORKERS, p
             while time.monotonic() - quiet_since < idle:
                 now = time.time()
                 arch._failed = {s: "resting after a failure" for s in arch.sites if spool.is_resting(s, now)}
-                arch._prepare_clients()
                 got = arch.drain(workers=workers)
                 arch._update_breakers(now)
                 for s, n in got.items():

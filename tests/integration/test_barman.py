@@ -24,6 +24,7 @@ def test_expiry_removes_barmans_own_copies_and_the_wal_before_the_kept_base(s3wo
 
     from pgvault import sandbox
     from pgvault.methods import barman_tools as bt
+    from pgvault.sites.base import BarmanCloud
 
     w = s3world
     policy = w.workdir / "policy.yaml"
@@ -48,7 +49,8 @@ def test_expiry_removes_barmans_own_copies_and_the_wal_before_the_kept_base(s3wo
     for site in ("a", "eu"):
         assert [d["backup_id"] for d in json.loads(w.cli("list", "--site", site, "--json").stdout)] == [second]
     eu = w.sites["eu"]
-    cloud = json.loads(subprocess_output(bt.cloud_list_argv(f"s3://{eu['bucket']}/pg/clusters", "main", w.moto.url)))
+    cloud = json.loads(subprocess_output(bt.cloud_list_argv(f"s3://{eu['bucket']}/pg/clusters", "main",
+                                                       BarmanCloud(f"s3://{eu['bucket']}/pg", "aws-s3", w.moto.url))))
     assert old_ids["eu"] not in {b["backup_id"] for b in cloud["backups_list"]} and cloud["backups_list"]
     conf = w.workdir / "site-a/clusters/main/barman/barman.conf"
     listing = subprocess_output([bt.tool("barman"), "-c", str(conf), "list-backups", "--minimal", "main"])

@@ -1,5 +1,7 @@
-"""One conformance suite, run against every site driver: local directories and S3 buckets
-(moto_server on 127.0.0.1, buckets in different regions)."""
+"""One conformance suite, run against every site driver: local directories, S3 buckets
+(moto_server on 127.0.0.1, buckets in different regions), the memory site, and the wrappers
+(RetryingSite, FaultySite with no faults) around it — a wrapper must conform like a driver.
+The fault behaviours of FaultySite are in tests/sites/test_wrappers.py."""
 from __future__ import annotations
 
 import hashlib
@@ -8,19 +10,27 @@ import threading
 
 import pytest
 
-from pgvault.errors import ObjectNotFound, SiteUnreachable
+from pgvault.errors import ObjectNotFound, SiteError, SiteUnreachable
 from pgvault.sites import open_site
-from pgvault.sites.base import exists, get_bytes, put_bytes
+from pgvault.sites.base import Capabilities, exists, get_bytes, put_bytes
 from pgvault.sites.local import LocalSiteConfig
+from pgvault.sites.memory import MemorySite
+from pgvault.sites.wrappers import FaultySite, RetryingSite
 from pgvault.sites.s3 import PART_SIZE, S3SiteConfig
 
 from ..conftest import bucket_name
 
 
-@pytest.fixture(params=["local", "s3-us-east-1", "s3-eu-west-1"])
+@pytest.fixture(params=["local", "s3-us-east-1", "s3-eu-west-1", "memory", "retrying-memory", "faulty-memory"])
 def site(request, workdir):
     if request.param == "local":
         return open_site("loc", LocalSiteConfig(type="local", path=str(workdir / "site")))
+    if request.param == "memory":
+        return MemorySite("mem")
+    if request.param == "retrying-memory":
+        return RetryingSite(MemorySite("mem"), sleep=lambda s: None)
+    if request.param == "faulty-memory":
+        return FaultySite(MemorySite("mem"))
     moto = request.getfixturevalue("moto")
     region = request.param.removeprefix("s3-")
     bucket = bucket_name()
@@ -121,6 +131,39 @@ def test_concurrent_writers_to_distinct_keys(site):
 def test_describe_has_no_credentials(site):
     text = site.describe()
     assert "testing" not in text and "secret" not in text.lower()
+
+
+def test_invalid_keys_are_refused(site):
+    if site.describe().startswith("s3://"):
+        pytest.skip("any key is a valid S3 key")
+    for key in ("/abs", "a/../b"):
+        with pytest.raises(SiteError):
+            put_bytes(site, key, b"x")
+
+
+def test_capabilities_are_declared_and_true(site):
+    caps = site.capabilities
+    assert isinstance(caps, Capabilities)
+    assert not caps.server_side_copy and not caps.object_lock  # no driver offers them yet
+    put_bytes(site, "cap/k", b"data")
+    if caps.local_root is not None:  # the object is the plain file local_root/key
+        assert (caps.local_root / "cap/k").read_bytes() == b"data"
+    if caps.barman_cloud is not None:
+        assert caps.barman_cloud.url.startswith("s3://") and caps.barman_cloud.provider == "aws-s3"
+        assert "secret" not in repr(caps.barman_cloud).lower()
+
+
+def test_open_writer_is_a_temporary_until_it_ends(site):
+    if not site.capabilities.lists_temporaries:
+        assert site.list_temporaries("tmp/") == []
+        return
+    w = site.writer("tmp/obj")
+    w.write(os.urandom(PART_SIZE + 1024))  # S3 sees an upload only once it is multipart
+    assert len(site.list_temporaries("tmp/")) == 1
+    assert site.list_temporaries("other/") == []
+    assert [o.key for o in site.list("tmp/")] == []
+    w.abort()
+    assert site.list_temporaries("tmp/") == []
 
 
 def test_local_files_are_private(workdir):
