@@ -66,15 +66,15 @@ def main(rounds: int = 3, cap: float = 120.0) -> None:
                 secs, code = run(args, env, cap)
                 times[args[0]].append(secs)
                 codes[args[0]].add(code)
-        print(f"\n## read-only commands, sites 'hole' (black hole) and 'us' (SIGSTOP'd moto) partitioned")
+        print("\n## read-only commands, sites 'hole' (black hole) and 'us' (SIGSTOP'd moto) partitioned")
         print(f"checkout: {os.environ.get('PGVAULT_BENCH_CHECKOUT', ROOT)}; rounds {rounds}, cap {cap:.0f}s; "
               f"python {sys.version.split()[0]}, cpus {os.cpu_count()}")
-        print(f"{'command':14} {'median s':>9} {'runs':>28}  exit")
+        print(f"{'command':18} {'median s':>9} {'runs':>28}  exit")
         for name, ts in times.items():
             med = statistics.median(ts)
             shown = f">{cap:.0f}" if med >= cap else f"{med:.1f}"
             runs = " ".join(f">{cap:.0f}" if t >= cap else f"{t:.1f}" for t in ts)
-            print(f"pgvault {name:6} {shown:>9} {runs:>28}  {','.join(sorted(codes[name]))}")
+            print(f"pgvault {name:10} {shown:>9} {runs:>28}  {','.join(sorted(codes[name]))}")
     finally:
         stopped.resume()
         inst.stop("immediate")

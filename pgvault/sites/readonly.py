@@ -13,6 +13,11 @@ Two things bound them, both set by ``monitoring.site_timeout`` (default 10 s):
   not hold the process back). A request the caps cannot bound (a server that trickles bytes)
   therefore still cannot delay the command.
 
+A site that *is* answering is not cut off: every S3 response a probe receives counts as a
+sign of life, and a probe still receiving them at the deadline is given until it has gone
+one whole ``site_timeout`` without any (listing a healthy bucket of a million WAL segments
+takes many pages; none of them is a partition).
+
 Writes (backup, wal-push, expire) keep the policy's full timeouts: a slow upload must be
 given the time the policy grants it. Nothing here is for them."""
 from __future__ import annotations
@@ -62,11 +67,20 @@ def site_timeout(policy) -> float:
     return policy.monitoring.site_timeout.total_seconds()
 
 
+_current = threading.local()  # the (Probes, site name) a probe thread works for
+
+
 def open_readonly(policy, name: str):
-    """The driver of one configured site, with the read-only (capped) timeouts."""
+    """The driver of one configured site, with the read-only (capped) timeouts. Opened in a
+    probe thread, every response it receives tells that probe the site is alive."""
     from . import open_site
 
-    return open_site(name, impatient(policy.sites[name], site_timeout(policy)))
+    site = open_site(name, impatient(policy.sites[name], site_timeout(policy)))
+    owner = getattr(_current, "probe", None)
+    if owner is not None and hasattr(site, "client"):
+        probes, pname = owner
+        site.client.meta.events.register("after-call.s3", lambda **_kw: probes._alive(pname))
+    return site
 
 
 @dataclass
@@ -110,18 +124,34 @@ class Probes:
     >>> r.ok, r.message
     (False, "site 'slow': no answer within 0.05 s")
     >>> hang.set()
+
+    A probe that keeps receiving responses (here: told so directly) is waited for past the
+    deadline, as long as it never goes a whole deadline's length without one:
+
+    >>> def long_listing(n):
+    ...     probes, _name = _current.probe
+    ...     for _ in range(15):
+    ...         probes._alive(n); time.sleep(0.2)   # one page every 0.2 s, 3 s in all
+    ...     return "listed"
+    >>> Probes(["big"], long_listing).wait(Deadline(2))["big"].value
+    'listed'
     """
 
     def __init__(self, names, fn: Callable[[str], Any], *, what: str = "probe"):
         self.names = list(names)
         self._answers: dict[str, Answer] = {}
+        self._last_answer: dict[str, float] = {}  # monotonic time of the last response received
         self._threads: dict[str, threading.Thread] = {}
         for name in self.names:
             t = threading.Thread(target=self._run, args=(name, fn), name=f"{what}-{name}", daemon=True)
             self._threads[name] = t
             t.start()
 
+    def _alive(self, name: str) -> None:
+        self._last_answer[name] = time.monotonic()
+
     def _run(self, name: str, fn) -> None:
+        _current.probe = (self, name)
         try:
             answer = Answer(value=fn(name))
         except (PgvaultError, OSError) as exc:
@@ -135,11 +165,19 @@ class Probes:
         for name in self.names:
             t = self._threads[name]
             t.join(deadline.remaining())
+            while t.is_alive() and name in self._last_answer:
+                # Still answering (a long listing): wait while it has answered within site_timeout.
+                quiet_until = self._last_answer[name] + deadline.seconds
+                if quiet_until <= time.monotonic():
+                    break
+                t.join(quiet_until - time.monotonic())
             answer = self._answers.get(name)
             if answer is None:
                 _abandoned.append(t)
+                what = ("no answer within" if name not in self._last_answer
+                        else "stopped answering: nothing for")
                 answer = Answer(error=SiteUnreachable(
-                    f"site {name!r}: no answer within {deadline.seconds:g} s",
+                    f"site {name!r}: {what} {deadline.seconds:g} s",
                     "the site or the network to it hangs (requests neither answered nor refused); "
                     "check endpoint_url, the network and the store. monitoring.site_timeout sets this bound"))
             elif isinstance(answer.error, _Bug):
