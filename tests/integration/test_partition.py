@@ -124,3 +124,23 @@ def test_list_answers_and_exits_3(partitioned):
     assert drills.returncode == 3
     for name in DEAD:
         assert f"site {name!r}" in drills.stderr
+
+
+def test_wal_status_exits_3_for_a_site_that_refuses(workdir):
+    """The exit code alone, without a hang: with a site that refuses connections at once
+    (nothing listens on its port), wal-status printed UNREACHABLE and exited 0."""
+    import yaml
+
+    from pgvault.pg import free_port
+
+    policy = workdir / "policy.yaml"
+    policy.write_text(yaml.safe_dump({
+        "version": 1, "cluster": {"name": "main", "conninfo": "host=/nonexistent"},
+        "sites": {"a": {"type": "local", "path": str(sandbox.owned_dir(workdir / "site-a"))},
+                  "gone": {"type": "s3", "bucket": "pgv-refused", "endpoint_url": f"http://127.0.0.1:{free_port()}"}},
+        "wal": {"sites": ["a", "gone"]}, "state_dir": str(workdir / "state"), "jobs": {}}))
+    env = dict(os.environ, **sandbox.S3_ENV, PGVAULT_POLICY=str(policy), PYTHONPATH=str(ROOT))
+    cp = subprocess.run([sys.executable, "-m", "pgvault", "wal-status"], capture_output=True, text=True, env=env,
+                        timeout=OUTER)
+    assert cp.returncode == 3, cp.stdout + cp.stderr
+    assert "gone: UNREACHABLE" in cp.stdout and "a: 0 file(s)" in cp.stdout
