@@ -43,28 +43,46 @@ def check_cluster(policy) -> tuple[list[CheckResult], pg.ServerInfo | None]:
     return res, info
 
 
-def check_site(policy, name: str, info: pg.ServerInfo | None) -> CheckResult:
+def _probe_site(policy, name: str):
+    """Write, read back and delete a probe object, make sure the site marker exists and read
+    the cluster binding (run in the site's probe thread; judged by ``site_result``)."""
     from .catalog.catalog import Catalog
-    from .sites import open_site
     from .sites.base import get_bytes, put_bytes
+    from .sites.readonly import open_readonly
 
-    site = open_site(name, policy.sites[name])
+    site = open_readonly(policy, name)
     cat = Catalog(site, policy.cluster.name)
     probe = f"clusters/{policy.cluster.name}/.probe-{uuid.uuid4().hex[:12]}"
     try:
         put_bytes(site, probe, b"pgvault probe")
         if get_bytes(site, probe) != b"pgvault probe":
-            return CheckResult(f"site {name}", CRITICAL, f"{site.describe()}: probe object read back differently")
+            raise PgvaultError(f"{site.describe()}: probe object read back differently")
         site.delete(probe)
         marker = cat.ensure_site()
-        binding = cat.binding()
-        if binding and info:
-            cat.check_identity(binding, info.system_identifier)
-    except PgvaultError as exc:
-        return CheckResult(f"site {name}", CRITICAL, exc.message, exc.hint)
+        return cat, marker, cat.binding()
     except OSError as exc:
-        return CheckResult(f"site {name}", CRITICAL, f"{site.describe()}: {exc}", "check the path and its permissions")
-    return CheckResult(f"site {name}", OK, f"{site.describe()} reachable and writable (format v{marker.version})")
+        raise PgvaultError(f"{site.describe()}: {exc}", "check the path and its permissions") from None
+
+
+def site_probes(policy):
+    """Start the write probe of every site, all at once (pgvault.sites.readonly.Probes)."""
+    from .sites.readonly import Probes
+
+    return Probes(policy.sites, lambda n: _probe_site(policy, n), what="check")
+
+
+def site_result(name: str, answer, info: pg.ServerInfo | None) -> CheckResult:
+    """The check result of one site's probe answer (unreachable, failing, or bound to
+    another cluster: CRITICAL)."""
+    if not answer.ok:
+        return CheckResult(f"site {name}", CRITICAL, answer.message, getattr(answer.error, "hint", None))
+    cat, marker, binding = answer.value
+    if binding and info:
+        try:
+            cat.check_identity(binding, info.system_identifier)
+        except PgvaultError as exc:
+            return CheckResult(f"site {name}", CRITICAL, exc.message, exc.hint)
+    return CheckResult(f"site {name}", OK, f"{cat.site.describe()} reachable and writable (format v{marker.version})")
 
 
 def check_tools(policy, info: pg.ServerInfo | None) -> list[CheckResult]:
@@ -116,22 +134,25 @@ def status_results(doc: dict) -> list[CheckResult]:
 IN_FLIGHT = 120.0  # seconds a spooled file may wait for the background shipper before it is lag
 
 
-def check_wal(policy) -> list[CheckResult]:
-    """Per WAL site: gaps are CRITICAL (PITR cannot cross them); a backlog or lag is a WARNING."""
+def check_wal(policy, reading=None, deadline=None) -> list[CheckResult]:
+    """Per WAL site: gaps are CRITICAL (PITR cannot cross them); a backlog or lag is a WARNING.
+    ``reading``: a pgvault.wal.status.ArchiveReading already started (default: one now)."""
     if not policy.wal.sites:
         return []
-    from .wal.status import archive_status
+    from .sites.readonly import Deadline, site_timeout
+    from .wal.status import ArchiveReading
 
     out = []
-    status = archive_status(policy)
+    reading = reading or ArchiveReading(policy)
+    status = reading.result(deadline or Deadline(site_timeout(policy)))
     for name, st in status["sites"].items():
         label = f"wal {name}"
         if not st["reachable"]:
             out.append(CheckResult(label, CRITICAL, f"unreachable: {st['error']}; {st['spooled']} file(s) spooled for it",
                                    "WAL for this site waits in the spool; it is shipped when the site answers again"))
-        elif st["gaps"]:
-            gaps = ", ".join(f"{a}..{b}" for a, b in st["gaps"][:3])
-            out.append(CheckResult(label, CRITICAL, f"gap in the archive: {gaps}",
+        elif st["gap_count"]:
+            out.append(CheckResult(label, CRITICAL, f"{st['gap_count']} missing segment(s) in the archive from "
+                                                    f"{st['gaps'][0]}",
                                    "point-in-time recovery cannot cross a gap: take a new base backup"))
         elif st["failing"]:
             out.append(CheckResult(label, WARNING, f"failing: {st['failing']}; {st['spooled']} file(s) spooled for it",
@@ -151,17 +172,32 @@ def check_wal(policy) -> list[CheckResult]:
     return out
 
 
-def run_checks(policy, *, status_doc: dict | None = None) -> list[CheckResult]:
-    """Probes of the cluster, every site and the tools; plus the status items when given."""
+def run_checks(policy, *, status_doc: dict | None = None, probes=None, deadline=None) -> list[CheckResult]:
+    """Probes of the cluster, every site and the tools; plus the status items when given.
+
+    Bounded: the site probes (``probes``, started by the caller beside its own reads, or
+    here) and the WAL listings run at once, one thread per site, and are waited for until
+    ``deadline`` (default: monitoring.site_timeout from now); a site that has not answered by
+    then is CRITICAL "no answer within N s"."""
+    from .sites.readonly import Deadline, site_timeout
+
+    deadline = deadline or Deadline(site_timeout(policy))
+    probes = probes or site_probes(policy)
+    reading = None
+    if status_doc is None and policy.wal.sites:
+        from .wal.status import ArchiveReading
+
+        reading = ArchiveReading(policy)
     results, info = check_cluster(policy)
+    answers = probes.wait(deadline)
     for name in policy.sites:
-        results.append(check_site(policy, name, info))
+        results.append(site_result(name, answers[name], info))
     results += check_tools(policy, info)
     if status_doc is not None:
         results += status_results(status_doc)  # WAL per site included, judged against the objectives
     else:
         try:
-            results += check_wal(policy)
+            results += check_wal(policy, reading, deadline)
         except PgvaultError as exc:
             results.append(CheckResult("wal", UNKNOWN, exc.message, exc.hint))
     return results

@@ -133,12 +133,21 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _gave_up_on_a_site() -> bool:
+    """Whether a read-only command abandoned a site probe that still runs (its answer came
+    too late to be wanted; the interpreter's teardown would only wait on its socket)."""
+    mod = sys.modules.get("pgvault.sites.readonly")
+    return bool(mod and mod.abandoned())
+
+
 def main(argv=None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="pgvault", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if _invoked and set(_invoked) <= FAST_EXIT:
             _exit_now(code)
+        if _gave_up_on_a_site():
+            _exit_now(code)  # a read-only command's probe thread still hangs on a dead site: not waited for
         sys.exit(code)
     except PgvaultError as exc:
         click.echo(exc.render(), err=True)

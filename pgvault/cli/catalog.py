@@ -23,21 +23,24 @@ def _sites(policy, site):
 @click.option("--drills", is_flag=True, help="list the drill evidence kept at each site instead of backups")
 @click.pass_context
 def list_cmd(ctx, site, as_json, drills):
-    """List the backups held at each site (read from the sites, not from local state)."""
-    from ..errors import PgvaultError
+    """List the backups held at each site (read from the sites, not from local state); exit 3
+    when a site could not be read (all are read at once, each within monitoring.site_timeout)."""
+    from ..catalog.catalog import Catalog
+    from ..sites.readonly import Deadline, Probes, open_readonly, site_timeout
 
     policy = load(ctx)
     if drills:
         return _list_drills(policy, site, as_json)
+    names = list(_sites(policy, site))
+    answers = Probes(names, lambda n: Catalog(open_readonly(policy, n), policy.cluster.name).manifests(),
+                     what="list").wait(Deadline(site_timeout(policy)))
     docs, rows, failures = [], [], 0
-    for name, cat in _sites(policy, site).items():
-        try:
-            manifests = cat.manifests()
-        except PgvaultError as exc:
-            warn(f"site {name!r}: {exc.message}")
+    for name, answer in answers.items():
+        if not answer.ok:
+            warn(answer.message if answer.message.startswith(f"site {name!r}") else f"site {name!r}: {answer.message}")
             failures += 1
             continue
-        for m in manifests:
+        for m in answer.value:
             docs.append({"site": name, "backup_id": m.backup_id, "job": m.job, "method": m.method,
                          "size": m.total_size, "started_at": m.started_at, "finished_at": m.finished_at,
                          "timeline": m.timeline, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,

@@ -17,19 +17,24 @@ def check(ctx, as_json, probes_only, send):
     """Check the policy, the cluster, every site and the tools, then backups, WAL archiving and
     drills against the schedules and objectives; exit 0/1/2/3 like a Nagios plugin."""
     from .. import checks
+    from ..sites.readonly import Deadline, site_timeout
 
     policy = load(ctx)  # an invalid policy raises PolicyError: every problem listed, exit 2
+    # One deadline for every site read of this command: the write probes start first and run
+    # beside status's reads, so a hanging site costs monitoring.site_timeout once, not per phase.
+    deadline = Deadline(site_timeout(policy))
+    probes = checks.site_probes(policy)
     doc = None
     if not probes_only:
         from ..status import status
 
-        doc = status(policy)
+        doc = status(policy, deadline=deadline)
         if send:
             from ..notify import notify_changes
             from ..status import all_items
 
             notify_changes(policy, all_items(doc))
-    results = checks.run_checks(policy, status_doc=doc)
+    results = checks.run_checks(policy, status_doc=doc, probes=probes, deadline=deadline)
     state = checks.overall(results)
     rank = {checks.CRITICAL: 0, checks.WARNING: 1, checks.UNKNOWN: 2}
     bad = sorted((r for r in results if r.state != checks.OK), key=lambda r: rank[r.state])

@@ -76,8 +76,10 @@ def wal_ship(ctx, follow):
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
 def wal_status(ctx, as_json):
-    """Each WAL site's newest file, lag (segments and age), spooled backlog and gaps."""
-    from ..wal.status import archive_status, render
+    """Each WAL site's newest file, lag (segments and age), spooled backlog and gaps; exit 3
+    when a site could not be read (within monitoring.site_timeout)."""
+    from ..errors import EXIT_ENVIRONMENT
+    from ..wal.status import archive_status, render, unreachable
 
     status = archive_status(load(ctx))
     if as_json:
@@ -86,4 +88,4 @@ def wal_status(ctx, as_json):
         emit_json(status)
     else:
         click.echo(render(status))
-    return 0
+    return EXIT_ENVIRONMENT if unreachable(status) else 0

@@ -67,22 +67,30 @@ def store_evidence(policy, r) -> str:
 
 
 def list_evidence(policy, sites: list[str]) -> tuple[list[dict], dict[str, str]]:
-    """Every evidence record at the given sites, oldest first; and the sites that failed."""
+    """Every evidence record at the given sites, oldest first; and the sites that failed.
+    Read-only: the sites are read at once, each within monitoring.site_timeout."""
+    from ..sites.readonly import Deadline, Probes, open_readonly, site_timeout
+
+    def read(name: str) -> list[dict]:
+        site = open_readonly(policy, name)
+        out = []
+        for obj in site.list(layout.drills_prefix(policy.cluster.name)):
+            if not obj.key.endswith(".json"):
+                continue
+            try:
+                doc = json.loads(get_bytes(site, obj.key))
+            except ValueError:
+                doc = {"drill_id": obj.key.rsplit("/", 1)[-1][:-5], "outcome": "unreadable"}
+            doc["site"] = name
+            out.append(doc)
+        return out
+
     docs, failed = [], {}
-    for name in sites:
-        try:
-            site = open_site(name, policy.sites[name])
-            for obj in site.list(layout.drills_prefix(policy.cluster.name)):
-                if not obj.key.endswith(".json"):
-                    continue
-                try:
-                    doc = json.loads(get_bytes(site, obj.key))
-                except ValueError:
-                    doc = {"drill_id": obj.key.rsplit("/", 1)[-1][:-5], "outcome": "unreadable"}
-                doc["site"] = name
-                docs.append(doc)
-        except PgvaultError as exc:
-            failed[name] = exc.message
+    for name, answer in Probes(sites, read, what="list").wait(Deadline(site_timeout(policy))).items():
+        if answer.ok:
+            docs += answer.value
+        else:
+            failed[name] = answer.message
     docs.sort(key=lambda d: (d.get("started_at") or "", d.get("site") or ""))
     return docs, failed
 

@@ -180,7 +180,7 @@ class Monitoring(Strict):
     wal_warn_segments: int | None = Field(None, ge=1, description="WARNING when a site lacks this many segments of WAL")
     wal_crit_segments: int | None = Field(None, ge=1, description="CRITICAL when a site lacks this many segments of WAL")
     drill_max_age: timedelta = Field(timedelta(days=8), description="WARNING when a drill's newest evidence is older than this")
-    site_timeout: timedelta = Field(timedelta(seconds=10), description="status gives up on an unresponsive S3 site after this (per request, one retry)")
+    site_timeout: timedelta = Field(timedelta(seconds=10), description="read-only commands (check, status, wal-status, list) give up on a site that has not answered after this (all sites read at once; S3 requests capped to it, one retry)")
 
     _d = field_validator("grace", "wal_warn_lag", "wal_crit_lag", "drill_max_age", "site_timeout", mode="before")(
         classmethod(lambda cls, v: None if v is None else _duration(v)))

@@ -87,6 +87,54 @@ class Moto:
                 self.proc.wait()
 
 
+class BlackHole:
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers: a site behind
+    a partition (a firewall that drops replies, a hung load balancer). Its thread ends by
+    itself after ``lifetime`` seconds, or at ``stop()``."""
+
+    def __init__(self, lifetime: float = 300.0):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted = 0
+        self._held: list = []
+        self._stop = threading.Event()
+        self._deadline = lifetime
+        self._thread = threading.Thread(target=self._run, name="black-hole", daemon=True)
+
+    def start(self) -> "BlackHole":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import socket
+        import time
+
+        end = time.monotonic() + self._deadline
+        while not self._stop.is_set() and time.monotonic() < end:
+            try:
+                conn, _addr = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            self.accepted += 1
+            self._held.append(conn)  # held open, never read from or written to
+        for c in self._held:
+            c.close()
+        self.sock.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def new_instance(base: Path, name: str = "pg", *, port: int | None = None, settings: dict | None = None,
                  start: bool = True) -> pg.Instance:
     """initdb a fresh PostgreSQL instance under ``base`` (owned by postgres), configure, start."""

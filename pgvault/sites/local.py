@@ -203,5 +203,8 @@ class LocalSite:
                 break
             parent = parent.parent
 
+    def on_response(self, callback) -> None:
+        """Nothing to report: a call here cannot hang on a network."""
+
     def describe(self) -> str:
         return f"local:{self.root}"

@@ -91,5 +91,8 @@ class MemorySite:
         with self._lock:
             return sorted(k for k in self._open.values() if k.startswith(prefix))
 
+    def on_response(self, callback) -> None:
+        """Nothing to report: a call here cannot hang on a network."""
+
     def describe(self) -> str:
         return f"memory:{self.name}"

@@ -264,6 +264,9 @@ class S3Site:
     def delete(self, key: str) -> None:
         self._call("delete", self.client.delete_object, Bucket=self.config.bucket, Key=self._key(key))
 
+    def on_response(self, callback) -> None:
+        self.client.meta.events.register("after-call.s3", lambda **_kw: callback())
+
     def describe(self) -> str:
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
         region = f" ({self.config.region})" if self.config.region else ""

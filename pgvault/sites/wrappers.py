@@ -57,6 +57,9 @@ class SiteWrapper:
     def list_temporaries(self, prefix: str = "") -> list[str]:
         return self.inner.list_temporaries(prefix)
 
+    def on_response(self, callback) -> None:
+        self.inner.on_response(callback)
+
     def describe(self) -> str:
         return self.inner.describe()
 

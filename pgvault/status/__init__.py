@@ -9,12 +9,13 @@ from .collect import collect
 from .evaluate import CRITICAL, OK, STATE_NAMES, UNKNOWN, WARNING, all_items, evaluate, worst  # noqa: F401
 
 
-def status(policy, now: datetime | None = None) -> dict:
-    """Collect and evaluate; the document `pgvault status --json` prints."""
+def status(policy, now: datetime | None = None, deadline=None) -> dict:
+    """Collect and evaluate; the document `pgvault status --json` prints. The sites are read
+    within ``deadline`` (a pgvault.sites.readonly.Deadline; default monitoring.site_timeout)."""
     from ..clock import Clock
 
     now = now or Clock.from_env().now()  # $PGVAULT_NOW: "what would status say at time T?"
-    facts = collect(policy, now)
+    facts = collect(policy, now, deadline)
     doc = evaluate(policy, facts, now)
     doc["facts"] = facts
     return doc

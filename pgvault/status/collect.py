@@ -2,7 +2,10 @@
 cluster. Nothing here judges: evaluate.py compares these facts with the policy.
 
 Every site is read independently: one unreachable site is a fact about that site, never a
-reason to stop reading the others."""
+reason to stop reading the others. All sites are read at once, each within
+``monitoring.site_timeout`` (pgvault.sites.readonly: capped S3 timeouts, one thread per site
+joined against one deadline), while the cluster is asked over SQL: a dead or hanging site
+costs that bound once, never a sum, and never the full timeouts a backup is granted."""
 from __future__ import annotations
 
 import json
@@ -14,7 +17,8 @@ from ..catalog import layout
 from ..catalog.catalog import Catalog
 from ..errors import PgvaultError
 from ..sites import open_site
-from . import wal as walscan
+from ..sites.readonly import Deadline, Probes, open_readonly, site_timeout
+from ..wal import status as walscan
 
 log = logging.getLogger("pgvault.status")
 
@@ -120,51 +124,52 @@ def spool_facts(policy, name: str) -> dict:
         return {"spooled": 0, "spooled_age": None, "down_since": None, "failing": None, "names": []}
 
 
-def _impatient(policy, config):
-    """A site configuration that gives up quickly: a monitoring check that hangs for minutes
-    on a dead endpoint is worse than one that says CRITICAL in seconds."""
-    return config.impatient(policy.monitoring.site_timeout.total_seconds())
-
-
-def site_facts(policy, name: str, segment_size: int) -> dict:
-    """Backups, WAL and drill evidence held at one site."""
+def _read_site(policy, name: str) -> dict:
+    """Everything status reads from one site (run in the site's probe thread): the binding,
+    backups, the WAL listing and drill evidence. Judged and scanned later, in the caller."""
     cluster = policy.cluster.name
     jobs = [j for j, job in policy.jobs.items() if name in job.sites]
-    facts: dict = {"reachable": True, "error": None, "describe": None}
+    site = open_readonly(policy, name)
     try:
-        site = open_site(name, _impatient(policy, policy.sites[name]))
-        facts["describe"] = site.describe()
         cat = Catalog(site, cluster)
         binding = cat.binding()
-        facts["bound_at"] = binding.created_at.isoformat() if binding else None
-        facts["backups"], oldest_wal = _backup_facts(cat, jobs)
+        raw = {"bound_at": binding.created_at.isoformat() if binding else None,
+               "segment_size": binding.wal_segment_size if binding else None}
+        raw["backups"], raw["oldest_wal"] = _backup_facts(cat, jobs)
         if name in policy.wal.sites:
-            objs = [(o.key, o.mtime) for o in site.list(layout.wal_prefix(cluster))]
-            facts["spool"] = spool_facts(policy, name)
-            s = walscan.scan(objs, segment_size, oldest_wal, pending=facts["spool"].pop("names"))
-            facts["wal"] = {"count": s.count, "newest": s.newest, "newest_time": _iso(s.newest_mtime),
-                            "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
-                            "gaps": s.gaps, "gap_count": s.gap_count}
-        facts["drills"] = _drill_docs(cat)
-    except PgvaultError as exc:
-        return {"reachable": False, "error": exc.message, "hint": exc.hint, "describe": facts["describe"]}
+            raw["wal_objects"] = [(o.key, o.mtime) for o in site.list(layout.wal_prefix(cluster))]
+        raw["drills"] = _drill_docs(cat)
     except OSError as exc:
-        return {"reachable": False, "error": f"site {name!r}: {exc}", "hint": "check the path and its permissions",
-                "describe": facts["describe"]}
+        raise PgvaultError(f"site {name!r}: {exc}", "check the path and its permissions") from None
+    return raw
+
+
+def site_facts(policy, name: str, answer, segment_size: int) -> dict:
+    """Backups, WAL and drill evidence held at one site, from its probe's answer."""
+    describe = open_site(name, policy.sites[name]).describe()
+    if not answer.ok:
+        return {"reachable": False, "error": answer.message, "hint": getattr(answer.error, "hint", None),
+                "describe": describe}
+    raw = answer.value
+    facts = {"reachable": True, "error": None, "describe": describe, "bound_at": raw["bound_at"],
+             "backups": raw["backups"], "drills": raw["drills"]}
+    if name in policy.wal.sites:
+        facts["spool"] = spool_facts(policy, name)
+        oldest_wal = raw["oldest_wal"]
+        s = walscan.scan(raw["wal_objects"], segment_size, oldest_wal, pending=facts["spool"].pop("names"))
+        facts["wal"] = {"count": s.count, "newest": s.newest, "newest_time": _iso(s.newest_mtime),
+                        "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
+                        "gaps": s.gaps, "gap_count": s.gap_count}
     return facts
 
 
-def _segment_size(policy, cluster: dict) -> int:
+def _segment_size(cluster: dict, answers: dict) -> int:
     if cluster.get("reachable"):
         return cluster["wal_segment_size"]
     # The cluster is down: the size it was bound with at any site still tells us how to count.
-    for name in policy.sites:
-        try:
-            b = Catalog(open_site(name, policy.sites[name]), policy.cluster.name).binding()
-        except PgvaultError:
-            continue
-        if b:
-            return b.wal_segment_size
+    for a in answers.values():
+        if a.ok and a.value["segment_size"]:
+            return a.value["segment_size"]
     return 16 << 20
 
 
@@ -187,16 +192,15 @@ def run_facts(policy) -> dict:
     return out
 
 
-def collect(policy, now: datetime) -> dict:
-    """All facts status needs, as a JSON-able document."""
-    cluster = cluster_facts(policy)
-    seg = _segment_size(policy, cluster)
-    # Sites are read in parallel: one slow or dead site costs its own timeout, not the sum.
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(policy.sites)))) as pool:
-        futures = {name: pool.submit(site_facts, policy, name, seg) for name in policy.sites}
-        sites = {name: f.result() for name, f in futures.items()}
+def collect(policy, now: datetime, deadline: Deadline | None = None) -> dict:
+    """All facts status needs, as a JSON-able document, within ``deadline`` (default: one
+    monitoring.site_timeout from now) whatever the sites do."""
+    deadline = deadline or Deadline(site_timeout(policy))
+    probes = Probes(policy.sites, lambda n: _read_site(policy, n), what="status")
+    cluster = cluster_facts(policy)  # meanwhile
+    answers = probes.wait(deadline)
+    seg = _segment_size(cluster, answers)
+    sites = {name: site_facts(policy, name, answers[name], seg) for name in policy.sites}
     for name in policy.wal.sites:
         if "spool" not in sites[name]:  # unreachable: the spool still says what waits for it
             sites[name]["spool"] = spool_facts(policy, name)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from ..policy.durations import format_duration
 from . import cron
-from .wal import lag_segments
+from ..wal.status import current_segno, lag
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -140,14 +140,13 @@ def wal_items(policy, facts: dict, now: datetime) -> list[dict]:
             state = CRITICAL if cluster.get("archive_mode") == "off" else WARNING
             out.append(_item("wal", "wal", state, f"wal at {sname}: nothing archived yet", sname, **info))
             continue
-        if cluster.get("reachable"):
-            lag = lag_segments(w["newest"], cluster["current_lsn"], seg)
-            info["lag_segments"] = lag
-            # Data at risk is as old as the newest segment here: everything after it is not here.
-            info["lag_seconds"] = 0.0 if lag == 0 else _age(w["newest_time"], now)
-        if spool["spooled_age"] is not None:
-            # The oldest spooled file waits for this site since then: at least that much is at risk.
-            info["lag_seconds"] = max(info["lag_seconds"] or 0.0, spool["spooled_age"])
+        # Lag behind the segment the cluster writes now (unknown while it is unreachable), at
+        # least the age of the oldest file spooled for this site: the one computation
+        # wal-status uses too (pgvault.wal.status.lag).
+        ref = current_segno(cluster["current_lsn"], seg) if cluster.get("reachable") else None
+        newest_at = _t(w["newest_time"])
+        info["lag_segments"], info["lag_seconds"] = lag(
+            w["newest"], newest_at.timestamp() if newest_at else None, ref, now.timestamp(), spool["spooled_age"], seg)
         state, why = OK, []
         if w["gap_count"]:
             state = CRITICAL

@@ -153,27 +153,3 @@ def check_header(name: str, header: PageHeader) -> str | None:
         return (f"page address {format_lsn(header.pageaddr)} does not match the segment name "
                 f"(expected {format_lsn(expected)})")
     return None
-
-
-def gaps(names: list[str], segment_size: int = 16 << 20) -> list[tuple[str, str]]:
-    """Runs of segments missing between the oldest and newest segment of each timeline, as
-    (first missing, last missing). A timeline switch is not a gap: a child timeline starts where
-    its history file says, which need not follow its parent's newest segment.
-
-    >>> gaps(["000000010000000000000001", "000000010000000000000002", "000000010000000000000005"])
-    [('000000010000000000000003', '000000010000000000000004')]
-    >>> gaps(["000000010000000000000001", "000000020000000000000003", "00000002.history"])
-    []
-    """
-    by_tli: dict[int, list[int]] = {}
-    for n in names:
-        if kind(n) == "segment":
-            tli, segno = parse_segment(n, segment_size)
-            by_tli.setdefault(tli, []).append(segno)
-    out = []
-    for tli, segnos in sorted(by_tli.items()):
-        segnos.sort()
-        for a, b in zip(segnos, segnos[1:]):
-            if b > a + 1:
-                out.append((segment_name(tli, a + 1, segment_size), segment_name(tli, b - 1, segment_size)))
-    return out

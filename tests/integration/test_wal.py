@@ -189,7 +189,9 @@ def test_dead_site_does_not_stall_others_and_gets_its_backlog(walworld):
     try:
         # The local and the healthy S3 site keep receiving; PostgreSQL's queue drains.
         expected = switch_during_outage(w, 3)
-        status = json.loads(w.cli("wal-status", "--json").stdout)
+        ws = w.cli("wal-status", "--json", check=False)
+        assert ws.returncode == 3          # README: 3 = a site is unreachable
+        status = json.loads(ws.stdout)
         assert status["sites"]["us"]["spooled"] >= 1
         assert not status["sites"]["us"]["reachable"]
         cp = w.cli("check", check=False)
@@ -223,7 +225,9 @@ def test_sync_sites_one_background_shipper_delivers_and_a_dead_first_site_is_sto
     w.us_moto.pause()   # the first sync site dies: site a stands in, eu and us are owed it
     try:
         expected = switch_during_outage(w, 3)
-        status = json.loads(w.cli("wal-status", "--json").stdout)["sites"]
+        ws = w.cli("wal-status", "--json", check=False)
+        assert ws.returncode == 3
+        status = json.loads(ws.stdout)["sites"]
         assert status["us"]["spooled"] >= 1 and status["eu"]["spooled"] == 0
     finally:
         w.us_moto.resume()

@@ -17,7 +17,7 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 SEG = 16 << 20
 
 
-@pytest.mark.parametrize("module", ["pgvault.status.wal", "pgvault.status.cron", "pgvault.status.evaluate",
+@pytest.mark.parametrize("module", ["pgvault.status.cron", "pgvault.status.evaluate",
                                     "pgvault.status.prometheus", "pgvault.notify",
                                     "pgvault.cli.progress", "pgvault.cli.check"])
 def test_doctests(module):
