@@ -132,7 +132,9 @@ Predicate = Callable[[Call], bool]
 
 
 def nth(n: int, op: str | None = None) -> Predicate:
-    """Matches the call at position ``n`` (counting only ``op`` calls if given, from 1)."""
+    """Matches the call at position ``n`` (counting only ``op`` calls if given, from 1). With
+    ``op`` it counts the ``op`` calls it is shown, so use a fresh predicate for each run; without
+    it compares ``Call.n``, which restarts when ``FaultySite.reset()`` is called."""
     seen = {"count": 0}
     lock = threading.Lock()
 
