@@ -135,7 +135,9 @@ Predicate = Callable[[Call], bool]
 
 
 def nth(n: int, op: str | None = None) -> Predicate:
-    """Matches the call at position ``n`` (counting only ``op`` calls if given, from 1)."""
+    """Matches the call at position ``n`` (counting only ``op`` calls if given, from 1). With
+    ``op`` it counts the ``op`` calls it is shown, so use a fresh predicate for each run; without
+    it compares ``Call.n``, which restarts when ``FaultySite.reset()`` is called."""
     seen = {"count": 0}
     lock = threading.Lock()
 
@@ -166,7 +168,8 @@ class FaultySite(SiteWrapper):
       leaves a temporary behind, as a crash does.
     - ``corrupt_reads``: a stream opened by a matching ``get`` has one byte flipped (at
       ``flip_offset``, or the last byte of a shorter object).
-    - ``delay`` seconds before every call matching ``slow_on`` (a slow site).
+    - ``delay`` seconds before every call matching ``slow_on`` (all calls if None): a slow site
+      (``sleep`` is injectable so a test can see the waits without timing them).
     - ``hang_on``: a matching call blocks until ``release`` (a threading.Event) is set;
       ``hanging`` is set while one waits, so a test can wait for it before releasing.
     """
@@ -174,11 +177,12 @@ class FaultySite(SiteWrapper):
     def __init__(self, inner: Site, *, fail_on: Predicate | None = None, applied: bool = False,
                  corrupt_reads: Predicate | None = None, flip_offset: int = 0,
                  delay: float = 0.0, slow_on: Predicate | None = None,
-                 hang_on: Predicate | None = None, release: threading.Event | None = None):
+                 hang_on: Predicate | None = None, release: threading.Event | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
         super().__init__(inner)
         self.fail_on, self.applied = fail_on, applied
         self.corrupt_reads, self.flip_offset = corrupt_reads, flip_offset
-        self.delay, self.slow_on = delay, slow_on
+        self.delay, self.slow_on, self.sleep = delay, slow_on, sleep
         self.hang_on, self.release = hang_on, release or threading.Event()
         self.hanging = threading.Event()
         self.calls: list[tuple[str, str]] = []
@@ -197,7 +201,7 @@ class FaultySite(SiteWrapper):
             self.calls.append((op, key))
             call = Call(len(self.calls), op, key)
         if self.delay and (self.slow_on is None or self.slow_on(call)):
-            time.sleep(self.delay)  # the fault itself (a slow site), not synchronisation
+            self.sleep(self.delay)  # the fault itself (a slow site), not synchronisation
         if self.hang_on is not None and self.hang_on(call):
             self.hanging.set()
             self.release.wait()

@@ -189,3 +189,11 @@ sites:
     overlapping = [(p, m) for p, m, _h in info.value.problems if "overlaps" in m]
     assert [p for p, _m in overlapping] == ["sites.b.path", "sites.eu2.prefix"]
     assert "'a'" in overlapping[0][1] and "'eu'" in overlapping[1][1]
+
+
+def test_slow_site_waits_before_the_matching_calls_only():
+    waits = []
+    site = FaultySite(MemorySite(), delay=0.5, slow_on=on("commit"), sleep=waits.append)
+    put_bytes(site, "a", b"x")
+    put_bytes(site, "b", b"y")
+    assert waits == [0.5, 0.5] and get_bytes(site, "b") == b"y"
