@@ -5,7 +5,7 @@ discriminated union can validate them all at once."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -58,7 +58,8 @@ class Retain(Strict):
     _d = field_validator("max_age", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
 
 
-def _cron(v: str) -> str:
+def cron(v: str) -> str:
+    """``v`` if it is a valid 5-field cron expression; ValueError otherwise (used by drills too)."""
     from croniter import croniter
 
     if not isinstance(v, str) or not croniter.is_valid(v):
@@ -76,7 +77,7 @@ class JobBase(Strict):
     retain_at: dict[str, Retain] = Field(default_factory=dict, description="per-site retention overriding `retain`")
     timeout: timedelta | None = Field(None, description="abort the job when it runs longer than this")
 
-    _c = field_validator("schedule")(classmethod(lambda cls, v: None if v is None else _cron(v)))
+    _c = field_validator("schedule")(classmethod(lambda cls, v: None if v is None else cron(v)))
     _t = field_validator("timeout", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
 
     @field_validator("schedule_tz")
@@ -124,8 +125,13 @@ class BtrfsJob(JobBase):
     keep_local: Retain = Field(default_factory=lambda: Retain(count=8), description="retention of the local snapshots")
 
 
-Job = Annotated[Union[LogicalJob, BarmanJob, ZfsJob, BtrfsJob], Field(discriminator="method")]
-METHODS = ("logical", "barman", "zfs", "btrfs")
+# The job models, one per backup method. pgvault.methods.METHODS is the registry of methods;
+# this union is checked against it (tests/unit/test_methods_registry.py): policy sits below
+# methods and does not import them (wal-push loads policies and no method).
+JOB_MODELS = (LogicalJob, BarmanJob, ZfsJob, BtrfsJob)
+Job = Annotated[Union[JOB_MODELS], Field(discriminator="method")]
+# The method tags of the union (derived, not a second list).
+METHODS = tuple(get_args(m.model_fields["method"].annotation)[0] for m in JOB_MODELS)
 
 Site = Annotated[Union[LocalSiteConfig, S3SiteConfig], Field(discriminator="type")]
 

@@ -69,7 +69,9 @@ def restore_database(policy, backup_id: str, database: str, target_conninfo: str
 
 
 def _require_logical(m: Manifest) -> None:
-    if m.method != "logical":
+    from ..methods import METHODS, get_method
+
+    if m.method not in METHODS or get_method(m.method).restore_route != "logical":
         raise UsageError(f"backup {m.backup_id} is a {m.method} backup, not a logical dump",
                          "use pgvault restore --to-time/--latest for physical backups")
 
