@@ -18,7 +18,7 @@ What a method provides:
 - ``restore_route`` / ``drill_route``: *how* its backups are restored and drilled, named, not
   imported. Restore and drill code live above this layer (restore/, drills/) and may not be
   imported from here (tests/arch/test_layers.py), so each of them keeps ONE table keyed by
-  route (restore/routes.py, drills/sources.py ``ADAPTERS``). A new method that restores like an
+  route (restore/routes.py ``ROUTES``, drills/sources.py ``ADAPTERS``). A new method that restores like an
   existing one (a new physical engine: ``pitr``) needs no line there; a new way of restoring is
   one entry in each table. Routes are few and stable; methods are many: keying by route keeps
   the upper tables from growing a line per method.
@@ -86,14 +86,13 @@ class Method:
     """One backup method. See the module docstring for the contract."""
 
     name: str
-    job_model: str                                  # class name in pgvault.policy.model
+    job_model: str | type                           # class name in pgvault.policy.model (or the class)
     tools: tuple[str, ...]                          # programs `pgvault check` looks for on this host
     check: Callable[..., list[Problem]]
     backup: Callable[..., BackupFacts]
     restore_route: RestoreRoute
     drill_route: DrillRoute
     pitr_base: bool = False                         # its backups can be rolled forward with archived WAL
-    needs_sites: bool = True                        # a job must name sites (snapshots are kept locally too)
     per_site_bases: bool = False                    # each site holds its own base: facts[name][site] (barman)
     expire: Callable[[Any, Any], None] = nothing_to_expire
     snapshot_driver: type | None = None
@@ -102,6 +101,14 @@ class Method:
     @property
     def policy_model(self) -> type:
         """The pydantic job model (imported on use: pydantic is not free at start-up)."""
+        if isinstance(self.job_model, type):
+            return self.job_model
         from ..policy import model
 
         return getattr(model, self.job_model)
+
+    @property
+    def needs_sites(self) -> bool:
+        """A job of this method must name sites (its job model says so: the policy loader,
+        below this layer, checks it from there)."""
+        return self.policy_model.sites_required

@@ -272,5 +272,5 @@ def backup(ctx, session) -> BackupFacts:
 
 METHOD = Method(
     name="btrfs", job_model="BtrfsJob", tools=("btrfs",), check=check, backup=backup,
-    restore_route="snapshot", drill_route="snapshot", pitr_base=True, needs_sites=False,
+    restore_route="snapshot", drill_route="snapshot", pitr_base=True,
     snapshot_driver=BtrfsDriver, description="btrfs read-only snapshots of the job's subvolumes, sent with btrfs send")

@@ -271,5 +271,5 @@ def backup(ctx, session) -> BackupFacts:
 
 METHOD = Method(
     name="zfs", job_model="ZfsJob", tools=("zfs",), check=check, backup=backup,
-    restore_route="snapshot", drill_route="snapshot", pitr_base=True, needs_sites=False,
+    restore_route="snapshot", drill_route="snapshot", pitr_base=True,
     snapshot_driver=ZfsDriver, description="ZFS snapshots of the job's datasets, sent with zfs send")

@@ -5,7 +5,7 @@ discriminated union can validate them all at once."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Literal, Union, get_args
+from typing import Annotated, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -70,6 +70,8 @@ def cron(v: str) -> str:
 
 
 class JobBase(Strict):
+    sites_required: ClassVar[bool] = False  # the policy refuses a job of this method with no sites
+
     schedule: str | None = Field(None, description="cron expression (UTC unless schedule_tz is set); none = manual only")
     schedule_tz: str = Field("UTC", description="time zone the schedule is read in (IANA name)")
     sites: list[str] = Field(default_factory=list, description="names of the sites that receive this job's backups")
@@ -93,6 +95,7 @@ class JobBase(Strict):
 
 
 class LogicalJob(JobBase):
+    sites_required: ClassVar[bool] = True   # its backups exist only at sites (snapshots live locally too)
     method: Literal["logical"]
     databases: list[str] | None = Field(None, description="databases to dump; default every connectable non-template database")
     exclude_databases: list[str] = Field(default_factory=list, description="databases never dumped")
@@ -106,6 +109,7 @@ class LogicalJob(JobBase):
 
 
 class BarmanJob(JobBase):
+    sites_required: ClassVar[bool] = True
     method: Literal["barman"]
     compression: Literal["none", "gzip", "bzip2", "snappy", "lz4", "zstd"] = Field(
         "lz4", description="barman-cloud-backup compression (S3 sites)")
@@ -132,6 +136,7 @@ JOB_MODELS = (LogicalJob, BarmanJob, ZfsJob, BtrfsJob)
 Job = Annotated[Union[JOB_MODELS], Field(discriminator="method")]
 # The method tags of the union (derived, not a second list).
 METHODS = tuple(get_args(m.model_fields["method"].annotation)[0] for m in JOB_MODELS)
+METHODS_NEEDING_SITES = tuple(n for n, m in zip(METHODS, JOB_MODELS) if m.sites_required)
 
 Site = Annotated[Union[LocalSiteConfig, S3SiteConfig], Field(discriminator="type")]
 

@@ -69,11 +69,11 @@ def restore_database(policy, backup_id: str, database: str, target_conninfo: str
 
 
 def _require_logical(m: Manifest) -> None:
-    from ..methods import METHODS, get_method
+    from .routes import route_of
 
-    if m.method not in METHODS or get_method(m.method).restore_route != "logical":
-        raise UsageError(f"backup {m.backup_id} is a {m.method} backup, not a logical dump",
-                         "use pgvault restore --to-time/--latest for physical backups")
+    route, how = route_of(m.method)
+    if route != "logical":
+        raise UsageError(f"backup {m.backup_id} is a {m.method} backup, not a logical dump", f"restore it with: {how.command}")
 
 
 def _restore_dump(policy, cat: Catalog, m: Manifest, database: str, target_conninfo: str, target: str,
