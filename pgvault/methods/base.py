@@ -95,6 +95,11 @@ class Method:
     pitr_base: bool = False                         # its backups can be rolled forward with archived WAL
     per_site_bases: bool = False                    # each site holds its own base: facts[name][site] (barman)
     expire: Callable[[Any, Any], None] = nothing_to_expire
+    # restore_route "pitr" without per_site_bases: lay_down_base(policy, site, ref, dest) puts
+    # the base's files into the empty directory dest (ref: {"route", "manifest": the manifest
+    # as JSON}); pgvault.restore.pitr then configures recovery. Barman's per-site bases are laid
+    # down by restore/pitr.py itself (barman-cloud-restore / barman recover).
+    lay_down_base: Callable[[Any, str, dict, Any], None] | None = None
     snapshot_driver: type | None = None
     description: str = ""
 

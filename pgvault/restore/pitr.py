@@ -35,15 +35,21 @@ def _dt(v) -> datetime:
     return v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
 
 
+def _method(name: str):
+    """The registered Method of ``name``; None for one this pgvault does not know (a manifest
+    written by a newer pgvault is skipped, not fatal)."""
+    from ..methods import METHODS, get_method
+
+    return get_method(name) if name in METHODS else None
+
+
 def bases_from_manifest(m, site: str) -> list[planner.Base]:
     """Candidate bases from one manifest of a ``pitr_base`` method: a method with
     ``per_site_bases`` (barman) records one base per site in ``facts[method][site]``; any other
     that records start/stop LSN, time and timeline is a candidate as-is. The ref's ``route``
     says how fetch_base lays it down: barman's own route per site, or the method's restore
     route (``snapshot``)."""
-    from ..methods import METHODS, get_method
-
-    meth = get_method(m.method) if m.method in METHODS else None
+    meth = _method(m.method)
     if meth is None or not meth.pitr_base:
         return []
     per_site = (m.facts.get(meth.name) or {}).get(site) if meth.per_site_bases else None
@@ -184,6 +190,8 @@ def fetch_base(policy, base: planner.Base, dest: Path) -> None:
         from .snapshot_base import fetch_base as lay_down_snapshot
 
         lay_down_snapshot(policy, Manifest.model_validate(ref["manifest"]), base.site, dest)
+    elif (meth := _method(base.method)) is not None and meth.lay_down_base is not None:
+        meth.lay_down_base(policy, base.site, ref, dest)  # the method's own adapter (Method contract)
     else:
         raise NotSupported(f"base {base.backup_id} at site {base.site!r} was taken by method {base.method!r}, "
                            "which this pgvault cannot lay down for a point-in-time restore yet",

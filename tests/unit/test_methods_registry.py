@@ -54,6 +54,8 @@ def test_every_registered_method_satisfies_the_contract(name):
         assert wanted - set(dir(m.snapshot_driver)) == set()
     if m.restore_route == "snapshot" or m.per_site_bases:
         assert m.pitr_base
+    if m.restore_route == "pitr":  # restore/pitr.py can lay its bases down
+        assert m.per_site_bases or m.lay_down_base is not None
 
 
 def test_the_policy_and_the_drills_know_exactly_the_registered_methods():
