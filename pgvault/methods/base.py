@@ -18,9 +18,9 @@ What a method provides:
 - ``restore_route`` / ``drill_route``: *how* its backups are restored and drilled, named, not
   imported. Restore and drill code live above this layer (restore/, drills/) and may not be
   imported from here (tests/arch/test_layers.py), so each of them keeps ONE table keyed by
-  route (restore/routes.py ``ROUTES``, drills/sources.py ``ADAPTERS``). A new method that restores like an
-  existing one (a new physical engine: ``pitr``) needs no line there; a new way of restoring is
-  one entry in each table. Routes are few and stable; methods are many: keying by route keeps
+  route (restore/routes.py ``ROUTES``, drills/sources.py ``ADAPTERS``). A new method that
+  restores like an existing one (a new physical engine: ``pitr``, with its ``lay_down_base``)
+  needs no line there; a new way of restoring is one entry in each table. Routes are few and stable; methods are many: keying by route keeps
   the upper tables from growing a line per method.
 - ``snapshot_driver``: for ``restore_route == "snapshot"``, the class of its snapshot Driver
   (pgvault.methods.snapshot.Driver), which covers taking, cloning, receiving and cleaning up,
