@@ -18,7 +18,7 @@ import yaml
 
 from .. import pg, sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (pgvault/sandbox/demo.py -> ../..)
 
 
 @dataclass
