@@ -14,7 +14,8 @@ from .catalog.catalog import Catalog, open_catalogs
 from .catalog.formats import Manifest
 from .catalog.session import BackupSession
 from .errors import PgvaultError
-from .methods import method_module
+from .methods import get_method
+from .methods.base import BackupFacts
 from .methods.context import BackupContext
 from .policy.model import get_job
 
@@ -53,12 +54,12 @@ def bind_all(catalogs: dict[str, Catalog], server: pg.ServerInfo) -> tuple[dict[
 
 def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = None) -> BackupResult:
     job = get_job(policy, job_name)
-    module = method_module(job.method)
+    method = get_method(job.method)
     conn = pg.connect(policy.cluster.conninfo)
     try:
         server = pg.server_info(conn)
         ctx = BackupContext(policy, job_name, job, conn, server, progress)
-        problems = module.check(ctx)
+        problems = method.check(ctx)
         if problems:
             raise PgvaultError(f"job {job_name!r} cannot run:\n  " + "\n  ".join(problems))
         catalogs, failed = bind_all(open_catalogs(policy, job.sites), server)
@@ -77,17 +78,17 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
         relations = threading.Thread(target=_record_relations, args=(policy,), name="pgvault-relations", daemon=True)
         session = BackupSession(catalogs, backup_id, on_first_stream=relations.start)
         try:
-            facts = module.backup(ctx, session) or {}
-            tool_versions = facts.pop("tool_versions", {})
-            restore_how = facts.pop("restore", "")
-            manifest_fields = {k: facts.pop(k) for k in list(facts) if k in Manifest.model_fields}
+            facts = method.backup(ctx, session)
+            if not isinstance(facts, BackupFacts):  # the contract (methods/base.py), not a user error
+                raise TypeError(f"method {job.method}: backup() returned {type(facts).__name__}, not BackupFacts")
+            manifest_fields = facts.manifest_fields()
             manifest = Manifest(
                 backup_id=backup_id, cluster=policy.cluster.name, job=job_name, method=job.method,
                 started_at=started, finished_at=datetime.now(timezone.utc),
                 system_identifier=server.system_identifier, pg_version=server.version,
                 timeline=manifest_fields.pop("timeline", server.timeline),
                 options=job.model_dump(mode="json", exclude={"schedule", "schedule_tz", "retain", "retain_at"}),
-                tool_versions=tool_versions, facts=facts, restore=restore_how, **manifest_fields)
+                tool_versions=facts.tool_versions, facts=facts.facts, restore=facts.restore, **manifest_fields)
             manifest = session.commit(manifest)
         except BaseException:
             session.abort()

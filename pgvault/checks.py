@@ -7,17 +7,13 @@ from dataclasses import dataclass
 
 from . import pg, proc
 from .errors import PgvaultError
+from .methods import get_method
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
-# Programs each method needs on this host (resolved in the cluster's bin dir where relevant).
-TOOLS = {
-    "logical": ["pg_dump", "pg_dumpall", "pg_restore"],
-    "barman": ["barman-cloud-backup", "barman-cloud-restore", "barman-cloud-wal-restore", "pg_basebackup"],
-    "zfs": ["zfs"],
-    "btrfs": ["btrfs"],
-}
+# The programs each method needs on this host are its Method.tools (pgvault.methods);
+# these are resolved in the cluster's bin dir.
 PG_TOOLS = {"pg_dump", "pg_dumpall", "pg_restore", "pg_basebackup", "pg_waldump"}
 
 
@@ -89,7 +85,7 @@ def check_tools(policy, info: pg.ServerInfo | None) -> list[CheckResult]:
     out = []
     needed: dict[str, list[str]] = {}
     for jname, job in policy.jobs.items():
-        for t in TOOLS.get(job.method, []):
+        for t in get_method(job.method).tools:
             needed.setdefault(t, []).append(jname)
     if policy.wal.sites:
         needed.setdefault("pg_waldump", []).append("wal")

@@ -111,15 +111,11 @@ def _old_debris(catalog, grace: timedelta) -> list[str]:
 
 
 def _method_hook(method: str):
-    from .methods import METHODS, method_module
+    """The method's expiry adapter (Method.expire); None for a method this pgvault does not
+    know (a manifest written by a newer one): pgvault's own artifacts are gone all the same."""
+    from .methods import METHODS, get_method
 
-    if method not in METHODS:
-        return None
-    try:
-        module = method_module(method)
-    except ModuleNotFoundError:  # a method module not written yet has no tool objects to expire
-        return None
-    return getattr(module, "expire", None)
+    return get_method(method).expire if method in METHODS else None
 
 
 def apply(catalog, plan: SiteExpiry) -> None:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from ..errors import PolicyError, UsageError
 from ..policy.load import translate_error
-from .model import EACH, PITR_METHODS, Drill
+from .model import EACH, Drill, pitr_methods
 
 Problem = tuple[str, str, str | None]
 
@@ -82,14 +82,14 @@ def _semantic(policy, raw: dict) -> list[tuple[str, str, str | None]]:
         if site not in policy.sites:
             out.append(("source.site", f"site {site!r} does not exist",
                         f"defined sites: {', '.join(policy.sites)}; or '{EACH}'"))
-        elif job is not None and job.sites and site not in job.sites and kind not in PITR_METHODS:
+        elif job is not None and job.sites and site not in job.sites and kind not in pitr_methods():
             out.append(("source.site", f"job {job_name!r} does not keep backups at site {site!r}",
                         f"its sites: {', '.join(job.sites)}"))
     target = raw.get("target", "latest")
     if isinstance(target, str) and (target.strip() == "canary" or target.strip().startswith("-")):
-        if isinstance(kind, str) and kind not in PITR_METHODS:
+        if isinstance(kind, str) and kind not in pitr_methods():
             out.append(("target", f"target {target.strip()!r} needs point-in-time recovery, which a {kind} backup cannot do",
-                        f"use a source of method {' or '.join(PITR_METHODS)}, or target latest/random"))
+                        f"use a source of method {' or '.join(pitr_methods())}, or target latest/random"))
     return out
 
 

@@ -13,13 +13,18 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from ..policy.durations import parse_duration
-from ..policy.model import NAME, _cron
+from ..methods import all_methods, method_names
+from ..policy.model import NAME, cron
 
 EACH = "each"
-# Methods whose backups can be rolled forward with archived WAL to a chosen time (snapshots
-# are PITR bases too: pgvault.restore.snapshot_base).
-PITR_METHODS = ("barman", "zfs", "btrfs")
-SNAPSHOT_METHODS = ("zfs", "btrfs")
+
+
+def pitr_methods() -> tuple[str, ...]:
+    """Methods whose backups can be rolled forward with archived WAL to a chosen time (the
+    registry's ``pitr_base``; snapshots are PITR bases too: pgvault.restore.snapshot_base)."""
+    return tuple(m.name for m in all_methods() if m.pitr_base)
+
+
 _OFFSET = re.compile(r"^-\s*\S+$")
 
 
@@ -49,7 +54,7 @@ def parse_target(text: str) -> tuple[str, timedelta | None]:
 
 class Source(Strict):
     job: str | None = Field(None, description="the job whose backups are drilled (its method and sites)")
-    method: Literal["logical", "barman", "zfs", "btrfs"] | None = Field(
+    method: Literal[method_names()] | None = Field(  # type: ignore[valid-type]  (the registry's names)
         None, description="drill backups of this method (any job) when no job is named")
     site: str = Field(EACH, description=f"the site to restore from, or '{EACH}' for one drill per site")
 
@@ -143,7 +148,7 @@ class Drill(Strict):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, v):
-        return None if v is None else _cron(v)
+        return None if v is None else cron(v)
 
     @property
     def target_kind(self) -> str:

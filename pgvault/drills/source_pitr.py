@@ -16,12 +16,10 @@ from .. import pg
 from ..errors import PgvaultError
 from .load import policy_dir
 from .scratch import Scratch
-from .model import SNAPSHOT_METHODS
+from ..methods import all_methods, get_method
 from .sources import DrillRun, Restored, backups_at, choose_backup, requires
 
 WAL_TIMEOUT = 120.0
-# Jobs whose sites may not be empty (the policy loader insists).
-_NEEDS_SITES = ("logical", "barman")
 
 
 def one_site_document(raw: dict, site: str) -> dict:
@@ -40,12 +38,14 @@ def one_site_document(raw: dict, site: str) -> dict:
         doc["wal"] = dict(raw["wal"], sites=[site])
     doc["drills"] = []
     jobs = {}
+    needs_sites = {m.name for m in all_methods() if m.needs_sites}
     for name, job in (raw.get("jobs") or {}).items():
         job = dict(job)
         job["sites"] = [s for s in job.get("sites") or [] if s == site]
         if isinstance(job.get("retain_at"), dict):
             job["retain_at"] = {k: v for k, v in job["retain_at"].items() if k == site}
-        if job["sites"] or job.get("method") not in _NEEDS_SITES:
+        # A job whose method needs sites (the policy loader insists) goes with its last site.
+        if job["sites"] or job.get("method") not in needs_sites:
             jobs[name] = job
     doc["jobs"] = jobs
     return doc
@@ -141,7 +141,7 @@ def restore_pitr(run: DrillRun, scratch: Scratch) -> Restored:
     backup_id = None
     if drill.target_kind == "random":
         backup_id = choose_backup(policy, drill, run.site, run.method).backup_id
-    elif run.method in SNAPSHOT_METHODS:
+    elif get_method(run.method).restore_route == "snapshot":
         backup_id = newest_before(policy, drill, run.site, run.method, None if target.kind == "latest" else when)
     dest = scratch.pgdata
     # The instance is known before recovery starts, so the teardown stops it whatever happens.

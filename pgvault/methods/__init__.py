@@ -1,7 +1,8 @@
-"""Backup methods. One explicit registry: adding a method is one line.
+"""Backup methods. The one registry of methods: adding a method is its module plus one line here.
 
-A method module provides ``check(ctx) -> list[str]`` (preflight problems, no side effects)
-and ``backup(ctx, session) -> dict`` (facts for the manifest; never writes the manifest)."""
+Each module named here defines ``METHOD``, a :class:`pgvault.methods.base.Method` (the contract:
+check, backup -> BackupFacts, tools, routes, expiry). Every other list of method names in
+pgvault is derived from this table (docs/architecture.md, "How to add a method")."""
 from __future__ import annotations
 
 import importlib
@@ -14,6 +15,18 @@ METHODS = {
 }
 
 
-def method_module(name: str):
+def method_names() -> tuple[str, ...]:
+    """The registered methods, in registry order (no method module is imported)."""
+    return tuple(METHODS)
+
+
+def get_method(name: str):
+    """The Method object of ``name``; KeyError names the registered ones."""
+    if name not in METHODS:
+        raise KeyError(f"no backup method {name!r} (registered: {', '.join(METHODS)})")
     # Imported on use so `pgvault tick` and wal-push never pay for methods they do not run.
-    return importlib.import_module(METHODS[name])
+    return importlib.import_module(METHODS[name]).METHOD
+
+
+def all_methods() -> list:
+    return [get_method(n) for n in METHODS]

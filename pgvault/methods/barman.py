@@ -24,6 +24,7 @@ from .. import pg, proc
 from ..catalog import layout
 from ..errors import PgvaultError, SiteError
 from . import barman_tools as bt
+from .base import BackupFacts, Method
 from .context import BackupContext
 from ..lsn import parse_lsn
 
@@ -268,7 +269,7 @@ def summarize(per_site: dict[str, dict]) -> dict:
             "start_time": first["begin_time"], "stop_time": last["end_time"]}
 
 
-def backup(ctx: BackupContext, session) -> dict:
+def backup(ctx: BackupContext, session) -> BackupFacts:
     from io import BytesIO
 
     # Any transaction id below this had finished before the backup began: a --to-xid target
@@ -299,12 +300,15 @@ def backup(ctx: BackupContext, session) -> dict:
         raise
     version = proc.output([bt.tool("barman-cloud-backup" if any(f["route"] == "barman-cloud" for f in per_site.values())
                                    else "barman"), "--version"]).strip()
-    return {**summarize(per_site), "barman": per_site, "start_xmin": start_xmin,
-            "tool_versions": {"barman": version.split()[-1] if version else "?"},
-            "restore": ("S3 site: barman-cloud-restore [--endpoint-url URL] s3://<bucket>/<prefix>/clusters <cluster> "
-                        "<barman id> DEST; local site: barman -c <site>/clusters/<cluster>/barman/barman.conf recover "
-                        "<cluster> <barman id> DEST; then restore_command = 'pgvault wal-fetch %f %p' "
-                        "(or barman-cloud-wal-restore URL <cluster> %f %p) and recovery.signal")}
+    # facts: barman (site -> that site's Barman backup: route, backup_id, begin/end LSN, WAL,
+    # time, timeline), start_xmin (see above).
+    return BackupFacts(
+        **summarize(per_site), facts={"barman": per_site, "start_xmin": start_xmin},
+        tool_versions={"barman": version.split()[-1] if version else "?"},
+        restore=("S3 site: barman-cloud-restore [--endpoint-url URL] s3://<bucket>/<prefix>/clusters <cluster> "
+                 "<barman id> DEST; local site: barman -c <site>/clusters/<cluster>/barman/barman.conf recover "
+                 "<cluster> <barman id> DEST; then restore_command = 'pgvault wal-fetch %f %p' "
+                 "(or barman-cloud-wal-restore URL <cluster> %f %p) and recovery.signal"))
 
 
 def expire(manifest, site) -> None:
@@ -326,3 +330,11 @@ def expire(manifest, site) -> None:
     prefix = f"{layout.barman_base_prefix(manifest.cluster)}{facts['backup_id']}/"
     for obj in list(site.list(prefix)):
         site.delete(obj.key)
+
+
+METHOD = Method(
+    name="barman", job_model="BarmanJob",
+    tools=("barman-cloud-backup", "barman-cloud-restore", "barman-cloud-wal-restore", "pg_basebackup"),
+    check=check, backup=backup, expire=expire, restore_route="pitr", drill_route="pitr",
+    pitr_base=True, per_site_bases=True,
+    description="a Barman base backup per site (barman-cloud for S3 sites, a generated Barman server for local ones)")

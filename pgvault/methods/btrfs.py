@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from .. import proc
-from ..errors import PgvaultError, UsageError
+from ..errors import PgvaultError, RestoreRefused, UsageError
 from ..fsutil import write_atomic
 from . import snapshot, snapshot_sites
+from .base import BackupFacts, Method
 from .snapshot import Snap, Volume
 
 SIDECAR = "pgvault.json"
@@ -169,6 +171,87 @@ class BtrfsDriver:
                 "backup-api mode: write backup_label (and tablespace_map) into PGDATA before starting")
 
 
+    # -- the restore side (pgvault.restore.snapshot*, pgvault.drills.source_snapshot): a
+    # target is a directory that does not exist or is empty, on a btrfs file system; each volume
+    # lands at TARGET/<short name>. Received streams land in TARGET/.received/<backup id>/
+    # (btrfs receive makes read-only subvolumes) and the newest is snapshotted writable.
+    # ``created`` collects the subvolumes made, for cleanup.
+    def make_target(self, target: str) -> None:
+        p = Path(target)
+        if p.exists() and any(p.iterdir()):
+            raise RestoreRefused(f"target directory {target} is not empty", "choose a new or empty directory")
+        p.mkdir(parents=True, exist_ok=True)
+        os.chmod(p, 0o755)
+
+    def clone(self, snap: Snap, target: str, short: str, created: list[str]) -> str:
+        dest = os.path.join(target, short)
+        proc.run(snapshot_argv(snap.name, dest, readonly=False))
+        created.append(dest)
+        return dest
+
+    def receive_argv(self, target: str, short: str, volume: str, backup_id: str, incremental: bool,
+                     created: list[str]) -> list[str]:
+        inbox = Path(target) / ".received" / backup_id
+        inbox.mkdir(parents=True, mode=0o700, exist_ok=True)
+        created.append(str(inbox / leaf(volume)))
+        return receive_argv(str(inbox))
+
+    def received(self, target: str, short: str, volume: str, backup_id: str, created: list[str]) -> str:
+        dest = os.path.join(target, short)
+        proc.run(snapshot_argv(str(Path(target) / ".received" / backup_id / leaf(volume)), dest, readonly=False))
+        created.append(dest)
+        return dest
+
+    def cleanup(self, target: str, created: list[str]) -> None:
+        for sv in reversed(created):
+            proc.run(delete_argv(sv), check=False)
+
+    def scratch_target(self, volume: str, tag: str) -> str:
+        """A temporary copy's place, beside the volume (the same file system).
+
+        >>> BtrfsDriver("j", None).scratch_target("/srv/pg", "ab")
+        '/srv/.pgvault-scratch-ab'
+        """
+        return str(Path(volume).parent / f".pgvault-scratch-{tag}")
+
+    def remove_scratch(self, scratch: str) -> None:
+        root = Path(scratch)
+        if not root.is_dir():
+            return
+        received = root / ".received"
+        for inbox in sorted(received.iterdir()) if received.is_dir() else []:
+            for sv in inbox.iterdir():
+                proc.run(delete_argv(str(sv)), check=False)
+            inbox.rmdir()
+        if received.is_dir():
+            received.rmdir()
+        for sv in root.iterdir():
+            proc.run(delete_argv(str(sv)), check=False)
+        root.rmdir()
+
+    def drill_target(self, receive_into: str | None, name: str) -> str:
+        """Where a drill receives a copy: ``receive_into`` or beside the job's first subvolume.
+
+        >>> BtrfsDriver("j", type("J", (), {"subvolumes": ["/srv/pg"]})).drill_target(None, "d")
+        '/srv/.pgvault-drills/d'
+        """
+        return str(Path(receive_into or str(Path(self.job.subvolumes[0]).parent / ".pgvault-drills")) / name)
+
+    def remove_received(self, target: str) -> None:
+        """Remove a drill's received copy (its server is stopped)."""
+        root = Path(target)
+        if not root.exists():
+            return
+        # Deepest first: a subvolume cannot be deleted while it holds another.
+        dirs = sorted((Path(d) for d, _, _ in os.walk(root)), key=lambda p: len(p.parts), reverse=True)
+        for d in dirs:
+            if d.is_dir() and not d.is_symlink() and os.stat(d).st_ino == 256 and is_subvolume(str(d)):
+                proc.run(delete_argv(str(d)), check=False)
+        shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            raise PgvaultError(f"{target} could not be removed")
+
+
 def driver(ctx) -> BtrfsDriver:
     return BtrfsDriver(ctx.job_name, ctx.job)
 
@@ -183,5 +266,11 @@ def check(ctx) -> list[str]:
     return problems
 
 
-def backup(ctx, session) -> dict:
+def backup(ctx, session) -> BackupFacts:
     return snapshot_sites.backup(ctx, session, driver(ctx))
+
+
+METHOD = Method(
+    name="btrfs", job_model="BtrfsJob", tools=("btrfs",), check=check, backup=backup,
+    restore_route="snapshot", drill_route="snapshot", pitr_base=True,
+    snapshot_driver=BtrfsDriver, description="btrfs read-only snapshots of the job's subvolumes, sent with btrfs send")

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from .. import pg, proc
 from ..errors import DatabaseError
+from .base import BackupFacts, Method
 from .context import BackupContext
 
 log = logging.getLogger("pgvault.logical")
@@ -145,7 +146,7 @@ class _Counter(threading.Thread):
             self.join(10)
 
 
-def backup(ctx: BackupContext, session) -> dict:
+def backup(ctx: BackupContext, session) -> BackupFacts:
     dbs = databases(ctx)
     if ctx.job.globals:
         argv = [ctx.tool("pg_dumpall"), "--globals-only", "-d", ctx.conninfo()]
@@ -157,10 +158,15 @@ def backup(ctx: BackupContext, session) -> dict:
         log.info("dumping database %s", db)
         _dump_database(ctx, session, db, row_counts)
     version = pg.tool_version(ctx.tool("pg_dump"))
-    return {
-        "databases": dbs,
-        "row_counts": row_counts,
-        "tool_versions": {"pg_dump": version},
-        "restore": ("zstd -dc databases/<db>.dump.zst | pg_restore --exit-on-error -d <target db>; "
-                    "globals first: zstd -dc globals.sql.zst | psql -v ON_ERROR_STOP=1 -d postgres"),
-    }
+    # facts: databases (dumped, in order), row_counts (db -> table -> exact rows, for drills).
+    return BackupFacts(
+        restore=("zstd -dc databases/<db>.dump.zst | pg_restore --exit-on-error -d <target db>; "
+                 "globals first: zstd -dc globals.sql.zst | psql -v ON_ERROR_STOP=1 -d postgres"),
+        tool_versions={"pg_dump": version},
+        facts={"databases": dbs, "row_counts": row_counts})
+
+
+METHOD = Method(
+    name="logical", job_model="LogicalJob", tools=("pg_dump", "pg_dumpall", "pg_restore"),
+    check=check, backup=backup, restore_route="logical", drill_route="logical",
+    description="pg_dump of each database (custom format, zstd) + pg_dumpall --globals-only")

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from .. import proc
 from ..errors import PgvaultError, SiteError
+from .base import BackupFacts
 from .snapshot import Driver, Snap, Taken, Volume, plan_layout, take
 
 log = logging.getLogger("pgvault.snapshot")
@@ -107,7 +108,7 @@ def _send(session, driver: Driver, taken: Taken, base_id: str | None, base: dict
     return arts
 
 
-def backup(ctx, session, driver: Driver) -> dict:
+def backup(ctx, session, driver: Driver) -> BackupFacts:
     """Take a consistent snapshot set, store its metadata on it, send it to every site."""
     volumes: list[Volume] = driver.volumes()
     placements, mode = plan_layout(ctx, volumes)
@@ -145,17 +146,15 @@ def backup(ctx, session, driver: Driver) -> dict:
                 log.warning("could not remove snapshot %s: %s", s.name, exc)
         raise
     _prune(ctx, driver, session, bases, local, taken.backup_id)
-    return {
-        "timeline": taken.timeline, "start_lsn": taken.start_lsn, "stop_lsn": taken.stop_lsn,
-        "start_wal": taken.start_wal, "stop_wal": taken.stop_wal,
-        "start_time": taken.start_time, "stop_time": taken.stop_time,
-        "mode": mode, "fence_lsn": taken.stop_lsn, "backup_stop_lsn": taken.backup_stop_lsn,
-        "snapshots": [asdict(s) for s in taken.snaps],
-        "placements": [asdict(p) for p in placements],
-        "backup_label": taken.backup_label, "tablespace_map": taken.tablespace_map,
-        "tool_versions": driver.versions(),
-        "restore": driver.restore_hint(),
-    }
+    # facts: mode (atomic | backup-api), fence_lsn (no recovery target before it),
+    # backup_stop_lsn, snapshots, placements, backup_label, tablespace_map (docs/snapshots.md).
+    return BackupFacts(
+        timeline=taken.timeline, start_lsn=taken.start_lsn, stop_lsn=taken.stop_lsn,
+        start_wal=taken.start_wal, stop_wal=taken.stop_wal, start_time=taken.start_time, stop_time=taken.stop_time,
+        facts={"mode": mode, "fence_lsn": taken.stop_lsn, "backup_stop_lsn": taken.backup_stop_lsn,
+               "snapshots": [asdict(s) for s in taken.snaps], "placements": [asdict(p) for p in placements],
+               "backup_label": taken.backup_label, "tablespace_map": taken.tablespace_map},
+        tool_versions=driver.versions(), restore=driver.restore_hint())
 
 
 def _prune(ctx, driver: Driver, session, bases: dict, local: dict, new_id: str) -> None:

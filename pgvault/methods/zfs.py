@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from .. import proc
-from ..errors import PgvaultError, UsageError
+from ..errors import PgvaultError, RestoreRefused, UsageError
+from ..proc import wait_until
 from . import snapshot, snapshot_sites
+from .base import BackupFacts, Method
 from .snapshot import Snap, Volume
 
 PROP = "pgvault:"
@@ -183,6 +186,68 @@ class ZfsDriver:
                 "backup-api mode: write backup_label (and tablespace_map) into PGDATA before starting")
 
 
+    # -- the restore side (pgvault.restore.snapshot*, pgvault.drills.source_snapshot): a
+    # target is a dataset name that does not exist yet (its parent must); each volume of a set
+    # lands at TARGET/<short name>. ``created`` is unused: destroying TARGET -r removes all.
+    def make_target(self, target: str) -> None:
+        if exists(target):
+            raise RestoreRefused(f"dataset {target} already exists", "choose a new dataset name; pgvault never restores over one")
+        parent = target.rsplit("/", 1)[0]
+        if "/" not in target or not exists(parent):
+            raise UsageError(f"parent dataset of {target} does not exist", "give --to as <existing dataset>/<new name>")
+        proc.run(["zfs", "create", target])
+
+    def clone(self, snap: Snap, target: str, short: str, created: list[str]) -> str:
+        proc.run(clone_argv(snap.name, f"{target}/{short}"))
+        return mountpoint(f"{target}/{short}")
+
+    def receive_argv(self, target: str, short: str, volume: str, backup_id: str, incremental: bool,
+                     created: list[str]) -> list[str]:
+        return receive_argv(f"{target}/{short}", force=incremental)
+
+    def received(self, target: str, short: str, volume: str, backup_id: str, created: list[str]) -> str:
+        return mountpoint(f"{target}/{short}")
+
+    def cleanup(self, target: str, created: list[str]) -> None:
+        # A receive that was just killed can keep the dataset busy for a moment.
+        deadline = time.monotonic() + 120  # zfs-fuse under load is slow to let go
+        while exists(target):
+            cp = proc.run(destroy_argv(target, recursive=True, force=True), check=False)
+            if cp.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise PgvaultError(f"could not remove {target}: {cp.stderr.decode(errors='replace').strip()}",
+                                   f"remove it by hand: zfs destroy -r {target}")
+            time.sleep(0.3)
+
+    def scratch_target(self, volume: str, tag: str) -> str:
+        """A temporary copy's place, on the volume's pool.
+
+        >>> ZfsDriver("j", None).scratch_target("tank/db/pg", "ab")
+        'tank/pgvault-scratch-ab'
+        """
+        return f"{volume.split('/')[0]}/pgvault-scratch-{tag}"
+
+    def remove_scratch(self, scratch: str) -> None:
+        self.cleanup(scratch, [])
+
+    def drill_target(self, receive_into: str | None, name: str) -> str:
+        """Where a drill receives a copy: ``receive_into`` or beside the job's first dataset.
+
+        >>> ZfsDriver("j", type("J", (), {"datasets": ["tank/db/pg"]})).drill_target(None, "d")
+        'tank/db/d'
+        """
+        return f"{receive_into or self.job.datasets[0].rsplit('/', 1)[0]}/{name}"
+
+    def remove_received(self, target: str) -> None:
+        """Remove a drill's received copy (its server is stopped)."""
+        if not exists(target):
+            return
+        # zfs-fuse may report a just-stopped server's mount busy for a moment.
+        wait_until(lambda: proc.run(destroy_argv(target, recursive=True), check=False).returncode == 0
+                   or not exists(target), 30, f"zfs destroy -r {target}", interval=0.2)
+
+
 def driver(ctx) -> ZfsDriver:
     return ZfsDriver(ctx.job_name, ctx.job)
 
@@ -200,5 +265,11 @@ def check(ctx) -> list[str]:
     return problems
 
 
-def backup(ctx, session) -> dict:
+def backup(ctx, session) -> BackupFacts:
     return snapshot_sites.backup(ctx, session, driver(ctx))
+
+
+METHOD = Method(
+    name="zfs", job_model="ZfsJob", tools=("zfs",), check=check, backup=backup,
+    restore_route="snapshot", drill_route="snapshot", pitr_base=True,
+    snapshot_driver=ZfsDriver, description="ZFS snapshots of the job's datasets, sent with zfs send")

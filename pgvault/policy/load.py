@@ -8,7 +8,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import PolicyError, UsageError
-from .model import METHODS, Policy
+from .model import METHODS, METHODS_NEEDING_SITES, Policy
 
 ENV = "PGVAULT_POLICY"
 DEFAULT_PATHS = ("/etc/pgvault/policy.yaml",)
@@ -95,8 +95,8 @@ def _semantic_problems(raw: dict) -> list[tuple[str, str, str | None]]:
                     out.append((f"jobs.{jname}.retain_at.{s}", f"site {s!r} does not exist", None))
                 elif isinstance(job.get("sites"), list) and s not in job["sites"]:
                     out.append((f"jobs.{jname}.retain_at.{s}", f"site {s!r} is not one of this job's sites", None))
-        if job.get("method") in ("logical", "barman") and not job.get("sites"):
-            out.append((f"jobs.{jname}.sites", "a logical or barman job needs at least one site", None))
+        if job.get("method") in METHODS_NEEDING_SITES and not job.get("sites"):
+            out.append((f"jobs.{jname}.sites", f"a {job['method']} job needs at least one site", None))
     # Two sites pointing at the same place would each believe they hold an independent copy.
     # Each site configuration names its place (location_key); invalid ones are reported above.
     from pydantic import TypeAdapter

@@ -5,7 +5,7 @@ discriminated union can validate them all at once."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -58,7 +58,8 @@ class Retain(Strict):
     _d = field_validator("max_age", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
 
 
-def _cron(v: str) -> str:
+def cron(v: str) -> str:
+    """``v`` if it is a valid 5-field cron expression; ValueError otherwise (used by drills too)."""
     from croniter import croniter
 
     if not isinstance(v, str) or not croniter.is_valid(v):
@@ -69,6 +70,8 @@ def _cron(v: str) -> str:
 
 
 class JobBase(Strict):
+    sites_required: ClassVar[bool] = False  # the policy refuses a job of this method with no sites
+
     schedule: str | None = Field(None, description="cron expression (UTC unless schedule_tz is set); none = manual only")
     schedule_tz: str = Field("UTC", description="time zone the schedule is read in (IANA name)")
     sites: list[str] = Field(default_factory=list, description="names of the sites that receive this job's backups")
@@ -76,7 +79,7 @@ class JobBase(Strict):
     retain_at: dict[str, Retain] = Field(default_factory=dict, description="per-site retention overriding `retain`")
     timeout: timedelta | None = Field(None, description="abort the job when it runs longer than this")
 
-    _c = field_validator("schedule")(classmethod(lambda cls, v: None if v is None else _cron(v)))
+    _c = field_validator("schedule")(classmethod(lambda cls, v: None if v is None else cron(v)))
     _t = field_validator("timeout", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
 
     @field_validator("schedule_tz")
@@ -92,6 +95,7 @@ class JobBase(Strict):
 
 
 class LogicalJob(JobBase):
+    sites_required: ClassVar[bool] = True   # its backups exist only at sites (snapshots live locally too)
     method: Literal["logical"]
     databases: list[str] | None = Field(None, description="databases to dump; default every connectable non-template database")
     exclude_databases: list[str] = Field(default_factory=list, description="databases never dumped")
@@ -105,6 +109,7 @@ class LogicalJob(JobBase):
 
 
 class BarmanJob(JobBase):
+    sites_required: ClassVar[bool] = True
     method: Literal["barman"]
     compression: Literal["none", "gzip", "bzip2", "snappy", "lz4", "zstd"] = Field(
         "lz4", description="barman-cloud-backup compression (S3 sites)")
@@ -124,8 +129,14 @@ class BtrfsJob(JobBase):
     keep_local: Retain = Field(default_factory=lambda: Retain(count=8), description="retention of the local snapshots")
 
 
-Job = Annotated[Union[LogicalJob, BarmanJob, ZfsJob, BtrfsJob], Field(discriminator="method")]
-METHODS = ("logical", "barman", "zfs", "btrfs")
+# The job models, one per backup method. pgvault.methods.METHODS is the registry of methods;
+# this union is checked against it (tests/unit/test_methods_registry.py): policy sits below
+# methods and does not import them (wal-push loads policies and no method).
+JOB_MODELS = (LogicalJob, BarmanJob, ZfsJob, BtrfsJob)
+Job = Annotated[Union[JOB_MODELS], Field(discriminator="method")]
+# The method tags of the union (derived, not a second list).
+METHODS = tuple(get_args(m.model_fields["method"].annotation)[0] for m in JOB_MODELS)
+METHODS_NEEDING_SITES = tuple(n for n, m in zip(METHODS, JOB_MODELS) if m.sites_required)
 
 Site = Annotated[Union[LocalSiteConfig, S3SiteConfig], Field(discriminator="type")]
 

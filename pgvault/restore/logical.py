@@ -69,9 +69,11 @@ def restore_database(policy, backup_id: str, database: str, target_conninfo: str
 
 
 def _require_logical(m: Manifest) -> None:
-    if m.method != "logical":
-        raise UsageError(f"backup {m.backup_id} is a {m.method} backup, not a logical dump",
-                         "use pgvault restore --to-time/--latest for physical backups")
+    from .routes import route_of
+
+    route, how = route_of(m.method)
+    if route != "logical":
+        raise UsageError(f"backup {m.backup_id} is a {m.method} backup, not a logical dump", f"restore it with: {how.command}")
 
 
 def _restore_dump(policy, cat: Catalog, m: Manifest, database: str, target_conninfo: str, target: str,

@@ -35,20 +35,34 @@ def _dt(v) -> datetime:
     return v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
 
 
+def _method(name: str):
+    """The registered Method of ``name``; None for one this pgvault does not know (a manifest
+    written by a newer pgvault is skipped, not fatal)."""
+    from ..methods import METHODS, get_method
+
+    return get_method(name) if name in METHODS else None
+
+
 def bases_from_manifest(m, site: str) -> list[planner.Base]:
-    """Candidate bases from one manifest: barman records one Barman backup per site; any other
-    method that records start/stop LSN, time and timeline is a candidate as-is."""
-    per_site = (m.facts.get("barman") or {}).get(site) if m.method == "barman" else None
+    """Candidate bases from one manifest of a ``pitr_base`` method: a method with
+    ``per_site_bases`` (barman) records one base per site in ``facts[method][site]``; any other
+    that records start/stop LSN, time and timeline is a candidate as-is. The ref's ``route``
+    says how fetch_base lays it down: barman's own route per site, or the method's restore
+    route (``snapshot``)."""
+    meth = _method(m.method)
+    if meth is None or not meth.pitr_base:
+        return []
+    per_site = (m.facts.get(meth.name) or {}).get(site) if meth.per_site_bases else None
     if per_site:
         return [planner.Base(m.backup_id, site, m.method, int(per_site["timeline"]),
                              planner.parse_lsn(per_site["begin_lsn"]), planner.parse_lsn(per_site["end_lsn"]),
                              _dt(per_site["begin_time"]), _dt(per_site["end_time"]), m.facts.get("start_xmin"),
                              {**per_site, "backup_id_at_site": per_site["backup_id"]})]
-    if m.method == "barman" or None in (m.start_lsn, m.stop_lsn, m.timeline):
+    if meth.per_site_bases or None in (m.start_lsn, m.stop_lsn, m.timeline):
         return []
     return [planner.Base(m.backup_id, site, m.method, m.timeline, planner.parse_lsn(m.start_lsn),
                          planner.parse_lsn(m.stop_lsn), m.start_time or m.started_at, m.stop_time or m.finished_at,
-                         m.facts.get("start_xmin"), {"route": m.method, "manifest": m.model_dump(mode="json")})]
+                         m.facts.get("start_xmin"), {"route": meth.restore_route, "manifest": m.model_dump(mode="json")})]
 
 
 def archive_of(site, cluster: str, segment_size: int) -> planner.Archive:
@@ -170,12 +184,14 @@ def fetch_base(policy, base: planner.Base, dest: Path) -> None:
         else:
             proc.run(bt.server_argv(str(conf), "recover", "--jobs", "2", ref["server"], ref["backup_id"], str(dest)),
                      hint=f"run: barman -c {conf} check-backup {ref['server']} {ref['backup_id']}")
-    elif route in ("zfs", "btrfs"):
+    elif route == "snapshot":
         # A snapshot base: cloned locally or received from the site, copied out (pgvault.restore.snapshot_base).
         from ..catalog.formats import Manifest
         from .snapshot_base import fetch_base as lay_down_snapshot
 
         lay_down_snapshot(policy, Manifest.model_validate(ref["manifest"]), base.site, dest)
+    elif (meth := _method(base.method)) is not None and meth.lay_down_base is not None:
+        meth.lay_down_base(policy, base.site, ref, dest)  # the method's own adapter (Method contract)
     else:
         raise NotSupported(f"base {base.backup_id} at site {base.site!r} was taken by method {base.method!r}, "
                            "which this pgvault cannot lay down for a point-in-time restore yet",

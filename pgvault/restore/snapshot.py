@@ -9,18 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .. import pg, proc
 from ..policy.model import get_job
 from ..catalog.catalog import Catalog
 from ..catalog.formats import Manifest
 from ..catalog.streams import CHUNK
-from ..errors import IntegrityError, ObjectNotFound, PgvaultError, RestoreRefused, UsageError
-from ..methods import btrfs, zfs
-from ..methods.snapshot import Snap
+from ..errors import IntegrityError, ObjectNotFound, PgvaultError, UsageError
+from ..methods import get_method
+from ..methods.snapshot import Driver, Snap
 from ..sites import open_sites
 from .snapshot_prepare import prepare
 
@@ -43,13 +41,21 @@ class Restored:
         return f"host={self.socket_dir} port={self.port} user=postgres dbname=postgres"
 
 
-def driver_for(policy, job_name: str):
+def snapshot_driver(method: str, job_name: str, job=None) -> Driver:
+    """The snapshot Driver of ``method`` (the Method contract names it); ``job`` may be None
+    for the restore side, which works from manifests."""
+    cls = get_method(method).snapshot_driver
+    if cls is None:
+        from ..methods import all_methods
+
+        kinds = " or ".join(m.name for m in all_methods() if m.snapshot_driver)
+        raise UsageError(f"job {job_name!r} is a {method} job, not a snapshot job", f"use a job with method {kinds}")
+    return cls(job_name, job)
+
+
+def driver_for(policy, job_name: str) -> Driver:
     job = get_job(policy, job_name)
-    if job.method == "zfs":
-        return zfs.ZfsDriver(job_name, job)
-    if job.method == "btrfs":
-        return btrfs.BtrfsDriver(job_name, job)
-    raise UsageError(f"job {job_name!r} is a {job.method} job, not a snapshot job", "use a job with method zfs or btrfs")
+    return snapshot_driver(job.method, job_name, job)
 
 
 def leaves(volumes: list[str]) -> dict[str, str]:
@@ -68,40 +74,9 @@ def leaves(volumes: list[str]) -> dict[str, str]:
     return out
 
 
-# -- targets
-def _zfs_target(target: str) -> None:
-    if zfs.exists(target):
-        raise RestoreRefused(f"dataset {target} already exists", "choose a new dataset name; pgvault never restores over one")
-    parent = target.rsplit("/", 1)[0]
-    if "/" not in target or not zfs.exists(parent):
-        raise UsageError(f"parent dataset of {target} does not exist", "give --to as <existing dataset>/<new name>")
-    proc.run(["zfs", "create", target])
-
-
-def _btrfs_target(target: str) -> None:
-    p = Path(target)
-    if p.exists() and any(p.iterdir()):
-        raise RestoreRefused(f"target directory {target} is not empty", "choose a new or empty directory")
-    p.mkdir(parents=True, exist_ok=True)
-    os.chmod(p, 0o755)
-
-
-def _cleanup(kind: str, target: str, created: list[str]) -> None:
+def _cleanup(drv: Driver, target: str, created: list[str]) -> None:
     try:
-        if kind == "zfs":
-            # A receive that was just killed can keep the dataset busy for a moment.
-            deadline = time.monotonic() + 120  # zfs-fuse under load is slow to let go
-            while zfs.exists(target):
-                cp = proc.run(zfs.destroy_argv(target, recursive=True, force=True), check=False)
-                if cp.returncode == 0:
-                    break
-                if time.monotonic() > deadline:
-                    raise PgvaultError(f"could not remove {target}: {cp.stderr.decode(errors='replace').strip()}",
-                                       f"remove it by hand: zfs destroy -r {target}")
-                time.sleep(0.3)
-        else:
-            for sv in reversed(created):
-                proc.run(btrfs.delete_argv(sv), check=False)
+        drv.cleanup(target, created)
     except PgvaultError as exc:
         log.warning("cleanup of %s incomplete: %s", target, getattr(exc, "message", exc))
 
@@ -132,17 +107,10 @@ def clone_local(policy, job_name: str, backup_id: str | None, target: str, *, po
                            "restore it from a site with pgvault snapshot restore --from-site")
     names = leaves([s["volume"] for s in meta["snapshots"]])
     paths, created = {}, []
-    (_zfs_target if drv.kind == "zfs" else _btrfs_target)(target)
+    drv.make_target(target)
     try:
         for vol, short in names.items():
-            if drv.kind == "zfs":
-                proc.run(zfs.clone_argv(snaps[vol].name, f"{target}/{short}"))
-                paths[vol] = zfs.mountpoint(f"{target}/{short}")
-            else:
-                dest = os.path.join(target, short)
-                proc.run(btrfs.snapshot_argv(snaps[vol].name, dest, readonly=False))
-                created.append(dest)
-                paths[vol] = dest
+            paths[vol] = drv.clone(snaps[vol], target, short, created)
         prepared = prepare(meta, paths, port or pg.free_port())
         result = Restored(bid, prepared.pgdata, prepared.port, paths)
         if start:
@@ -150,7 +118,7 @@ def clone_local(policy, job_name: str, backup_id: str | None, target: str, *, po
             result.started = True
         return result
     except BaseException:
-        _cleanup(drv.kind, target, created)
+        _cleanup(drv, target, created)
         raise
 
 
@@ -229,7 +197,7 @@ def receive_from_site(policy, job_name: str, backup_id: str | None, target: str,
 
 
 def _receive(cat: Catalog, newest: Manifest, target: str, port, start, socket_dir) -> Restored:
-    kind = newest.method
+    drv = snapshot_driver(newest.method, newest.job)
     links = chain(cat, newest)
     # Check every stream of the chain before `zfs/btrfs receive` sees a byte: a receive that is
     # aborted part-way can leave zfs-fuse unable to destroy what it received. The streaming
@@ -244,31 +212,17 @@ def _receive(cat: Catalog, newest: Manifest, target: str, port, start, socket_di
     volumes = [s["volume"] for s in newest.facts["snapshots"]]
     names = leaves(volumes)
     paths, created = {}, []
-    (_zfs_target if kind == "zfs" else _btrfs_target)(target)
+    drv.make_target(target)
     try:
         for i, m in enumerate(links):
             streams = m.facts.get("streams") or {}
-            if kind == "btrfs":
-                inbox = Path(target) / ".received" / m.backup_id
-                inbox.mkdir(parents=True, mode=0o700)
             for vol in volumes:
                 if vol not in streams:
                     raise PgvaultError(f"site {cat.name!r}: backup {m.backup_id} has no stream of {vol}",
                                        "the chain was taken with a different set of volumes; restore a newer full snapshot")
-                if kind == "zfs":
-                    _feed(cat, m, streams[vol], zfs.receive_argv(f"{target}/{names[vol]}", force=i > 0))
-                else:
-                    _feed(cat, m, streams[vol], btrfs.receive_argv(str(inbox)))
-                    created.append(str(inbox / btrfs.leaf(vol)))
+                _feed(cat, m, streams[vol], drv.receive_argv(target, names[vol], vol, m.backup_id, i > 0, created))
         for vol, short in names.items():
-            if kind == "zfs":
-                paths[vol] = zfs.mountpoint(f"{target}/{short}")
-            else:
-                dest = os.path.join(target, short)
-                proc.run(btrfs.snapshot_argv(str(Path(target) / ".received" / newest.backup_id / btrfs.leaf(vol)),
-                                             dest, readonly=False))
-                created.append(dest)
-                paths[vol] = dest
+            paths[vol] = drv.received(target, short, vol, newest.backup_id, created)
         prepared = prepare(newest.facts, paths, port or pg.free_port())
         result = Restored(newest.backup_id, prepared.pgdata, prepared.port, paths, site=cat.name,
                           chain=[m.backup_id for m in links])
@@ -277,5 +231,5 @@ def _receive(cat: Catalog, newest: Manifest, target: str, port, start, socket_di
             result.started = True
         return result
     except BaseException:
-        _cleanup(kind, target, created)
+        _cleanup(drv, target, created)
         raise

@@ -14,26 +14,11 @@ import uuid
 from pathlib import Path
 
 from .. import pg, proc
-from ..errors import RestoreRefused
-from .snapshot import _cleanup, clone_local, driver_for, receive_from_site
+from ..errors import PgvaultError, RestoreRefused
+from .snapshot import clone_local, driver_for, receive_from_site
 from .snapshot_prepare import remap_tablespace_map
 
 log = logging.getLogger("pgvault.restore.snapshot")
-
-
-def scratch_target(kind: str, volume: str) -> str:
-    """Where the temporary copy goes: beside the job's volumes, so it is on the same pool or
-    file system.
-
-    >>> scratch_target("zfs", "tank/db/pg").startswith("tank/pgvault-scratch-")
-    True
-    >>> scratch_target("btrfs", "/srv/pg").startswith("/srv/.pgvault-scratch-")
-    True
-    """
-    tag = uuid.uuid4().hex[:10]
-    if kind == "zfs":
-        return f"{volume.split('/')[0]}/pgvault-scratch-{tag}"
-    return str(Path(volume).parent / f".pgvault-scratch-{tag}")
 
 
 def _copy(src: str, dest: Path) -> None:
@@ -47,7 +32,8 @@ def fetch_base(policy, manifest, site: str | None, dest: str | os.PathLike, *, f
     pg.ensure_empty_target(dest, force=force)
     drv = driver_for(policy, manifest.job)
     volumes = [s["volume"] for s in manifest.facts["snapshots"]]
-    scratch = scratch_target(drv.kind, volumes[0])
+    # The temporary copy goes beside the job's volumes, so it is on the same pool or file system.
+    scratch = drv.scratch_target(volumes[0], uuid.uuid4().hex[:10])
     local = drv.local_sets().get(manifest.backup_id, {})
     if all(v in local for v in volumes):
         copy = clone_local(policy, manifest.job, manifest.backup_id, scratch)
@@ -78,25 +64,9 @@ def fetch_base(policy, manifest, site: str | None, dest: str | os.PathLike, *, f
         if tsmap.exists():
             tsmap.write_text(remap_tablespace_map(tsmap.read_text(), moved))
     finally:
-        if drv.kind == "zfs":
-            _cleanup("zfs", scratch, [])
-        else:
-            _remove_btrfs_scratch(Path(scratch))
+        try:
+            drv.remove_scratch(scratch)
+        except PgvaultError as exc:
+            log.warning("cleanup of %s incomplete: %s", scratch, exc.message)
     return str(dest)
 
-
-def _remove_btrfs_scratch(scratch: Path) -> None:
-    from ..methods import btrfs
-
-    if not scratch.is_dir():
-        return
-    received = scratch / ".received"
-    for inbox in sorted(received.iterdir()) if received.is_dir() else []:
-        for sv in inbox.iterdir():
-            proc.run(btrfs.delete_argv(str(sv)), check=False)
-        inbox.rmdir()
-    if received.is_dir():
-        received.rmdir()
-    for sv in scratch.iterdir():
-        proc.run(btrfs.delete_argv(str(sv)), check=False)
-    scratch.rmdir()

@@ -26,19 +26,13 @@ from .state import JobState, Run, StateStore, state_dir
 
 log = logging.getLogger("pgvault.tick.engine")
 
-BACKUP_METHODS = ("logical", "barman", "zfs", "btrfs")
-
-
-
-
 def backup_items(policy) -> list[Scheduled]:
-    items = []
-    for name, job in policy.jobs.items():
-        if job.method in BACKUP_METHODS:
-            items.append(Scheduled(name, job.schedule, job.schedule_tz, _backup_runner(policy, name),
-                                   list(job.sites), "backup",
-                                   job.timeout.total_seconds() if job.timeout else None))
-    return items
+    """One item per job of the policy. Every job is a backup job, whatever its method: there is
+    no list of methods here to forget one in (the policy loader has already refused a method
+    the registry does not know, and run_backup would refuse it loudly)."""
+    return [Scheduled(name, job.schedule, job.schedule_tz, _backup_runner(policy, name), list(job.sites), "backup",
+                      job.timeout.total_seconds() if job.timeout else None)
+            for name, job in policy.jobs.items()]
 
 
 def _backup_runner(policy, name):
