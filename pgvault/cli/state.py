@@ -31,9 +31,20 @@ def show(ctx, as_json):
         doc = st.to_doc()
         docs.append(doc)
         last = st.last
+        note = ""
+        if st.running:
+            # "running" is written when a run starts; only its lock says whether it still does.
+            pid, at = st.running.get("pid"), st.running.get("started_at", "?")
+            if store.lock(name).held() is not None:
+                note = f"RUNNING pid {pid}; "
+            else:
+                note = f"INTERRUPTED: the run started {at} (pid {pid}) died; the next tick runs its slot again; "
+        tail = ""
+        if st.interrupted:
+            tail = f" (last interrupted run: started {st.interrupted.started_at:%Y-%m-%d %H:%M:%SZ})"
         rows.append([name, last.started_at.strftime("%Y-%m-%d %H:%M:%SZ") if last else "-",
                      last.outcome if last else "-", (last.backup_id or "-") if last else "-",
-                     ("RUNNING pid %s; " % st.running.get("pid") if st.running else "") + (last.message if last else "")])
+                     note + (last.message if last else "") + tail])
     if as_json:
         emit_json(docs)
     else:
