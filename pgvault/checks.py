@@ -98,11 +98,11 @@ def check_state_dirs(policy) -> list[CheckResult]:
     manual mkdir, may have left them root's)."""
     from . import statedir
 
-    dirs = {"state dir": statedir.state_dir(policy.state_dir, policy.cluster.name)}
-    if policy.wal.sites:
-        from .wal import spool_dir
+    if not policy.wal.sites:
+        return []  # without WAL archiving nothing running as postgres writes them
+    from .wal import spool_dir
 
-        dirs["WAL spool"] = spool_dir(policy)
+    dirs = {"state dir": statedir.state_dir(policy.state_dir, policy.cluster.name), "WAL spool": spool_dir(policy)}
     out = []
     for what, path in dirs.items():
         problem = statedir.problem_for_owner(path)

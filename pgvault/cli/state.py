@@ -32,13 +32,17 @@ def show(ctx, as_json):
         docs.append(doc)
         last = st.last
         note = ""
-        if st.running:
-            # "running" is written when a run starts; only its lock says whether it still does.
-            pid, at = st.running.get("pid"), st.running.get("started_at", "?")
-            if store.lock(name).held() is not None:
-                note = f"RUNNING pid {pid}; "
-            else:
-                note = f"INTERRUPTED: the run started {at} (pid {pid}) died; the next tick runs its slot again; "
+        # Only the job's lock says whether a run is alive: held = running; free, but its file
+        # still names a holder (a clean release empties it) or "running" was recorded = it died.
+        lock = store.lock(name)
+        holder = lock.held()
+        if holder is not None:
+            note = f"RUNNING pid {holder.get('pid', '?')}; "
+        else:
+            dead = lock.holder() or st.running
+            if dead:
+                note = (f"INTERRUPTED: the run started {dead.get('started_at', '?')} (pid {dead.get('pid', '?')}) "
+                        "died; the next tick runs its slot again; ")
         tail = ""
         if st.interrupted:
             tail = f" (last interrupted run: started {st.interrupted.started_at:%Y-%m-%d %H:%M:%SZ})"

@@ -219,8 +219,7 @@ def test_a_second_start_into_the_same_target_has_a_log_of_its_own(scene):
     dest, port = w.workdir / "r-twice", pg.free_port()
     args = ("restore", "--to-time", w.before, "--from-site", "a", "--target-dir", str(dest), "--port", str(port),
             "--start")
-    cp = w.cli(*args)
-    assert f"connect with: psql -h {dest} -p {port} -U postgres" in cp.stdout, cp.stdout
+    w.cli(*args)
     inst = restored(dest, port)
     marker = f"no_such_db_{os.getpid()}"
     with pytest.raises(Exception):
@@ -234,6 +233,7 @@ def test_a_second_start_into_the_same_target_has_a_log_of_its_own(scene):
         assert marker not in log.read_text()      # this run's log is its own
         assert marker in log.with_name(log.name + ".1").read_text()   # the previous one is kept
         assert rows(inst) == w.expected
+        assert f"connect with: psql -h {dest} -p {port} -U postgres" in cp.stdout, cp.stdout
     finally:
         inst.stop("immediate")
 
