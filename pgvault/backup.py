@@ -47,7 +47,8 @@ def bind_all(catalogs: dict[str, Catalog], server: pg.ServerInfo) -> tuple[dict[
         except ClusterMismatch:
             raise
         except PgvaultError as exc:
-            log.warning("site %s unavailable: %s", n, exc.message)
+            # info, not warning: the caller reports every failed site once (BackupResult.failed_sites)
+            log.info("site %s unavailable: %s", n, exc.message)
             failed[n] = exc.message
     return ok, failed
 

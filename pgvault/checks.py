@@ -106,6 +106,31 @@ def check_tools(policy, info: pg.ServerInfo | None) -> list[CheckResult]:
     return out
 
 
+def check_state_dirs(policy) -> list[CheckResult]:
+    """Can the PostgreSQL user (archive_command's) write the state dir and the WAL spool?
+    (see pgvault.statedir: they are postgres's whoever runs first; an older pgvault, or a
+    manual mkdir, may have left them root's)."""
+    from . import statedir
+
+    if not policy.wal.sites:
+        return []  # without WAL archiving nothing running as postgres writes them
+    from .wal import spool_dir
+
+    dirs = {"state dir": statedir.state_dir(policy.state_dir, policy.cluster.name), "WAL spool": spool_dir(policy)}
+    out = []
+    for what, path in dirs.items():
+        problem = statedir.problem_for_owner(path)
+        if problem is None:
+            out.append(CheckResult(what, OK, f"{path} is usable by {statedir.OWNER}"))
+            continue
+        exists, why = problem
+        # Missing is only a warning: the first root run of pgvault creates it for postgres.
+        out.append(CheckResult(what, CRITICAL if exists else WARNING,
+                               f"{path}: {why}; archive_command (run as {statedir.OWNER}) needs to write it",
+                               f"as root: {statedir.fix_command(path)}"))
+    return out
+
+
 def status_results(doc: dict) -> list[CheckResult]:
     """The status items (backups, WAL, drills, objectives) as check results. The cluster and
     site items are left out: the probes above test the same things more strictly."""
@@ -189,6 +214,7 @@ def run_checks(policy, *, status_doc: dict | None = None, probes=None, deadline=
     for name in policy.sites:
         results.append(site_result(name, answers[name], info))
     results += check_tools(policy, info)
+    results += check_state_dirs(policy)
     if status_doc is not None:
         results += status_results(status_doc)  # WAL per site included, judged against the objectives
     else:

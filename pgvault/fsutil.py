@@ -41,6 +41,37 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
         _sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE; a failure is left to fsync
 
 
+def give_dir_owner(fd: int, directory: str | os.PathLike) -> None:
+    """As root, give a file just created its directory's owner (when that is not root): state
+    and spool files root writes stay readable and writable by the PostgreSQL user who owns
+    those directories (see pgvault.statedir). A no-op for other users."""
+    if os.geteuid() != 0:
+        return
+    st = os.stat(directory)
+    if st.st_uid != 0:
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
+def mkdirs(path: str | os.PathLike, mode: int = 0o700) -> Path:
+    """``mkdir -p``; as root, each directory created takes its parent's owner (as files do)."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.is_dir() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        if os.geteuid() == 0:
+            st = os.stat(d.parent)
+            if st.st_uid != 0:
+                os.lchown(d, st.st_uid, st.st_gid)
+    return path
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o600, sync: bool = True,
                  mkdir: bool = False, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` all at once: a temp file beside it, written in full,
@@ -48,10 +79,11 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o600, syn
     ``sync_dir=False`` leaves the directory's fsync to a caller writing several files there."""
     path = Path(path)
     if mkdir:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mkdirs(path.parent)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        give_dir_owner(fd, path.parent)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

@@ -171,9 +171,12 @@ def notify_changes(policy, items: list[dict]) -> list[dict]:
     for e in events:
         notify(policy, e)
     try:
+        from .errors import PgvaultError
         from .fsutil import write_atomic
+        from .statedir import ensure_dir
 
-        write_atomic(path, json.dumps(memory, indent=1).encode(), mkdir=True)
-    except OSError as exc:
+        ensure_dir(path.parent)
+        write_atomic(path, json.dumps(memory, indent=1).encode())
+    except (OSError, PgvaultError) as exc:
         log.warning("notify: cannot remember states in %s: %s", path, exc)
     return events

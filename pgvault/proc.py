@@ -307,13 +307,25 @@ def wait_until(predicate, timeout: float = 60.0, what: str = "condition", interv
         time.sleep(interval)
 
 
-def pgvault_command(policy_file: str | os.PathLike | None = None) -> str:
-    """How PostgreSQL (running as postgres) invokes this pgvault, e.g. in archive_command."""
+COMMAND_ENV = "PGVAULT_COMMAND"
+INSTALLED = "/usr/local/bin/pgvault"  # installed by scripts/setup.sh
+
+
+def checkout_command() -> str:
+    """This very checkout's pgvault, by path (the test harness's choice: tests run checkouts
+    other than the installed one). Breaks when the checkout moves: not for production."""
     root = Path(__file__).resolve().parent.parent  # the checkout or site-packages holding pgvault
-    argv = ["env", f"PYTHONPATH={root}", sys.executable, "-m", "pgvault"]
+    return quote(["env", f"PYTHONPATH={root}", sys.executable, "-m", "pgvault"])
+
+
+def pgvault_command(policy_file: str | os.PathLike | None = None) -> str:
+    """How PostgreSQL (running as postgres) invokes pgvault, e.g. in archive_command and the
+    restore_command a restore writes: ``$PGVAULT_COMMAND`` when set (the test harness sets it
+    to the checkout under test), else the installed ``pgvault`` command, else this checkout."""
+    base = os.environ.get(COMMAND_ENV) or (INSTALLED if os.access(INSTALLED, os.X_OK) else checkout_command())
     if policy_file:
-        argv += ["--policy", str(policy_file)]
-    return quote(argv)
+        base += " " + quote(["--policy", str(policy_file)])
+    return base
 
 
 def spawn_detached(argv: Sequence[str], log_path: Path, *, nice: int = 0) -> int:

@@ -16,6 +16,9 @@ import yaml
 from pgvault import sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
+# PostgreSQL runs this checkout's pgvault (archive_command, a restore's restore_command), not the
+# installed /usr/local/bin/pgvault, which may be another checkout.
+sandbox.use_this_checkout()
 
 
 @pytest.fixture(scope="session")

@@ -168,7 +168,9 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.debris
+        """No damage. Debris (an interrupted backup's leftovers, never listed) is not damage:
+        every listed backup is intact, and expire removes debris once it is old enough."""
+        return not self.problems
 
 
 def open_catalogs(policy, names: list[str]) -> dict[str, Catalog]:

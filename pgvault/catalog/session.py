@@ -36,7 +36,8 @@ class BackupSession:
         return next(iter(self.catalogs.values())).cluster
 
     def _drop(self, name: str, exc: Exception) -> None:
-        log.warning("site %s dropped from backup %s: %s", name, self.backup_id, getattr(exc, "message", exc))
+        # info: the caller reports each dropped site once, in its own words (failed_sites)
+        log.info("site %s dropped from backup %s: %s", name, self.backup_id, getattr(exc, "message", exc))
         self.failed[name] = exc
         cat = self.catalogs.pop(name, None)
         if cat is not None:

@@ -38,7 +38,7 @@ class Tee:
             raise self._all_failed()
 
     def _fail(self, name: str, exc: Exception) -> None:
-        log.warning("site %s failed: %s", name, exc)
+        log.info("site %s failed: %s", name, exc)  # reported once by the caller (failed_sites)
         self.failed[name] = exc
         w = self.writers.pop(name, None)
         if w is not None:

@@ -81,8 +81,12 @@ def _list_drills(policy, site, as_json) -> int:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
 def verify(ctx, backup_id, site, as_json):
-    """Re-read and re-hash every artifact; report missing, corrupt and debris. Exit 1 on damage."""
+    """Re-read and re-hash every artifact; report missing, corrupt and debris. Exit 1 on damage
+    (missing or corrupt); debris alone is reported but is not damage (exit 0)."""
     from ..errors import PgvaultError
+    from ..expire import DEBRIS_GRACE
+
+    grace = f"{DEBRIS_GRACE.total_seconds() / 3600:g}h"
 
     policy = load(ctx)
     reports, bad = [], False
@@ -107,10 +111,11 @@ def verify(ctx, backup_id, site, as_json):
                     "problems": [p.__dict__ for p in r.problems], "debris": r.debris} for r in reports])
     else:
         for r in reports:
-            status = "ok" if r.ok else "DAMAGED"
+            status = "DAMAGED" if not r.ok else f"ok, {len(r.debris)} debris (not damage)" if r.debris else "ok"
             click.echo(f"site {r.site}: {len(r.checked)} backup(s), {human_size(r.bytes_read)} re-hashed: {status}")
             for p in r.problems:
                 click.echo(f"  {p.kind.upper():8} {p.backup_id}/{p.artifact}: {p.detail}")
             for d in r.debris:
-                click.echo(f"  DEBRIS   {d} (no manifest: an interrupted backup; the next expire removes it)")
+                click.echo(f"  DEBRIS   {d} (no manifest: an interrupted backup, never listed or restored; "
+                           f"`pgvault expire` removes it once it is {grace} old)")
     return 1 if bad else 0

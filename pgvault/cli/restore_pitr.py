@@ -44,8 +44,6 @@ def run_pitr(ctx, policy, backup_id=None, from_site=None, force=False, as_json=F
         target, found = before_truncate_target(policy, before_truncate, from_site=from_site, as_json=as_json, **unused)
     else:
         target = make_target(to_time, to_lsn, to_xid, latest)
-    if not as_json:
-        click.echo(f"target read as: {target.how}", err=True)
     result = pitr.run(policy, target, target_dir=target_dir, from_site=from_site, port=port, start=start,
                       plan_only=plan, action=action or "promote", force=force, backup_id=backup_id)
     if found is not None:
@@ -68,6 +66,9 @@ def run_pitr(ctx, policy, backup_id=None, from_site=None, force=False, as_json=F
                    f"last replayed transaction at {o['last_replayed_transaction_time'] or 'none'}")
         if o.get("postgres_says"):
             click.echo(f"postgres: {o['postgres_says']}")
+        if result.port and o["state"] != "shut down":
+            # It listens only on a socket in the target dir (no TCP, no clash with the host's cluster).
+            click.echo(f"connect with: psql -h {result.target_dir} -p {result.port} -U postgres")
     else:
         click.echo(f"start it with: pg_ctl -D {result.target_dir} start   (as the postgres user)")
     click.echo("timings: " + ", ".join(f"{k} {v}s" for k, v in result.timings.items()))

@@ -30,6 +30,10 @@ Wants=network-online.target
 
 [Service]
 Type=oneshot
+# Which user runs what (README "Users"): tick and its jobs run as root (snapshots, restores and
+# chown need it); archive_command runs as postgres. The state dir and WAL spool are postgres's:
+# root creates them for postgres, and `pgvault check` reports one postgres cannot write.
+User=root
 # tick starts each due job in its own detached process and returns, so the timer can start the
 # next tick while a slow job runs (systemd never starts a unit that is still active).
 # KillMode=process lets those jobs outlive this tick.
@@ -100,7 +104,8 @@ def install(ctx, kind, unit_dir, install_cron, cron_dir):
     line = cron_line(argv)
     if install_cron:
         path = Path(cron_dir) / name
-        path.write_text(f"# pgvault tick for cluster {policy.cluster.name}\n{line}\n")
+        path.write_text(f"# pgvault tick for cluster {policy.cluster.name}. It runs as root; archive_command runs\n"
+                        f"# as postgres, which owns the state dir and WAL spool (README \"Users\").\n{line}\n")
         os.chmod(path, 0o644)
         click.echo(f"wrote {path}")
     else:

@@ -31,9 +31,24 @@ def show(ctx, as_json):
         doc = st.to_doc()
         docs.append(doc)
         last = st.last
+        note = ""
+        # Only the job's lock says whether a run is alive: held = running; free, but its file
+        # still names a holder (a clean release empties it) or "running" was recorded = it died.
+        lock = store.lock(name)
+        holder = lock.held()
+        if holder is not None:
+            note = f"RUNNING pid {holder.get('pid', '?')}; "
+        else:
+            dead = lock.holder() or st.running
+            if dead:
+                note = (f"INTERRUPTED: the run started {dead.get('started_at', '?')} (pid {dead.get('pid', '?')}) "
+                        "died; the next tick runs its slot again; ")
+        tail = ""
+        if st.interrupted:
+            tail = f" (last interrupted run: started {st.interrupted.started_at:%Y-%m-%d %H:%M:%SZ})"
         rows.append([name, last.started_at.strftime("%Y-%m-%d %H:%M:%SZ") if last else "-",
                      last.outcome if last else "-", (last.backup_id or "-") if last else "-",
-                     ("RUNNING pid %s; " % st.running.get("pid") if st.running else "") + (last.message if last else "")])
+                     note + (last.message if last else "") + tail])
     if as_json:
         emit_json(docs)
     else:

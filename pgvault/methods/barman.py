@@ -179,7 +179,10 @@ def _private(path: Path) -> None:
 def server_backup(ctx: BackupContext, name: str) -> dict:
     server = ctx.policy.cluster.name
     home, conf = write_server_config(ctx, name)
-    run = lambda *a, **kw: proc.run(bt.server_argv(str(conf), *a), **kw)  # noqa: E731
+    # Barman's own errors say "run 'barman check <server>'", which finds no server without this
+    # generated config: every failed step's hint gives the command that works.
+    fix = f"see {home}/barman.log, or run: barman -c {conf} check {server}"
+    run = lambda *a, hint=fix, **kw: proc.run(bt.server_argv(str(conf), *a), hint=hint, **kw)  # noqa: E731
     base = home / server / "base"
     before = set(os.listdir(base)) if base.is_dir() else set()
     run("receive-wal", "--create-slot", server, check=False)   # exists already after a crash: fine
@@ -206,8 +209,7 @@ def server_backup(ctx: BackupContext, name: str) -> dict:
         while run("check", server, check=False).returncode != 0 and time.monotonic() < deadline:
             time.sleep(0.5)
             run("cron")
-        run("backup", "--wait", "--wait-timeout", "300", server,
-            hint=f"see {home}/barman.log, or run: barman -c {conf} check {server}")
+        run("backup", "--wait", "--wait-timeout", "300", server)
     finally:
         run("receive-wal", "--stop", server, check=False)
         run("receive-wal", "--drop-slot", server, check=False)

@@ -40,6 +40,21 @@ def _loc_to_path(loc: tuple) -> str:
     return "".join(parts) or "(top level)"
 
 
+def error_path(err: dict) -> str:
+    """The dotted path of a validation error. A wrong or missing discriminator (a site's
+    ``type``, a job's ``method``) is reported at that key, not at the site or job holding it.
+
+    >>> error_path({"type": "union_tag_invalid", "loc": ("sites", "l"), "ctx": {"discriminator": "'type'"}})
+    'sites.l.type'
+    """
+    path = _loc_to_path(err["loc"])
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        key = str(err.get("ctx", {}).get("discriminator", "")).strip("'\"")
+        if key:
+            path = f"{path}.{key}" if err["loc"] else key
+    return path
+
+
 def translate_error(err: dict) -> tuple[str, str | None]:
     kind = err["type"]
     msg = err["msg"]
@@ -51,8 +66,7 @@ def translate_error(err: dict) -> tuple[str, str | None]:
         ctx = err.get("ctx", {})
         return f"unknown value {ctx.get('tag')!r}", f"expected one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
-        ctx = err.get("ctx", {})
-        return f"missing key {ctx.get('discriminator')!r}", None
+        return "required key is missing", None
     if kind == "value_error":
         return msg.removeprefix("Value error, "), None
     if kind == "greater_than_equal":
@@ -137,7 +151,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     except ValidationError as exc:
         for err in exc.errors():
             msg, hint = translate_error(err)
-            problems.append((_loc_to_path(err["loc"]), msg, hint))
+            problems.append((error_path(err), msg, hint))
     problems += _semantic_problems(raw)
     # De-duplicate while keeping order.
     seen = set()
@@ -151,11 +165,18 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
 def load_policy(path: str | os.PathLike | None = None) -> Policy:
     p = policy_path(str(path) if path else None)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"policy file {p} does not exist", f"pass --policy FILE or set {ENV}") from None
     except PermissionError:
         raise UsageError(f"policy file {p} is not readable by this user") from None
+    except IsADirectoryError:
+        raise UsageError(f"policy file {p} is a directory", "pass the policy's YAML file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(str(p), [("(file)", f"not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x})",
+                                    "a policy is a YAML text file; see policies/ for examples")]) from None
     policy = parse_policy(text, str(p))
     object.__setattr__(policy, "_source", p)
     return policy

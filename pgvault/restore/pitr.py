@@ -238,9 +238,20 @@ def _stop_line(logfile: Path) -> str | None:
     return hits[-1].split("LOG:", 1)[-1].strip() if hits else None
 
 
+def fresh_log(logfile: Path) -> None:
+    """Give this start a log of its own: a previous run's (``--force`` into the same target
+    keeps the log, which lives beside the target) becomes ``<log>.1``. The wait below judges
+    the server by its log ("FATAL", "recovery stopping"); an old run's lines would mislead it."""
+    try:
+        os.replace(logfile, logfile.with_name(logfile.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
 def start_and_wait(dest: Path, port: int, action: str, timeout: float = RECOVERY_TIMEOUT) -> Outcome:
     """Start the restored instance and wait until recovery reaches its target."""
     inst = pg.Instance(dest, port, socket_dir=dest)
+    fresh_log(inst.logfile)
     inst.start(wait=False)
     deadline = time.monotonic() + timeout
     seen = False
@@ -283,6 +294,7 @@ class PitrResult:
     plan: dict
     target_dir: str | None = None
     started: bool = False
+    port: int | None = None           # where the started instance listens (socket in target_dir)
     outcome: dict | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
@@ -328,7 +340,8 @@ def run(policy, target: planner.Target, *, target_dir: str | None, from_site: st
         prepare(dest, recovery_settings(p, cmd, action, port))
         if fetcher:
             t2 = time.monotonic()
-            out = start_and_wait(dest, port or pg.free_port(), action)
+            result.port = port or pg.free_port()
+            out = start_and_wait(dest, result.port, action)
             result.timings["recovery"] = round(time.monotonic() - t2, 3)
             result.started = True
             result.outcome = {"state": out.state, "timeline": out.timeline, "replay_lsn": out.replay_lsn,

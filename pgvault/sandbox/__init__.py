@@ -11,10 +11,23 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from .. import pg
-from ..proc import pgvault_command, wait_until  # noqa: F401  (the harness's names for them)
+from .. import pg, proc
+from ..proc import wait_until  # noqa: F401  (the harness's name for it)
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def use_this_checkout() -> None:
+    """Make every pgvault that PostgreSQL runs from here on (archive_command, and the
+    restore_command a restore writes) this checkout's, not the installed one: the harness runs
+    checkouts other than the installed one. Children inherit it through $PGVAULT_COMMAND."""
+    os.environ[proc.COMMAND_ENV] = proc.checkout_command()
+
+
+def pgvault_command(policy_file=None) -> str:
+    """The harness's archive_command prefix: this checkout's pgvault (see use_this_checkout)."""
+    os.environ.setdefault(proc.COMMAND_ENV, proc.checkout_command())
+    return proc.pgvault_command(policy_file)
 
 
 def workdir(prefix: str = "pgvault-") -> Path:

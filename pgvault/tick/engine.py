@@ -22,6 +22,7 @@ from pathlib import Path
 from ..clock import Clock, parse_now  # noqa: F401  (re-exported)
 from ..policy.schedule import Due, due
 from .items import Outcome, Scheduled
+from .. import fsutil
 from .state import JobState, Run, StateStore, state_dir
 
 log = logging.getLogger("pgvault.tick.engine")
@@ -189,7 +190,7 @@ def _fork(policy, name: str, clock: Clock, store: StateStore, wait: bool, log_di
         if not wait:
             os.setsid()
             d = log_dir or (store.root / "logs")
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fsutil.mkdirs(d)
             fd = os.open(d / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.dup2(fd, 1)
             os.dup2(fd, 2)

@@ -32,7 +32,7 @@ def _dt(s: str | None) -> datetime | None:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    fsutil.write_atomic(path, data, mode=mode, mkdir=True)
+    fsutil.write_atomic(path, data, mode=mode, mkdir=True)  # parents take the state dir's owner
 
 
 @dataclass
@@ -97,21 +97,19 @@ class JobState:
 class StateStore:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._ready = False
 
     def ensure(self) -> None:
-        """Create the state directory, or say clearly why it cannot be used."""
-        from ..errors import EXIT_ENVIRONMENT, PgvaultError
+        """Create the state directory (owned by the PostgreSQL user, whoever runs first), or
+        raise StateDirUnusable (exit 3) naming the path, the owner and the fix."""
+        from ..statedir import ensure_dir
 
-        try:
-            for sub in ("jobs", "locks"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-            probe = self.root / "jobs" / f".probe.{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise PgvaultError(f"state directory {self.root} is not usable: {exc.strerror}",
-                               f"set state_dir in the policy or ${ENV} to a writable directory",
-                               exit_code=EXIT_ENVIRONMENT) from None
+        if self._ready:
+            return
+        ensure_dir(self.root)
+        for sub in ("jobs", "locks"):
+            ensure_dir(fsutil.mkdirs(self.root / sub))
+        self._ready = True
 
     def _job_path(self, job: str) -> Path:
         return self.root / "jobs" / f"{job}.json"
@@ -126,6 +124,7 @@ class StateStore:
             return None
 
     def save(self, st: JobState) -> None:
+        self.ensure()
         write_atomic(self._job_path(st.job), (json.dumps(st.to_doc(), indent=2) + "\n").encode())
 
     def jobs(self) -> list[str]:
@@ -140,9 +139,10 @@ class StateStore:
         jobs in parallel, so the engine hands each run a distinct second, under a host-wide lock."""
         from datetime import timedelta
 
+        self.ensure()
         path = self.root / "locks" / ".ids"
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fsutil.give_dir_owner(fd, path.parent)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             t = now.astimezone(timezone.utc).replace(microsecond=0)
@@ -159,6 +159,7 @@ class StateStore:
             os.close(fd)
 
     def lock(self, job: str) -> "JobLock":
+        """The job's lock (acquiring it needs ``ensure`` first; ``held`` does not)."""
         return JobLock(self.root / "locks" / f"{job}.lock")
 
     # -- the idle fast path's note (see pgvault.tick.note)
@@ -169,6 +170,7 @@ class StateStore:
             return None
 
     def save_tick_note(self, doc: dict) -> None:
+        self.ensure()
         write_atomic(self.root / "tick.json", json.dumps(doc).encode())
 
     def drop_tick_note(self) -> None:

@@ -23,14 +23,22 @@ LOG_MAX = 10 << 20     # <spool>/shipper.log is rotated (one old copy) beyond th
 # -- the push lock: held shared by every running wal-push
 @contextlib.contextmanager
 def push_lock(spool: Spool):
+    from ..fsutil import give_dir_owner
+
     path = spool.root / "push.lock"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except FileNotFoundError:
         spool.ensure()  # the first push on this host
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except PermissionError:
+        # Not ours to write (root created it?): say so, with the fix, rather than fail later.
+        spool.ensure()
+        fd = None
     except OSError:
-        fd = None  # an unwritable spool fails later, with a proper message
+        fd = None
+    if fd is not None:
+        give_dir_owner(fd, spool.root)
     try:
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -80,6 +88,11 @@ def kick(spool: Spool, policy) -> bool:
         pass
     from ..proc import spawn_detached
 
+    try:
+        open(logf, "ab").close()
+    except OSError as exc:  # a log root left behind: archiving still works, the shipper waits
+        log.warning("cannot start the WAL shipper: %s: %s; run `pgvault wal-ship`", logf, exc.strerror)
+        return False
     spawn_detached([sys.executable, "-m", "pgvault", "--log-format", "json", "-v", "--policy", str(src),
                     "wal-ship", "--follow"], logf, nice=NICE)
     return True

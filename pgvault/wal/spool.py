@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..fsutil import fsync_dir as _fsync_dir
+from ..fsutil import mkdirs as _mkdirs
 from ..fsutil import write_atomic as _write_atomic
 
 
@@ -27,10 +28,21 @@ class Spool:
         self.files = self.root / "files"
         self.pending_dir = self.root / "pending"
         self.sites_dir = self.root / "sites"
+        self._ready = False
 
     def ensure(self) -> "Spool":
-        for d in (self.root, self.files, self.pending_dir, self.sites_dir):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Create the spool, owned by the PostgreSQL user whoever runs first, or raise
+        StateDirUnusable (exit 3) saying how to fix it (see pgvault.statedir)."""
+        if self._ready:
+            return self
+        from ..statedir import ensure_dir
+
+        ensure_dir(self.root, "WAL spool")
+        for d in (self.files, self.pending_dir, self.sites_dir):
+            if not os.access(d, os.W_OK | os.X_OK):
+                _mkdirs(d)
+                ensure_dir(d, "WAL spool")
+        self._ready = True
         return self
 
     # -- backlog
@@ -68,7 +80,7 @@ class Spool:
             for site in sites:
                 d = self.pending_dir / site
                 if d not in dirs:
-                    d.mkdir(mode=0o700, exist_ok=True)
+                    _mkdirs(d)
                     dirs.add(d)
                 os.close(os.open(d / stored, os.O_WRONLY | os.O_CREAT, 0o600))
         for d in dirs:

@@ -40,6 +40,10 @@ def test_unreachable_site_is_dropped_and_named(s3world):
     cp = w.cli("backup", "nightly", check=False)
     assert cp.returncode == 1
     assert "site 'dead' did not receive backup" in cp.stderr
+    # said once, in one wording (issue 12 item 6: a second "WARNING: site dead ..." line too)
+    assert [ln for ln in cp.stderr.splitlines() if "dead" in ln] == \
+        [ln for ln in cp.stderr.splitlines() if "site 'dead' did not receive backup" in ln], cp.stderr
+    assert len([ln for ln in cp.stderr.splitlines() if "dead" in ln]) == 1, cp.stderr
     bid = cp.stdout.split()[0]
     assert [d["backup_id"] for d in json.loads(w.cli("list", "--site", "local", "--json").stdout)] == [bid]
 
@@ -67,11 +71,17 @@ def test_killed_backup_leaves_only_debris_that_verify_reports(world):
     finally:
         p.wait()
     assert json.loads(w.cli("list", "--json").stdout) == []
+    # issue 12 item 6: debris is not damage (it was "DAMAGED", exit 1) and the message is true:
+    # expire removes debris only once it is older than its grace (6 h), not "the next expire".
     cp = w.cli("verify", "--json", check=False)
-    assert cp.returncode == 1
+    assert cp.returncode == 0, cp.stdout
     (report,) = json.loads(cp.stdout)
-    assert report["debris"], report
+    assert report["debris"] and report["ok"], report
     assert report["problems"] == []
+    out = w.cli("verify").stdout
+    assert "DAMAGED" not in out and "debris (not damage)" in out, out
+    assert "`pgvault expire` removes it once it is 6h old" in out
+    assert w.cli("expire", "--dry-run").returncode == 0   # young debris: kept
 
 
 def test_check_exit_codes(world):

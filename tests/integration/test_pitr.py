@@ -108,7 +108,9 @@ def test_plan_prints_the_plan_and_changes_nothing(scene):
     w = scene
     target = w.workdir / "planned"
     cp = w.cli("restore", "--to-time", w.before, "--target-dir", str(target), "--plan")
-    assert "read " + w.before + " as UTC (no offset given)" in cp.stderr
+    # how the target was read, once (issue 12 item 6: it was printed twice, stderr and plan)
+    assert (cp.stdout + cp.stderr).count("read " + w.before + " as UTC (no offset given)") == 1
+    assert "read " + w.before + " as UTC (no offset given)" in cp.stdout
     assert f"base:    {w.backup_id}" in cp.stdout and "plan only: nothing was changed" in cp.stdout
     assert not target.exists()
     doc = json.loads(w.cli("restore", "--to-time", w.before + "+00:00", "--plan", "--json").stdout)
@@ -208,6 +210,32 @@ def test_second_timeline(scene):
         assert "timeline 3" in cp.stdout     # promoted again: a new timeline after 2
     finally:
         again.stop("immediate")
+
+
+def test_a_second_start_into_the_same_target_has_a_log_of_its_own(scene):
+    """issue 12 item 5: the server log beside the target was appended to, and the start-up wait
+    judged the second run by the first run's FATAL lines. Item 6: it says how to connect."""
+    w = scene
+    dest, port = w.workdir / "r-twice", pg.free_port()
+    args = ("restore", "--to-time", w.before, "--from-site", "a", "--target-dir", str(dest), "--port", str(port),
+            "--start")
+    w.cli(*args)
+    inst = restored(dest, port)
+    marker = f"no_such_db_{os.getpid()}"
+    with pytest.raises(Exception):
+        inst.psql("SELECT 1", dbname=marker)      # a FATAL line in the first run's log
+    log = dest.parent / f"{dest.name}.log"
+    assert marker in log.read_text()
+    inst.stop("fast")
+    cp = w.cli(*args, "--force")
+    try:
+        assert "recovery promoted" in cp.stdout, cp.stdout
+        assert marker not in log.read_text()      # this run's log is its own
+        assert marker in log.with_name(log.name + ".1").read_text()   # the previous one is kept
+        assert rows(inst) == w.expected
+        assert f"connect with: psql -h {dest} -p {port} -U postgres" in cp.stdout, cp.stdout
+    finally:
+        inst.stop("immediate")
 
 
 def test_restore_from_s3_after_local_site_and_local_state_are_gone(scene):

@@ -94,6 +94,9 @@ def test_concurrent_ticks_and_a_killed_tick(world):
     wait_until(lambda: slow_lock.held() is None, 60, "the kernel to release the dead tick's lock")
     holder.rollback()
     holder.close()
+    # issue 12 item 6: `state show` called the dead run RUNNING and never showed it interrupted
+    shown = next(x for x in w.cli("state", "show", env=ROOT_ENV(w)).stdout.splitlines() if x.startswith("slow "))
+    assert "INTERRUPTED" in shown and f"(pid {child}) died" in shown and "RUNNING" not in shown, shown
 
     t4 = t0 + timedelta(minutes=4)
     cp = run_tick(w, t4)
@@ -105,6 +108,8 @@ def test_concurrent_ticks_and_a_killed_tick(world):
     doc = json.loads((state / "jobs" / "slow.json").read_text())
     assert doc["interrupted"]["outcome"] == "interrupted" and str(child) in doc["interrupted"]["message"]
     assert doc["running"] is None and doc["last"]["backup_id"] == new_id
+    shown = next(x for x in w.cli("state", "show", env=ROOT_ENV(w)).stdout.splitlines() if x.startswith("slow "))
+    assert "last interrupted run: started" in shown, shown
     # The killed run's half-written backup is debris, never a listed backup.
     assert "20261116T020300Z" not in site_backups(w, "a")
 

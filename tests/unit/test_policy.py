@@ -35,7 +35,14 @@ CASES = [
     ("jobs:\n  n: {method: logical, sites: [local], colour: blue}",
      [("jobs.n.colour", "unknown key")]),
     ("jobs:\n  n: {method: tape, sites: [local]}",
-     [("jobs.n", "unknown value 'tape'")]),
+     [("jobs.n.method", "unknown value 'tape'")]),
+    # issue 12 item 4: a wrong or missing discriminator is named at its own key, not the parent's
+    ("  l: {type: ftp, path: /x}\n",
+     [("sites.l.type", "unknown value 'ftp'")]),
+    ("  k: {path: /x}\n",
+     [("sites.k.type", "required key is missing")]),
+    ("jobs:\n  n: {sites: [local]}",
+     [("jobs.n.method", "required key is missing")]),
     ("jobs:\n  n: {method: zfs}",
      [("jobs.n.datasets", "required key is missing")]),
     ("jobs:\n  n: {method: logical}",
@@ -106,6 +113,17 @@ def test_cli_check_on_invalid_policy_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in cp.stderr
     assert "jobs.n.sites[0]: site 'nope' does not exist" in cp.stderr
     assert "jobs.n.schedule: invalid cron expression 'x'" in cp.stderr
+
+
+def test_binary_policy_file_is_bad_input_not_a_bug(tmp_path):
+    # issue 12 item 3: read_text() raised UnicodeDecodeError -> exit 70
+    f = tmp_path / "b.yaml"
+    f.write_bytes(b"\xff\xfe\x00\x01 binary \x80\n")
+    cp = subprocess.run([sys.executable, "-m", "pgvault", "check", "--policy", str(f)], capture_output=True,
+                        text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert cp.returncode == 2, cp.stderr
+    assert "Traceback" not in cp.stderr and "internal error" not in cp.stderr
+    assert f"invalid policy {f}" in cp.stderr and "not UTF-8 text" in cp.stderr
 
 
 def test_cli_without_policy_says_how_to_give_one(tmp_path):
