@@ -68,6 +68,7 @@ def archive_of(site, cluster: str, segment_size: int) -> planner.Archive:
             # last second would be refused as "beyond the end" at an S3 site only.
             stored = obj.mtime + 1 if float(obj.mtime).is_integer() else obj.mtime
             arch.stored_at[(tli, segno)] = datetime.fromtimestamp(stored, timezone.utc)
+            arch.keys[(tli, segno)] = (obj.key, comp, obj.mtime)
         elif k == "history":
             text = codec.decompress(get_bytes(site, obj.key), comp).decode("utf-8", "replace")
             arch.histories[int(name[:8], 16)] = planner.parse_history(text)

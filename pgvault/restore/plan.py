@@ -110,6 +110,9 @@ class Archive:
     stored_at: dict[tuple[int, int], datetime] = field(default_factory=dict)
     histories: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     segment_size: int = SEG
+    # (timeline, segno) -> (stored key, compression, mtime): where to read a segment's body
+    # (pgvault windows reads the newest one's last commit time).
+    keys: dict[tuple[int, int], tuple[str, str, float]] = field(default_factory=dict, repr=False)
 
     def has(self, tli: int, segno: int) -> bool:
         return segno in self.segments.get(tli, ())

@@ -1,0 +1,120 @@
+"""Gathering what the recoverability windows (pgvault.restore.windows, pure) are computed from:
+the sites' bases and WAL listings (pitr.gather, the same inputs a restore plan uses), and the
+end *time* of each timeline's newest WAL — the last commit timestamp pg_waldump finds in the
+newest segment. That segment is the only WAL body downloaded; the answer is cached in the
+state directory by (site, key, mtime), so a repeated `pgvault windows` or `status` lists only.
+
+When the body cannot be read (no pg_waldump, a damaged or empty segment, no commit in it) the
+window ends at the time the segment was stored: an upper bound, marked ``archived``."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .. import pg, proc
+from ..errors import PgvaultError
+from ..sites import open_sites
+from ..sites.base import get_bytes
+from ..statedir import state_dir
+from . import pitr, windows
+from .walscan import last_commit_time
+
+log = logging.getLogger("pgvault.windows")
+
+CACHE = "windows-end-times.json"
+
+
+@dataclass
+class Read:
+    windows: list[windows.SiteWindow] = field(default_factory=list)
+    archives: dict = field(default_factory=dict)          # site -> plan.Archive
+    warnings: list[str] = field(default_factory=list)
+
+
+def _cache_path(policy) -> Path:
+    return state_dir(policy.state_dir, policy.cluster.name) / CACHE
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(path: Path, data: dict) -> None:
+    # An optimisation only: a state directory we cannot write costs a download next time.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot write %s: %s", path, exc)
+
+
+def segment_commit_time(site, key: str, comp: str, name: str, bindir: str | None = None) -> datetime | None:
+    """The last commit time recorded in one archived segment, or None."""
+    from ..wal import codec
+
+    try:
+        data = codec.decompress(get_bytes(site, key), comp)
+        with tempfile.TemporaryDirectory(prefix="pgvault-windows-") as d:
+            (Path(d) / name).write_bytes(data)
+            cp = proc.run([pg.tool("pg_waldump", configured=bindir), "--rmgr=Transaction", "--path", d, name, name],
+                          check=False, extra_env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=60)
+        # pg_waldump exits non-zero at the end of the only segment it was given; what it
+        # printed before that is complete records.
+        return last_commit_time(cp.stdout or b"")
+    except (PgvaultError, OSError) as exc:
+        log.info("cannot read the last commit time of %s at site %s: %s", name, site.name,
+                 getattr(exc, "message", None) or exc)
+        return None
+
+
+def read(policy, site: str | None = None, *, end_times: bool = True) -> Read:
+    """Windows of every WAL site of the policy (or just ``site``)."""
+    from ..errors import UsageError
+    from ..wal.names import segment_name
+
+    if site is not None and site not in policy.sites:
+        raise UsageError(f"no site {site!r} in the policy", f"sites: {', '.join(policy.sites)}")
+    g = pitr.gather(policy, site)
+    archives = [a for a in g.archives if site is None or a.site == site]
+    bases = [b for b in g.bases if site is None or b.site == site]
+    out = Read(archives={a.site: a for a in archives}, warnings=list(g.warnings))
+    first = windows.compute_all(bases, archives)
+    commit: dict[str, dict] = {}
+    if end_times:
+        cpath = _cache_path(policy)
+        cache = _load(cpath)
+        dirty = False
+        sites = None
+        bindir = getattr(policy.cluster, "bin_dir", None)
+        for w in first:
+            arch = out.archives[w.site]
+            for tw in w.timelines:
+                if not tw.intervals or not tw.intervals[-1].last_segment:
+                    continue
+                seg = tw.intervals[-1].last_segment
+                if seg not in arch.keys:
+                    continue
+                key, comp, mtime = arch.keys[seg]
+                ck = f"{w.site}|{key}|{mtime}"
+                if ck not in cache:
+                    if sites is None:
+                        sites = open_sites(policy, list(out.archives))
+                    t = segment_commit_time(sites[w.site], key, comp, segment_name(*seg, arch.segment_size), bindir)
+                    cache[ck] = t.isoformat() if t else None
+                    dirty = True
+                if cache[ck]:
+                    commit.setdefault(w.site, {})[seg] = datetime.fromisoformat(cache[ck])
+        if dirty:
+            _save(cpath, cache)
+    out.windows = windows.compute_all(bases, archives, commit) if commit else first
+    return out

@@ -1,0 +1,164 @@
+"""pgvault windows over real archives: PostgreSQL 15 archiving through `pgvault wal-push` to a
+local site and an S3 site (moto_server), two Barman bases; the window when the archive is
+continuous, a hole exactly where a segment is removed, a base whose WAL was expired, and
+`--at` inside, at the edges and outside. Damage is done to the local site's files and undone
+after each test (the scene is shared)."""
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timedelta
+
+import pytest
+
+from pgvault import pg, sandbox
+from pgvault.catalog import layout
+from pgvault.wal import names
+from tests.conftest import World
+from tests.integration.test_pitr import archived, switch_and_wait
+
+
+def windows(w: World, *args, check=True) -> dict:
+    cp = w.cli("windows", "--json", *args, check=check)
+    return json.loads(cp.stdout)
+
+
+def site(doc: dict, name: str) -> dict:
+    (s,) = [s for s in doc["sites"] if s["site"] == name]
+    return s
+
+
+def intervals(s: dict) -> list[dict]:
+    return [i for t in s["timelines"] for i in t["intervals"]]
+
+
+@pytest.fixture(scope="module")
+def scene(moto):
+    workdir = sandbox.workdir("pgvault-windows-")
+    policy = workdir / "policy.yaml"
+    inst = sandbox.new_instance(workdir, "pg", start=False, settings={
+        "archive_mode": "on", "archive_command": sandbox.pgvault_command(policy) + " wal-push %p"})
+    w = World(workdir, inst, moto)
+    w.local_site("a")
+    w.s3_site("eu", "eu-west-1")
+    w.state = sandbox.owned_dir(workdir / "state")
+    w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"], "compression": "lz4"}
+    w.policy(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
+    inst.start()
+    inst.psql("CREATE TABLE t (id int)")
+    switch_and_wait(w, inst)
+    w.b1 = w.cli("backup", "base").stdout.strip().splitlines()[-1]
+    w.between = []
+    for i in range(3):
+        inst.psql(f"INSERT INTO t VALUES ({i})")
+        w.between.append(switch_and_wait(w, inst))
+    w.b2 = w.cli("backup", "base").stdout.strip().splitlines()[-1]
+    inst.psql("INSERT INTO t VALUES (99)")
+    w.last_commit = datetime.fromisoformat(inst.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US+00:00')").strip())
+    switch_and_wait(w, inst)
+    yield w
+    inst.stop("immediate")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Hidden:
+    """Move WAL files of the local site aside for one test, and back."""
+
+    def __init__(self, w: World, segs):
+        self.paths = []
+        root = w.workdir / "site-a"
+        for seg in segs:
+            (p,) = [q for q in (root / layout.wal_key("main", seg)).parent.glob(seg + "*")
+                    if names.split_stored(q.name)[0] == seg]
+            self.paths.append(p)
+
+    def __enter__(self):
+        for p in self.paths:
+            p.rename(p.with_name("." + p.name + ".hidden"))
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.paths:
+            p.with_name("." + p.name + ".hidden").rename(p)
+
+
+def test_continuous_archive_one_interval_per_site_from_the_oldest_base(scene):
+    w = scene
+    doc = windows(w)
+    for name in ("a", "eu"):
+        s = site(doc, name)
+        (iv,) = intervals(s)
+        assert iv["base"]["backup_id"] == w.b1 and iv["bases"] == [w.b1, w.b2]
+        assert s["holes"] == 0 and s["unusable_bases"] == []
+        # The end is the last commit read from the newest segment (not the time it was stored).
+        assert iv["end_time_kind"] == "commit"
+        end = datetime.fromisoformat(iv["end_time"])
+        assert abs((end - w.last_commit).total_seconds()) < 1, (end, w.last_commit)
+    text = w.cli("windows").stdout
+    assert "site a: unbroken window" in text and "site eu: unbroken window" in text and w.b1 in text
+
+
+def test_a_deleted_segment_makes_a_hole_exactly_there(scene):
+    w = scene
+    gone = w.between[1]
+    with Hidden(w, [gone]):
+        doc = windows(w)
+        a = site(doc, "a")
+        (h,) = [h for t in a["timelines"] for h in t["holes"]]
+        assert h["missing"] == [[gone, gone]] and h["cause"] == "missing-wal"
+        tli, segno = names.parse_segment(gone)
+        assert h["start_lsn"] == pg_lsn(segno * 16 * 2 ** 20)
+        first, second = intervals(a)
+        assert first["base"]["backup_id"] == w.b1 and second["base"]["backup_id"] == w.b2
+        assert site(doc, "eu")["holes"] == 0            # the other site still has it
+        # A time inside the hole is not restorable at a, but is at eu.
+        mid = datetime.fromisoformat(h["start_time"]) + (datetime.fromisoformat(h["end_time"]) -
+                                                          datetime.fromisoformat(h["start_time"])) / 2
+        cp = w.cli("windows", "--json", "--at", mid.isoformat(), check=False)
+        ans = {s["site"]: s for s in json.loads(cp.stdout)["sites"]}
+        assert cp.returncode == 0 and ans["eu"]["restorable"] and not ans["a"]["restorable"]
+        assert gone in ans["a"]["reason"]
+
+
+def test_a_base_whose_wal_was_expired(scene):
+    w = scene
+    # Expiry removed everything up to the first segment written after b1: b1 cannot be made consistent.
+    older = sorted(n for n in archived(w, "a") if names.kind(n) == "segment" and n <= w.between[0])
+    with Hidden(w, older):
+        a = site(windows(w), "a")
+        (iv,) = intervals(a)
+        assert iv["base"]["backup_id"] == w.b2
+        assert [u["backup_id"] for u in a["unusable_bases"]] == [w.b1]
+        assert "not archived here" in a["unusable_bases"][0]["reason"]
+
+
+def test_at_inside_at_the_edges_and_outside(scene):
+    w = scene
+    (iv,) = intervals(site(windows(w), "a"))
+    start, end = datetime.fromisoformat(iv["start_time"]), datetime.fromisoformat(iv["end_time"])
+    for t in (start, start + (end - start) / 2, end):
+        cp = w.cli("windows", "--json", "--site", "a", "--at", t.isoformat())
+        (ans,) = json.loads(cp.stdout)["sites"]
+        assert ans["restorable"] and ans["base"]["backup_id"] in (w.b1, w.b2) and ans["wal_segments"] >= 1
+    (ans,) = json.loads(w.cli("windows", "--json", "--site", "a", "--at", end.isoformat()).stdout)["sites"]
+    assert ans["base"]["backup_id"] == w.b2
+    for t, why in ((start - timedelta(seconds=1), "before the window"), (end + timedelta(seconds=1), "after the window")):
+        cp = w.cli("windows", "--json", "--site", "a", "--at", t.isoformat(), check=False)
+        (ans,) = json.loads(cp.stdout)["sites"]
+        assert cp.returncode == 1 and not ans["restorable"] and why in ans["reason"]
+    text = w.cli("windows", "--site", "a", "--at", (end + timedelta(seconds=1)).isoformat(), check=False).stdout
+    assert "a: NOT restorable: after the window" in text
+
+
+def test_bad_input(scene):
+    cp = scene.cli("windows", "--at", "yesterday-ish", check=False)
+    assert cp.returncode == 2 and "cannot read" in cp.stderr
+    cp = scene.cli("windows", "--site", "nowhere", check=False)
+    assert cp.returncode == 2 and "no site 'nowhere'" in cp.stderr
+
+
+def pg_lsn(n: int) -> str:
+    from pgvault.lsn import format_lsn
+
+    return format_lsn(n)
