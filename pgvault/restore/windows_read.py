@@ -77,44 +77,71 @@ def segment_commit_time(site, key: str, comp: str, name: str, bindir: str | None
         return None
 
 
-def read(policy, site: str | None = None, *, end_times: bool = True) -> Read:
-    """Windows of every WAL site of the policy (or just ``site``)."""
-    from ..errors import UsageError
+def site_inputs(policy, name: str, site) -> tuple[list, object]:
+    """One site's bases and WAL archive (the same inputs pitr.gather reads for a plan)."""
+    from ..catalog.catalog import Catalog
+
+    cat = Catalog(site, policy.cluster.name)
+    binding = cat.binding()
+    seg = binding.wal_segment_size if binding else 16 << 20
+    bases = [b for m in cat.manifests() for b in pitr.bases_from_manifest(m, name)]
+    return bases, pitr.archive_of(site, policy.cluster.name, seg)
+
+
+def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[dict, bool]:
+    """{(timeline, segno): last commit time} of each timeline's newest restorable segment,
+    from ``cache`` or read (and added to it); and whether the cache changed."""
     from ..wal.names import segment_name
+
+    out, dirty = {}, False
+    bindir = getattr(policy.cluster, "bin_dir", None)
+    for tw in w.timelines:
+        if not tw.intervals or not tw.intervals[-1].last_segment:
+            continue
+        seg = tw.intervals[-1].last_segment
+        if seg not in arch.keys:
+            continue
+        key, comp, mtime = arch.keys[seg]
+        ck = f"{w.site}|{key}|{mtime}"
+        if ck not in cache:
+            t = segment_commit_time(site, key, comp, segment_name(*seg, arch.segment_size), bindir)
+            cache[ck] = t.isoformat() if t else None
+            dirty = True
+        if cache[ck]:
+            out[seg] = datetime.fromisoformat(cache[ck])
+    return out, dirty
+
+
+def site_window(policy, name: str, site, *, with_end_times: bool = True) -> tuple[windows.SiteWindow, object]:
+    """The window of one site (its listing, its manifests, at most one segment body per timeline)."""
+    bases, arch = site_inputs(policy, name, site)
+    w = windows.compute(name, bases, arch)
+    if with_end_times:
+        cpath = _cache_path(policy)
+        cache = _load(cpath)
+        commit, dirty = end_times(policy, w, arch, site, cache)
+        if dirty:
+            _save(cpath, cache)
+        if commit:
+            w = windows.compute(name, bases, arch, commit)
+    return w, arch
+
+
+def read(policy, site: str | None = None, *, with_end_times: bool = True) -> Read:
+    """Windows of every WAL site of the policy (or just ``site``); an unreadable site is a warning."""
+    from ..errors import UsageError
 
     if site is not None and site not in policy.sites:
         raise UsageError(f"no site {site!r} in the policy", f"sites: {', '.join(policy.sites)}")
-    g = pitr.gather(policy, site)
-    archives = [a for a in g.archives if site is None or a.site == site]
-    bases = [b for b in g.bases if site is None or b.site == site]
-    out = Read(archives={a.site: a for a in archives}, warnings=list(g.warnings))
-    first = windows.compute_all(bases, archives)
-    commit: dict[str, dict] = {}
-    if end_times:
-        cpath = _cache_path(policy)
-        cache = _load(cpath)
-        dirty = False
-        sites = None
-        bindir = getattr(policy.cluster, "bin_dir", None)
-        for w in first:
-            arch = out.archives[w.site]
-            for tw in w.timelines:
-                if not tw.intervals or not tw.intervals[-1].last_segment:
-                    continue
-                seg = tw.intervals[-1].last_segment
-                if seg not in arch.keys:
-                    continue
-                key, comp, mtime = arch.keys[seg]
-                ck = f"{w.site}|{key}|{mtime}"
-                if ck not in cache:
-                    if sites is None:
-                        sites = open_sites(policy, list(out.archives))
-                    t = segment_commit_time(sites[w.site], key, comp, segment_name(*seg, arch.segment_size), bindir)
-                    cache[ck] = t.isoformat() if t else None
-                    dirty = True
-                if cache[ck]:
-                    commit.setdefault(w.site, {})[seg] = datetime.fromisoformat(cache[ck])
-        if dirty:
-            _save(cpath, cache)
-    out.windows = windows.compute_all(bases, archives, commit) if commit else first
+    names = [site] if site else (list(policy.wal.sites) or list(policy.sites))
+    out = Read()
+    for n, s in open_sites(policy, names).items():
+        try:
+            w, arch = site_window(policy, n, s, with_end_times=with_end_times)
+        except (PgvaultError, OSError) as exc:
+            msg = getattr(exc, "message", None) or str(exc)
+            out.warnings.append(f"site {n!r} skipped: {msg}")
+            continue
+        out.windows.append(w)
+        out.archives[n] = arch
     return out

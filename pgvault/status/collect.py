@@ -154,6 +154,19 @@ def site_facts(policy, name: str, segment_size: int) -> dict:
     return facts
 
 
+def window_facts(policy, name: str) -> dict:
+    """The recoverability window of one WAL site (pgvault.restore.windows), as JSON; an
+    unreadable site is a fact here too."""
+    from ..restore.windows_read import site_window
+
+    try:
+        site = open_site(name, _impatient(policy, policy.sites[name]))
+        w, _ = site_window(policy, name, site)
+    except (PgvaultError, OSError) as exc:
+        return {"site": name, "error": getattr(exc, "message", None) or str(exc)}
+    return w.as_dict()
+
+
 def _segment_size(policy, cluster: dict) -> int:
     if cluster.get("reachable"):
         return cluster["wal_segment_size"]
@@ -196,7 +209,9 @@ def collect(policy, now: datetime) -> dict:
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(policy.sites)))) as pool:
         futures = {name: pool.submit(site_facts, policy, name, seg) for name in policy.sites}
+        wfutures = {name: pool.submit(window_facts, policy, name) for name in policy.wal.sites}
         sites = {name: f.result() for name, f in futures.items()}
+        windows = {name: f.result() for name, f in wfutures.items()}
     for name in policy.wal.sites:
         if "spool" not in sites[name]:  # unreachable: the spool still says what waits for it
             sites[name]["spool"] = spool_facts(policy, name)
@@ -211,4 +226,4 @@ def collect(policy, now: datetime) -> dict:
             if cur is None or _instant(d["when"]) > _instant(cur["when"]):
                 drills[key] = d
     return {"cluster_name": policy.cluster.name, "collected_at": now.isoformat(), "wal_segment_size": seg,
-            "cluster": cluster, "sites": sites, "drills": drills, "runs": run_facts(policy)}
+            "cluster": cluster, "sites": sites, "drills": drills, "runs": run_facts(policy), "windows": windows}

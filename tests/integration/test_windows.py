@@ -43,7 +43,8 @@ def scene(moto):
     w.s3_site("eu", "eu-west-1")
     w.state = sandbox.owned_dir(workdir / "state")
     w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"], "compression": "lz4"}
-    w.policy(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
+    w.extra.update(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
+    w.policy()
     inst.start()
     inst.psql("CREATE TABLE t (id int)")
     switch_and_wait(w, inst)
@@ -156,6 +157,51 @@ def test_bad_input(scene):
     assert cp.returncode == 2 and "cannot read" in cp.stderr
     cp = scene.cli("windows", "--site", "nowhere", check=False)
     assert cp.returncode == 2 and "no site 'nowhere'" in cp.stderr
+
+
+def test_status_against_the_promised_window_and_the_metrics(scene):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    w = scene
+    doc = windows(w)
+    prom = w.workdir / "windows.prom"
+    try:
+        w.extra["objectives"] = {"window": "14d"}
+        w.policy()
+        cp = w.cli("status", "--json", "--prometheus", str(prom), check=False)
+        st = json.loads(cp.stdout)
+        items = {i["site"]: i for i in st["objective_checks"] if i["kind"] == "window"}
+        assert cp.returncode == 2 and set(items) == {"a", "eu"}
+        assert all(i["state"] == "CRITICAL" and "shorter than the promised 14d" in i["message"] for i in items.values())
+        fams = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+
+        def value(name, **labels):
+            return [s.value for s in fams[name].samples if all(s.labels.get(k) == v for k, v in labels.items())]
+
+        for name in ("a", "eu"):
+            (iv,) = intervals(site(doc, name))
+            assert value("pgvault_recovery_window_start_seconds", site=name, timeline="1") == \
+                [datetime.fromisoformat(iv["start_time"]).timestamp()]
+            assert value("pgvault_recovery_window_end_seconds", site=name, timeline="1") == \
+                [datetime.fromisoformat(iv["end_time"]).timestamp()]
+            assert value("pgvault_recovery_window_holes", site=name) == [0]
+        assert value("pgvault_item_state", kind="window", site="a") == [2]
+        table = w.cli("status", check=False).stdout
+        assert "RECOVERY WINDOW" in table and "shorter than the promised 14d" in table
+
+        # A promise the archive keeps: OK; a hole at one site shows in its hole count.
+        w.extra["objectives"] = {"window": "1s"}
+        w.policy()
+        with Hidden(w, [w.between[1]]):
+            cp = w.cli("status", "--json", "--prometheus", str(prom), check=False)
+            items = {i["site"]: i for i in json.loads(cp.stdout)["objective_checks"] if i["kind"] == "window"}
+            assert items["eu"]["state"] == "OK" and items["a"]["holes"] == 1
+            fams = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+            assert value("pgvault_recovery_window_holes", site="a") == [1]
+            assert value("pgvault_recovery_window_holes", site="eu") == [0]
+    finally:
+        w.extra.pop("objectives", None)
+        w.policy()
 
 
 def pg_lsn(n: int) -> str:
