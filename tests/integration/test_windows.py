@@ -208,3 +208,41 @@ def pg_lsn(n: int) -> str:
     from pgvault.lsn import format_lsn
 
     return format_lsn(n)
+
+
+def test_two_timelines_after_a_promotion(scene):
+    """Last in the module (it adds a timeline for good): restore the newest point, let the
+    restored cluster promote and archive (timeline 2) while the old primary goes on writing
+    timeline 1 — a fork. Timeline 1 is split at the switch; timeline 2 starts there."""
+    from pgvault import pg as pgmod
+    from pgvault.lsn import parse_lsn
+
+    w = scene
+    dest, port = w.workdir / "tl2", pgmod.free_port()
+    w.cli("restore", "--latest", "--from-site", "a", "--target-dir", str(dest), "--port", str(port))
+    inst = pgmod.Instance(dest, port, socket_dir=dest)
+    inst.configure(archive_mode=True, archive_command=sandbox.pgvault_command(w.workdir / "policy.yaml") + " wal-push %p")
+    try:
+        inst.start(timeout=300)
+        sandbox.wait_until(lambda: inst.psql("SELECT pg_is_in_recovery()").strip() == "f", 120, "promotion")
+        sandbox.wait_until(lambda: "00000002.history" in archived(w, "a") and "00000002.history" in archived(w, "eu"),
+                           60, "history file archived")
+        inst.psql("INSERT INTO t VALUES (200)")
+        switch_and_wait(w, inst)
+    finally:
+        inst.stop("fast")
+    w.pg.psql("INSERT INTO t VALUES (100)")           # the old primary goes on: timeline 1 continues
+    switch_and_wait(w, w.pg)
+    for name in ("a", "eu"):
+        s = site(windows(w), name)
+        t1, t2 = s["timelines"]
+        assert (t1["timeline"], t2["timeline"], t2["parent"]) == (1, 2, 1)
+        switch = t2["switch_lsn"]
+        assert t1["forks"] == [{"timeline": 2, "lsn": switch}]
+        assert [i["start_kind"] for i in t1["intervals"]] == ["base", "fork"]
+        assert t1["intervals"][0]["end_lsn"] == switch == t1["intervals"][1]["start_lsn"]
+        (iv2,) = t2["intervals"]
+        assert iv2["start_kind"] == "switch" and iv2["start_lsn"] == switch and iv2["bases"] == [w.b1, w.b2]
+        assert parse_lsn(iv2["end_lsn"]) > parse_lsn(switch) and s["holes"] == 0
+    text = w.cli("windows", "--site", "a").stdout
+    assert "fork" in text and "timeline 2 branches here" in text
