@@ -39,6 +39,7 @@ COMMANDS = {
     "find": "pgvault.cli.find:find",
     "relations": "pgvault.cli.find:relations_cmd",
     "windows": "pgvault.cli.windows:windows_cmd",
+    "report": "pgvault.cli.report:report",
 }
 
 

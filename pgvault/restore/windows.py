@@ -67,6 +67,7 @@ class Interval:
                 "end_time_kind": self.end_time_kind, "start_kind": self.start_kind,
                 "base": {"backup_id": b.backup_id, "method": b.method, "site": b.site},
                 "bases": [x.backup_id for x in self.bases],
+                "base_stop_times": [_iso(x.stop_time) for x in self.bases],
                 "last_segment": segment_name(*self.last_segment, size) if self.last_segment else None}
 
 

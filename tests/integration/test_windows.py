@@ -6,6 +6,7 @@ after each test (the scene is shared)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime, timedelta
 
@@ -208,6 +209,63 @@ def pg_lsn(n: int) -> str:
     from pgvault.lsn import format_lsn
 
     return format_lsn(n)
+
+
+def chromium(*args) -> str:
+    """Debian's chromium, headless (installed by scripts/setup.sh); stdout."""
+    import subprocess
+
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium is not installed (scripts/setup.sh installs it)")
+    cp = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                         f"--user-data-dir={scene_tmp()}", *args], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    return cp.stdout
+
+
+def scene_tmp():
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="pgvault-chromium-")
+
+
+def test_html_report_drawn_in_chromium(scene):
+    """The page renders in a real browser: one bar per interval, one red mark per hole, in time
+    order and where their times say; a screenshot is kept beside the report."""
+    import re
+
+    w = scene
+    out = w.workdir / "report"
+    out.mkdir(exist_ok=True)
+    page = out / "report.html"
+    with Hidden(w, [w.between[1]]):
+        doc = windows(w)
+        cp = w.cli("report", "--html", str(page), check=False)
+        assert cp.returncode in (0, 1, 2), cp.stderr
+    text = page.read_text()
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", text), "the page must not load anything"
+    dom = chromium("--dump-dom", page.as_uri())
+    m = re.search(r'<pre id="layout">(.*?)</pre>', dom, re.S)
+    drawn = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    for name in ("a", "eu"):
+        s = site(doc, name)
+        bars = [d for d in drawn if d["site"] == name and d["cls"] == "mark interval"]
+        holes = [d for d in drawn if d["site"] == name and d["cls"] == "mark hole"]
+        assert len(bars) == len(intervals(s)) and len(holes) == s["holes"], (name, bars, holes)
+        assert [b["x"] for b in bars] == sorted(b["x"] for b in bars)
+        assert all(b["w"] > 0 and b["h"] > 0 for b in bars + holes)
+        if holes:                                        # site a: the hole lies between its two bars
+            (h,) = holes
+            assert bars[0]["x"] + bars[0]["w"] <= h["x"] + 0.5 and h["x"] + h["w"] <= bars[1]["x"] + 0.5
+    assert len([d for d in drawn if d["site"] == "a" and d["cls"] == "mark hole"]) == 1
+    shot = out / "report.png"
+    chromium(f"--screenshot={shot}", "--window-size=1100,900", page.as_uri())
+    assert shot.stat().st_size > 1000 and shot.read_bytes()[:4] == b"\x89PNG"
+    keep = os.environ.get("PGVAULT_TEST_REPORTS")
+    if keep:                                             # CI: publish the page and its screenshot
+        for f in (page, shot):
+            shutil.copy(f, keep)
 
 
 def test_two_timelines_after_a_promotion(scene):
