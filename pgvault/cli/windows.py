@@ -24,9 +24,11 @@ def _dur(seconds: float) -> str:
 @click.command("windows")
 @click.option("--site", "site", metavar="SITE", help="only this site (default: every WAL site of the policy)")
 @click.option("--at", "at", metavar="TIME", help="answer per site: is TIME restorable, from which base, how much WAL")
+@click.option("--all-clusters", "all_clusters", is_flag=True,
+              help="with --site: every cluster stored at that site, each with its window (read from the site alone)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
-def windows_cmd(ctx, site, at, as_json):
+def windows_cmd(ctx, site, at, all_clusters, as_json):
     """Recoverable intervals per site and timeline, and the holes between them."""
     from ..restore import windows as W
     from ..restore.plan import parse_time
@@ -34,6 +36,8 @@ def windows_cmd(ctx, site, at, as_json):
 
     policy = load(ctx)
     target = parse_time(at) if at else None          # bad input fails before any site is read
+    if all_clusters:
+        return _fleet(policy, site, target, as_json)
     r = read(policy, site)
     if target is not None:
         t, how = target
@@ -87,4 +91,29 @@ def windows_cmd(ctx, site, at, as_json):
             click.echo(table(rows, ["TLI", "KIND", "FROM", "TO", "LSN", "BASE / CAUSE"]))
         for x in w.unusable:
             click.echo(f"  unusable base {x.base.method} {x.base.backup_id}: {x.reason}")
+    return 0
+
+
+def _fleet(policy, site, target, as_json) -> int:
+    """pgvault windows --site S --all-clusters: one line (or JSON entry) per cluster at the site."""
+    from ..errors import UsageError
+    from ..restore.windows_read import all_clusters
+
+    if not site:
+        raise UsageError("--all-clusters reads one site", "add --site SITE")
+    if target is not None:
+        raise UsageError("--at and --all-clusters do not go together yet", "ask --at per cluster's policy")
+    found = all_clusters(policy, site)
+    if as_json:
+        emit_json({"site": site, "clusters": [{"cluster": c, **w.as_dict()} for c, w in found]})
+        return 0
+    rows = []
+    for c, w in found:
+        u = w.unbroken()
+        rows.append([c, _dur(u.seconds()) if u else "-", _t(u.start_time.isoformat()) if u and u.start_time else "-",
+                     _t(u.end_time.isoformat()) if u and u.end_time else "-", str(len(w.holes)),
+                     str(len(w.unusable))])
+    click.echo(f"site {site}: {len(found)} cluster(s)")
+    if rows:
+        click.echo(table(rows, ["CLUSTER", "UNBROKEN", "FROM", "TO", "HOLES", "UNUSABLE BASES"]))
     return 0

@@ -51,12 +51,13 @@ def bases_from_manifest(m, site: str) -> list[planner.Base]:
                          m.facts.get("start_xmin"), {"route": m.method, "manifest": m.model_dump(mode="json")})]
 
 
-def archive_of(site, cluster: str, segment_size: int) -> planner.Archive:
-    """List one site's WAL archive (names only; history files are read, they are tiny)."""
+def archive_of(site, cluster: str, segment_size: int, objects=None) -> planner.Archive:
+    """List one site's WAL archive (names only; history files are read, they are tiny).
+    ``objects``: that listing when the caller already has it (pgvault windows --all-clusters)."""
     from ..wal import codec, names
 
     arch = planner.Archive(site.name, segment_size=segment_size)
-    for obj in site.list(layout.wal_prefix(cluster)):
+    for obj in (site.list(layout.wal_prefix(cluster)) if objects is None else objects):
         name, comp = names.split_stored(obj.key.rsplit("/", 1)[-1])
         if not names.is_wal_name(name):
             continue

@@ -77,15 +77,16 @@ def segment_commit_time(site, key: str, comp: str, name: str, bindir: str | None
         return None
 
 
-def site_inputs(policy, name: str, site) -> tuple[list, object]:
+def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects=None) -> tuple[list, object]:
     """One site's bases and WAL archive (the same inputs pitr.gather reads for a plan)."""
     from ..catalog.catalog import Catalog
 
-    cat = Catalog(site, policy.cluster.name)
+    cluster = cluster or policy.cluster.name
+    cat = Catalog(site, cluster)
     binding = cat.binding()
     seg = binding.wal_segment_size if binding else 16 << 20
     bases = [b for m in cat.manifests() for b in pitr.bases_from_manifest(m, name)]
-    return bases, pitr.archive_of(site, policy.cluster.name, seg)
+    return bases, pitr.archive_of(site, cluster, seg, wal_objects)
 
 
 def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[dict, bool]:
@@ -102,7 +103,7 @@ def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[d
         if seg not in arch.keys:
             continue
         key, comp, mtime = arch.keys[seg]
-        ck = f"{w.site}|{key}|{mtime}"
+        ck = f"{w.site}|{key}|{mtime}"          # the key names the cluster
         if ck not in cache:
             t = segment_commit_time(site, key, comp, segment_name(*seg, arch.segment_size), bindir)
             cache[ck] = t.isoformat() if t else None
@@ -112,9 +113,10 @@ def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[d
     return out, dirty
 
 
-def site_window(policy, name: str, site, *, with_end_times: bool = True) -> tuple[windows.SiteWindow, object]:
+def site_window(policy, name: str, site, *, with_end_times: bool = True, cluster: str | None = None,
+                wal_objects=None) -> tuple[windows.SiteWindow, object]:
     """The window of one site (its listing, its manifests, at most one segment body per timeline)."""
-    bases, arch = site_inputs(policy, name, site)
+    bases, arch = site_inputs(policy, name, site, cluster, wal_objects)
     w = windows.compute(name, bases, arch)
     if with_end_times:
         cpath = _cache_path(policy)
@@ -144,4 +146,29 @@ def read(policy, site: str | None = None, *, with_end_times: bool = True) -> Rea
             continue
         out.windows.append(w)
         out.archives[n] = arch
+    return out
+
+
+def all_clusters(policy, site_name: str, *, with_end_times: bool = True) -> list[tuple[str, windows.SiteWindow]]:
+    """(cluster, window) for every cluster stored at one site, read from the site alone: one
+    listing of ``clusters/`` (split per cluster), each cluster's manifests and history files."""
+    from ..errors import UsageError
+
+    if site_name not in policy.sites:
+        raise UsageError(f"no site {site_name!r} in the policy", f"sites: {', '.join(policy.sites)}")
+    site = open_sites(policy, [site_name])[site_name]
+    wal: dict[str, list] = {}
+    clusters: set[str] = set()
+    for obj in site.list("clusters/"):
+        parts = obj.key.split("/")
+        if len(parts) < 3:
+            continue
+        clusters.add(parts[1])
+        if parts[2] == "wals":
+            wal.setdefault(parts[1], []).append(obj)
+    out = []
+    for c in sorted(clusters):
+        w, _ = site_window(policy, site_name, site, with_end_times=with_end_times, cluster=c,
+                           wal_objects=wal.get(c, []))
+        out.append((c, w))
     return out

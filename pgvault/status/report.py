@@ -68,7 +68,7 @@ def timeline_svg(doc: dict, now: datetime) -> str:
     lo, hi = _span(doc, now)
     rows = list(windows.items())
     height = 30 + ROW * max(1, len(rows))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" id="timeline" width="{WIDTH}" height="{height}" '
+    out = [f'<svg id="timeline" width="{WIDTH}" height="{height}" '
            f'viewBox="0 0 {WIDTH} {height}" data-from="{_e(lo.isoformat())}" data-to="{_e(hi.isoformat())}">']
     promise = (doc.get("objectives") or {}).get("window_seconds")
     if promise:

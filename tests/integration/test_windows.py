@@ -268,6 +268,31 @@ def test_html_report_drawn_in_chromium(scene):
             shutil.copy(f, keep)
 
 
+def test_all_clusters_at_one_site(scene):
+    """A second cluster stored at site a (its catalog and WAL copied, one segment left out):
+    --all-clusters lists both, each with its own window, from the site alone."""
+    w = scene
+    src, dst = w.workdir / "site-a/clusters/main", w.workdir / "site-a/clusters/other"
+    try:
+        for part in ("cluster.json", "backups", "wals"):
+            (shutil.copytree if (src / part).is_dir() else shutil.copy2)(src / part, dst / part)
+        gone = w.between[1]
+        for f in (dst / "wals" / gone[:16]).glob(gone + "*"):
+            if names.split_stored(f.name)[0] == gone:
+                f.unlink()
+        doc = json.loads(w.cli("windows", "--site", "a", "--all-clusters", "--json").stdout)
+        by = {c["cluster"]: c for c in doc["clusters"]}
+        assert set(by) == {"main", "other"} and doc["site"] == "a"
+        assert by["main"]["holes"] == 0 and by["other"]["holes"] == 1
+        assert [i["base"]["backup_id"] for i in intervals(by["other"])] == [w.b1, w.b2]
+        text = w.cli("windows", "--site", "a", "--all-clusters").stdout
+        assert "2 cluster(s)" in text and "other" in text
+        cp = w.cli("windows", "--all-clusters", check=False)
+        assert cp.returncode == 2 and "--site" in cp.stderr
+    finally:
+        shutil.rmtree(dst, ignore_errors=True)
+
+
 def test_two_timelines_after_a_promotion(scene):
     """Last in the module (it adds a timeline for good): restore the newest point, let the
     restored cluster promote and archive (timeline 2) while the old primary goes on writing

@@ -133,3 +133,22 @@ def test_generated_big_listing_10000_segments_100_backups():
     assert len(w.intervals()) == 2 and len(w.holes) == 1
     assert w.holes[0].missing == [(P.seg_name(1, 5000), P.seg_name(1, 5000))]
     assert w.intervals()[1].base.backup_id == "b050"
+
+
+def test_report_draws_one_bar_per_interval_and_one_red_mark_per_hole_in_time_order():
+    import re
+
+    from pgvault.status.report import render
+
+    w = W.compute("a", [base("b1", 2), base("b2", 8)], archive([2, 3, 4, 6, 7, 8, 9, 10]))
+    doc = {"cluster": "main", "state": "OK", "summary": "PGVAULT OK", "collected_at": (T0 + timedelta(minutes=20)).isoformat(),
+           "objectives": {"window_seconds": 3600}, "jobs": [], "infrastructure": [], "objective_checks": [],
+           "drills": [{"name": "d", "site": "a", "state": "CRITICAL", "outcome": "failed",
+                       "finished_at": (T0 + timedelta(minutes=9)).isoformat()}],
+           "facts": {"windows": {"a": w.as_dict()}}}
+    page = render(doc)
+    xs = lambda cls: [float(x) for x in re.findall(rf'class="mark {cls}"[^>]*? x="([0-9.]+)"', page)]  # noqa: E731
+    bars, holes = xs("interval"), xs("hole")
+    assert len(bars) == 2 and len(holes) == 1 and bars[0] < holes[0] < bars[1]
+    assert page.count('class="mark base"') == 2 and page.count('class="mark drill fail"') == 1
+    assert 'class="promise"' in page and 'class="now"' in page and "http" not in page
