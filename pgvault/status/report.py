@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 from datetime import datetime, timedelta
 
+from ..policy.durations import format_duration
 from .evaluate import parse_instant
 
 WIDTH, ROW, LEFT, RIGHT = 1000, 46, 90, 20
@@ -153,7 +154,7 @@ def render(doc: dict, now: datetime | None = None) -> str:
              "<h2>Recoverability windows</h2>", timeline_svg(doc, now)]
     parts += ["<h2>Jobs</h2>", _table(["state", "job", "site", "last", "age"], [
         [_state(j["state"]), j["name"], j.get("site") or "-", (j.get("last") or {}).get("backup_id", "-"),
-         j.get("age_seconds", "-")] for j in doc["jobs"]])]
+         format_duration(j["age_seconds"]) if j.get("age_seconds") is not None else "-"] for j in doc["jobs"]])]
     parts += ["<h2>Sites</h2>", _table(["state", "site", "message"], [
         [_state(i["state"]), i["name"], i["message"]] for i in doc["infrastructure"] if i["kind"] == "site"])]
     parts += ["<h2>Drills</h2>", _table(["state", "drill", "site", "when", "outcome"], [

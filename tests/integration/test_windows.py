@@ -274,6 +274,7 @@ def test_all_clusters_at_one_site(scene):
     w = scene
     src, dst = w.workdir / "site-a/clusters/main", w.workdir / "site-a/clusters/other"
     try:
+        dst.mkdir()
         for part in ("cluster.json", "backups", "wals"):
             (shutil.copytree if (src / part).is_dir() else shutil.copy2)(src / part, dst / part)
         gone = w.between[1]
