@@ -242,7 +242,7 @@ def window_items(policy, facts: dict, now: datetime) -> list[dict]:
     out = []
     for sname, w in (facts.get("windows") or {}).items():
         if w.get("error"):
-            out.append(_item("window", "window", UNKNOWN, f"window at {sname}: cannot be read: {w['error']}", sname,
+            out.append(_item("window", sname, UNKNOWN, f"window at {sname}: cannot be read: {w['error']}", sname,
                              objective_seconds=limit, current_seconds=None))
             continue
         u = w.get("unbroken")
@@ -255,7 +255,7 @@ def window_items(policy, facts: dict, now: datetime) -> list[dict]:
             state, msg = CRITICAL, f"window at {sname}: unbroken {span}, shorter than the promised {format_duration(promise)}{holes}"
         else:
             state, msg = OK, f"window at {sname}: unbroken {span} (promised {format_duration(promise)}){holes}"
-        out.append(_item("window", "window", state, msg, sname, objective_seconds=limit, current_seconds=secs,
+        out.append(_item("window", sname, state, msg, sname, objective_seconds=limit, current_seconds=secs,
                          holes=w.get("holes", 0), start_time=u["start_time"] if u else None,
                          end_time=u["end_time"] if u else None,
                          hint="see pgvault windows --site " + sname if state != OK else None))

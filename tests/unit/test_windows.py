@@ -152,3 +152,19 @@ def test_report_draws_one_bar_per_interval_and_one_red_mark_per_hole_in_time_ord
     assert len(bars) == 2 and len(holes) == 1 and bars[0] < holes[0] < bars[1]
     assert page.count('class="mark base"') == 2 and page.count('class="mark drill fail"') == 1
     assert 'class="promise"' in page and 'class="now"' in page and "http" not in page
+
+
+def test_status_window_item_is_critical_when_the_unbroken_window_is_shorter_than_the_promise():
+    from types import SimpleNamespace
+
+    from pgvault.status.evaluate import window_items
+
+    w = W.compute("a", [base("b1", 2), base("b2", 8)], archive([2, 3, 4, 6, 7, 8, 9, 10])).as_dict()
+    facts = {"windows": {"a": w, "b": {"site": "b", "error": "unreachable"}}}
+    pol = lambda d: SimpleNamespace(objectives=SimpleNamespace(window=d))  # noqa: E731
+    items = {i["site"]: i for i in window_items(pol(timedelta(minutes=5)), facts, T0)}
+    # The newest interval runs from b2 (12:08:05) to 12:11: under 5 minutes.
+    assert items["a"]["state"] == "CRITICAL" and items["a"]["holes"] == 1 and items["a"]["current_seconds"] == 175
+    assert items["b"]["state"] == "UNKNOWN"
+    assert window_items(pol(timedelta(minutes=2)), facts, T0)[0]["state"] == "OK"
+    assert window_items(pol(None), facts, T0)[0]["state"] == "OK"      # no promise: shown, not judged
