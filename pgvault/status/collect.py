@@ -139,12 +139,14 @@ def site_facts(policy, name: str, segment_size: int) -> dict:
         facts["bound_at"] = binding.created_at.isoformat() if binding else None
         facts["backups"], oldest_wal = _backup_facts(cat, jobs)
         if name in policy.wal.sites:
-            objs = [(o.key, o.mtime) for o in site.list(layout.wal_prefix(cluster))]
+            listing = list(site.list(layout.wal_prefix(cluster)))
+            objs = [(o.key, o.mtime) for o in listing]
             facts["spool"] = spool_facts(policy, name)
             s = walscan.scan(objs, segment_size, oldest_wal, pending=facts["spool"].pop("names"))
             facts["wal"] = {"count": s.count, "newest": s.newest, "newest_time": _iso(s.newest_mtime),
                             "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
                             "gaps": s.gaps, "gap_count": s.gap_count}
+            facts["window"] = window_facts(policy, name, site, listing)   # the same listing, not a second one
         facts["drills"] = _drill_docs(cat)
     except PgvaultError as exc:
         return {"reachable": False, "error": exc.message, "hint": exc.hint, "describe": facts["describe"]}
@@ -154,14 +156,13 @@ def site_facts(policy, name: str, segment_size: int) -> dict:
     return facts
 
 
-def window_facts(policy, name: str) -> dict:
-    """The recoverability window of one WAL site (pgvault.restore.windows), as JSON; an
-    unreadable site is a fact here too."""
+def window_facts(policy, name: str, site, wal_listing) -> dict:
+    """The recoverability window of one WAL site (pgvault.restore.windows) from the WAL listing
+    site_facts already made, as JSON; a window that cannot be computed is a fact here too."""
     from ..restore.windows_read import site_window
 
     try:
-        site = open_site(name, _impatient(policy, policy.sites[name]))
-        w, _ = site_window(policy, name, site)
+        w, _ = site_window(policy, name, site, wal_objects=wal_listing)
     except (PgvaultError, OSError) as exc:
         return {"site": name, "error": getattr(exc, "message", None) or str(exc)}
     return w.as_dict()
@@ -209,9 +210,9 @@ def collect(policy, now: datetime) -> dict:
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(policy.sites)))) as pool:
         futures = {name: pool.submit(site_facts, policy, name, seg) for name in policy.sites}
-        wfutures = {name: pool.submit(window_facts, policy, name) for name in policy.wal.sites}
         sites = {name: f.result() for name, f in futures.items()}
-        windows = {name: f.result() for name, f in wfutures.items()}
+    windows = {name: sites[name].pop("window", None) or {"site": name, "error": sites[name].get("error") or "not read"}
+               for name in policy.wal.sites}
     for name in policy.wal.sites:
         if "spool" not in sites[name]:  # unreachable: the spool still says what waits for it
             sites[name]["spool"] = spool_facts(policy, name)
