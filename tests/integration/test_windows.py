@@ -211,23 +211,18 @@ def pg_lsn(n: int) -> str:
     return format_lsn(n)
 
 
-def chromium(*args) -> str:
-    """Debian's chromium, headless (installed by scripts/setup.sh); stdout."""
+def chromium(w: World, *args) -> str:
+    """Debian's chromium, headless (installed by scripts/setup.sh), its profile in the scene's
+    workdir (removed with it); stdout."""
     import subprocess
 
     exe = shutil.which("chromium")
     if exe is None:
         pytest.skip("chromium is not installed (scripts/setup.sh installs it)")
     cp = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                         f"--user-data-dir={scene_tmp()}", *args], capture_output=True, text=True, timeout=120)
+                         f"--user-data-dir={w.workdir / 'chromium-profile'}", *args], capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr[-2000:]
     return cp.stdout
-
-
-def scene_tmp():
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="pgvault-chromium-")
 
 
 def test_html_report_drawn_in_chromium(scene):
@@ -245,7 +240,7 @@ def test_html_report_drawn_in_chromium(scene):
         assert cp.returncode in (0, 1, 2), cp.stderr
     text = page.read_text()
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", text), "the page must not load anything"
-    dom = chromium("--dump-dom", page.as_uri())
+    dom = chromium(w, "--dump-dom", page.as_uri())
     m = re.search(r'<pre id="layout">(.*?)</pre>', dom, re.S)
     drawn = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     for name in ("a", "eu"):
@@ -260,7 +255,7 @@ def test_html_report_drawn_in_chromium(scene):
             assert bars[0]["x"] + bars[0]["w"] <= h["x"] + 0.5 and h["x"] + h["w"] <= bars[1]["x"] + 0.5
     assert len([d for d in drawn if d["site"] == "a" and d["cls"] == "mark hole"]) == 1
     shot = out / "report.png"
-    chromium(f"--screenshot={shot}", "--window-size=1100,900", page.as_uri())
+    chromium(w, f"--screenshot={shot}", "--window-size=1100,900", page.as_uri())
     assert shot.stat().st_size > 1000 and shot.read_bytes()[:4] == b"\x89PNG"
     keep = os.environ.get("PGVAULT_TEST_REPORTS")
     if keep:                                             # CI: publish the page and its screenshot
