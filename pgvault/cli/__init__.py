@@ -38,6 +38,8 @@ COMMANDS = {
     "snapshot": "pgvault.cli.snapshot:snapshot",
     "find": "pgvault.cli.find:find",
     "relations": "pgvault.cli.find:relations_cmd",
+    "windows": "pgvault.cli.windows:windows_cmd",
+    "report": "pgvault.cli.report:report",
 }
 
 

@@ -44,9 +44,27 @@ def run(ctx, names, report_dir, scratch_dir, no_evidence, as_json):
         emit_json([result_doc(r, policy.cluster.name) for r in results])
     elif not results:
         click.echo("no drills defined (see the policy's drills: globs)")
+    if report_dir:
+        _html_report(policy, report_dir)
     if report_dir and not as_json:
-        click.echo(f"reports: {report_dir}/junit.xml, report.json, report.md")
+        click.echo(f"reports: {report_dir}/junit.xml, report.json, report.md, report.html")
     return 0 if all(r.ok for r in results) else 1
+
+
+def _html_report(policy, report_dir) -> None:
+    """report.html beside junit.xml: the status and windows page after the drills (pgvault report
+    --html); a CI job publishes the directory. A site that cannot be read is on the page, not fatal."""
+    from pathlib import Path
+
+    from ..errors import PgvaultError
+    from ..status import status as collect_status
+    from ..status.prometheus import write_textfile
+    from ..status.report import render
+
+    try:
+        write_textfile(Path(report_dir) / "report.html", render(collect_status(policy)))
+    except (PgvaultError, OSError) as exc:
+        warn(f"report.html not written: {getattr(exc, 'message', None) or exc}")
 
 
 @drill.command("list")

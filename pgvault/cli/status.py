@@ -31,7 +31,7 @@ def render(doc: dict, tty: bool = False) -> str:
     obj = doc["objectives"]
     if obj["rpo_seconds"] or obj["rto_seconds"]:
         parts = []
-        for o in doc["objective_checks"]:
+        for o in (o for o in doc["objective_checks"] if o["kind"] == "objective"):
             parts.append(f"{o['name'].upper()} {_dur(o['objective_seconds'])} (now {_dur(o['current_seconds'])}, {o['state']})")
         out.append("objectives: " + "   ".join(parts))
     if doc["jobs"]:
@@ -46,6 +46,11 @@ def render(doc: dict, tty: bool = False) -> str:
                  str(w["lag_segments"]) if w.get("lag_segments") is not None else "-", _dur(w.get("lag_seconds")),
                  str(w.get("gap_count", "-"))] for w in doc["wal"]]
         out += ["", "WAL", table(rows, ["STATE", "SITE", "LAST SEGMENT", "ARCHIVED", "LAG SEG", "LAG (RPO NOW)", "GAPS"])]
+    wins = [o for o in doc["objective_checks"] if o["kind"] == "window"]
+    if wins:
+        rows = [[_styled(o["state"], tty), o["site"], _when(o.get("start_time")), _when(o.get("end_time")),
+                 _dur(o.get("current_seconds")), _dur(o.get("objective_seconds")), str(o.get("holes", "-"))] for o in wins]
+        out += ["", "RECOVERY WINDOW", table(rows, ["STATE", "SITE", "FROM", "TO", "UNBROKEN", "PROMISED", "HOLES"])]
     if doc["drills"]:
         rows = [[_styled(d["state"], tty), d["name"], _when(d.get("finished_at") or d.get("started_at")),
                  d.get("outcome", "-"), _dur(d.get("rto_seconds")), _dur(d.get("rpo_seconds"))] for d in doc["drills"]]

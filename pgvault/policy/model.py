@@ -169,8 +169,10 @@ class Wal(Strict):
 class Objectives(Strict):
     rpo: timedelta | None = Field(None, description="recovery point objective")
     rto: timedelta | None = Field(None, description="recovery time objective")
+    window: timedelta | None = Field(None, description="recoverability window: restorable to any instant of the last "
+                                     "this long, at every WAL site (status is CRITICAL when a site's unbroken window is shorter)")
 
-    _d = field_validator("rpo", "rto", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
+    _d = field_validator("rpo", "rto", "window", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))
 
 
 class JobThresholds(Strict):

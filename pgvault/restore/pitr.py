@@ -65,12 +65,13 @@ def bases_from_manifest(m, site: str) -> list[planner.Base]:
                          m.facts.get("start_xmin"), {"route": meth.restore_route, "manifest": m.model_dump(mode="json")})]
 
 
-def archive_of(site, cluster: str, segment_size: int) -> planner.Archive:
-    """List one site's WAL archive (names only; history files are read, they are tiny)."""
+def archive_of(site, cluster: str, segment_size: int, objects=None) -> planner.Archive:
+    """List one site's WAL archive (names only; history files are read, they are tiny).
+    ``objects``: that listing when the caller already has it (pgvault windows --all-clusters)."""
     from ..wal import codec, names
 
     arch = planner.Archive(site.name, segment_size=segment_size)
-    for obj in site.list(layout.wal_prefix(cluster)):
+    for obj in (site.list(layout.wal_prefix(cluster)) if objects is None else objects):
         name, comp = names.split_stored(obj.key.rsplit("/", 1)[-1])
         if not names.is_wal_name(name):
             continue
@@ -82,6 +83,7 @@ def archive_of(site, cluster: str, segment_size: int) -> planner.Archive:
             # last second would be refused as "beyond the end" at an S3 site only.
             stored = obj.mtime + 1 if float(obj.mtime).is_integer() else obj.mtime
             arch.stored_at[(tli, segno)] = datetime.fromtimestamp(stored, timezone.utc)
+            arch.keys[(tli, segno)] = (obj.key, comp, obj.mtime)
         elif k == "history":
             text = codec.decompress(get_bytes(site, obj.key), comp).decode("utf-8", "replace")
             arch.histories[int(name[:8], 16)] = planner.parse_history(text)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from ..errors import RestoreRefused, UsageError
 from ..lsn import format_lsn, parse_lsn  # noqa: F401  (planner.parse_lsn is used by pitr)
+from . import windows
 
 SEG = 16 << 20
 
@@ -109,6 +110,9 @@ class Archive:
     stored_at: dict[tuple[int, int], datetime] = field(default_factory=dict)
     histories: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     segment_size: int = SEG
+    # (timeline, segno) -> (stored key, compression, mtime): where to read a segment's body
+    # (pgvault windows reads the newest one's last commit time).
+    keys: dict[tuple[int, int], tuple[str, str, float]] = field(default_factory=dict, repr=False)
 
     def has(self, tli: int, segno: int) -> bool:
         return segno in self.segments.get(tli, ())
@@ -247,15 +251,11 @@ def parse_segment_no(name: str, size: int = SEG) -> int:
     return int(name[8:16], 16) * (0x100000000 // size) + int(name[16:24], 16)
 
 
-def _window(bases: list[Base], reach: dict) -> str:
+def _window(bases: list[Base], archives: list[Archive]) -> str:
+    """The recoverable window a refusal reports: pgvault.restore.windows is its one computation."""
     if not bases:
         return "no base backup exists"
-    oldest = min(bases, key=lambda b: b.stop_time)
-    parts = [f"from {oldest.stop_time.isoformat()} (LSN {format_lsn(oldest.stop_lsn)}, end of base {oldest.backup_id})"]
-    if reach:
-        lsn, t, site = max(reach.values(), key=lambda r: r[0])
-        parts.append(f"to {t.isoformat() if t else '?'} (LSN {format_lsn(lsn)}, end of the WAL archived at {site})")
-    return "recoverable window: " + " ".join(parts)
+    return windows.summary(windows.compute_all(bases, archives))
 
 
 def _after_base(target: Target, b: Base) -> bool:
@@ -288,24 +288,12 @@ def plan(target: Target, bases: list[Base], archives: list[Archive], *, from_sit
                              "take one with pgvault backup JOB (a barman or snapshot job)")
     by_site = {a.site: a for a in archives}
     union = merge(archives)
-    reach: dict = {}
     # --from-site is a preference that wins over age: its newest eligible base first.
     ordered = sorted(bases, key=lambda b: (b.site == from_site, b.stop_time), reverse=True)
     eligible = [b for b in ordered if _after_base(target, b)]
-    for b in ordered:
-        for arch in ([by_site[b.site]] if b.site in by_site else []) + [union]:
-            tli = newest_timeline(arch, b.timeline)
-            path = path_to(arch, b.timeline, b.stop_lsn, tli) or [(b.timeline, None)]
-            found, gap, last = walk(arch, path, b.start_lsn)
-            if last is None:
-                continue
-            r_lsn = (last[1] + 1) * arch.segment_size
-            r_time = arch.stored_at.get(last)
-            if r_lsn > reach.get(arch.site, (0,))[0]:
-                reach[arch.site] = (r_lsn, r_time, arch.site)
     if not eligible:
         raise RestoreRefused(f"the target ({target.describe()}) is before the oldest base backup ends",
-                             _window(bases, reach) + "\na restore cannot stop before its base backup is consistent")
+                             _window(bases, archives) + "\na restore cannot stop before its base backup is consistent")
     for b in eligible:
         for arch in ([by_site[b.site]] if b.site in by_site else []) + [union]:
             tli = newest_timeline(arch, b.timeline)
@@ -329,6 +317,6 @@ def plan(target: Target, bases: list[Base], archives: list[Archive], *, from_sit
                             [seg_name(t, s, arch.segment_size) for t, s in found])
     if target.kind == "xid":
         raise RestoreRefused(f"no base backup has contiguous WAL archived up to its end for {target.describe()}",
-                             _window(bases, reach))
+                             _window(bases, archives))
     raise RestoreRefused(f"the target ({target.describe()}) is beyond the end of the archived WAL",
-                         _window(bases, reach) + "\nwait until the WAL is archived (pgvault wal-status), or pick an earlier target")
+                         _window(bases, archives) + "\nwait until the WAL is archived (pgvault wal-status), or pick an earlier target")

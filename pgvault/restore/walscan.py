@@ -106,6 +106,21 @@ def _commit_time(line: bytes) -> datetime | None:
     return t.replace(tzinfo=timezone.utc)
 
 
+def last_commit_time(text: bytes) -> datetime | None:
+    """The commit time of the last COMMIT record in pg_waldump output (run with PGTZ=UTC).
+
+    >>> last_commit_time(b"rmgr: Transaction len (rec/tot): 34/34, tx: 7, lsn: 0/01000028, prev 0/0, "
+    ...     b"desc: COMMIT 2026-11-25 22:16:38.641718 UTC\\nrmgr: XLOG len ...\\n").isoformat()
+    '2026-11-25T22:16:38.641718+00:00'
+    """
+    i = text.rfind(b"desc: COMMIT")
+    if i < 0:
+        return None
+    s = text.rfind(b"\n", 0, i) + 1
+    e = text.find(b"\n", i)
+    return _commit_time(text[s:e if e >= 0 else len(text)])
+
+
 def _section(line: bytes, name: bytes) -> bytes:
     """The text of one ``; name: ...`` section of a commit description."""
     i = line.find(name)

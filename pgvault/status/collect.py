@@ -137,7 +137,9 @@ def _read_site(policy, name: str) -> dict:
                "segment_size": binding.wal_segment_size if binding else None}
         raw["backups"], raw["oldest_wal"] = _backup_facts(cat, jobs)
         if name in policy.wal.sites:
-            raw["wal_objects"] = [(o.key, o.mtime) for o in site.list(layout.wal_prefix(cluster))]
+            listing = list(site.list(layout.wal_prefix(cluster)))
+            raw["wal_objects"] = [(o.key, o.mtime) for o in listing]
+            raw["window"] = window_facts(policy, name, site, listing)   # the same listing, not a second one
         raw["drills"] = _drill_docs(cat)
     except OSError as exc:
         raise PgvaultError(f"site {name!r}: {exc}", "check the path and its permissions") from None
@@ -161,6 +163,25 @@ def site_facts(policy, name: str, answer, segment_size: int) -> dict:
                         "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
                         "gaps": s.gaps, "gap_count": s.gap_count}
     return facts
+
+
+def window_facts(policy, name: str, site, wal_listing) -> dict:
+    """The recoverability window of one WAL site (pgvault.restore.windows) from the WAL listing
+    _read_site already made, as JSON; a window that cannot be computed is a fact here too."""
+    from ..restore.windows_read import site_window
+
+    try:
+        w, _ = site_window(policy, name, site, wal_objects=wal_listing)
+    except (PgvaultError, OSError) as exc:
+        return {"site": name, "error": getattr(exc, "message", None) or str(exc)}
+    return w.as_dict()
+
+
+def _window_of(name: str, answer) -> dict:
+    """The window _read_site computed for a WAL site, or why there is none."""
+    if not answer.ok:
+        return {"site": name, "error": answer.message}
+    return answer.value.get("window") or {"site": name, "error": "not read"}
 
 
 def _segment_size(cluster: dict, answers: dict) -> int:
@@ -201,6 +222,7 @@ def collect(policy, now: datetime, deadline: Deadline | None = None) -> dict:
     answers = probes.wait(deadline)
     seg = _segment_size(cluster, answers)
     sites = {name: site_facts(policy, name, answers[name], seg) for name in policy.sites}
+    windows = {name: _window_of(name, answers[name]) for name in policy.wal.sites}
     for name in policy.wal.sites:
         if "spool" not in sites[name]:  # unreachable: the spool still says what waits for it
             sites[name]["spool"] = spool_facts(policy, name)
@@ -215,4 +237,4 @@ def collect(policy, now: datetime, deadline: Deadline | None = None) -> dict:
             if cur is None or _instant(d["when"]) > _instant(cur["when"]):
                 drills[key] = d
     return {"cluster_name": policy.cluster.name, "collected_at": now.isoformat(), "wal_segment_size": seg,
-            "cluster": cluster, "sites": sites, "drills": drills, "runs": run_facts(policy)}
+            "cluster": cluster, "sites": sites, "drills": drills, "runs": run_facts(policy), "windows": windows}

@@ -233,6 +233,34 @@ def objective_items(policy, facts: dict, jobs: list[dict], wal: list[dict], dril
     return out
 
 
+def window_items(policy, facts: dict, now: datetime) -> list[dict]:
+    """Each WAL site's unbroken recoverability window (pgvault.restore.windows) against the
+    promise ``objectives.window``: CRITICAL when shorter. Without the objective it is shown, not judged."""
+    promise = policy.objectives.window
+    limit = promise.total_seconds() if promise else None
+    out = []
+    for sname, w in (facts.get("windows") or {}).items():
+        if w.get("error"):
+            out.append(_item("window", sname, UNKNOWN, f"window at {sname}: cannot be read: {w['error']}", sname,
+                             objective_seconds=limit, current_seconds=None))
+            continue
+        u = w.get("unbroken")
+        secs = u["seconds"] if u else None
+        span = f"{_fmt(secs)} ({u['start_time'][:19]}Z .. {(u['end_time'] or '?')[:19]}Z)" if u else "nothing restorable"
+        holes = f", {w['holes']} hole(s)" if w.get("holes") else ""
+        if limit is None:
+            state, msg = OK, f"window at {sname}: {span}{holes}"
+        elif secs is None or secs < limit:
+            state, msg = CRITICAL, f"window at {sname}: unbroken {span}, shorter than the promised {format_duration(promise)}{holes}"
+        else:
+            state, msg = OK, f"window at {sname}: unbroken {span} (promised {format_duration(promise)}){holes}"
+        out.append(_item("window", sname, state, msg, sname, objective_seconds=limit, current_seconds=secs,
+                         holes=w.get("holes", 0), start_time=u["start_time"] if u else None,
+                         end_time=u["end_time"] if u else None,
+                         hint="see pgvault windows --site " + sname if state != OK else None))
+    return out
+
+
 def infra_items(policy, facts: dict) -> list[dict]:
     c = facts["cluster"]
     out = []
@@ -264,7 +292,7 @@ def evaluate(policy, facts: dict, now: datetime | None = None) -> dict:
     jobs = job_items(policy, facts, now)
     wal = wal_items(policy, facts, now)
     drills = drill_items(policy, facts, now)
-    objectives = objective_items(policy, facts, jobs, wal, drills)
+    objectives = objective_items(policy, facts, jobs, wal, drills) + window_items(policy, facts, now)
     items = infra + jobs + wal + drills + objectives
     state = worst([i["code"] for i in items])
     rank = {CRITICAL: 0, WARNING: 1, UNKNOWN: 2}
@@ -277,7 +305,8 @@ def evaluate(policy, facts: dict, now: datetime | None = None) -> dict:
     return {"cluster": policy.cluster.name, "collected_at": facts["collected_at"], "state": STATE_NAMES[state],
             "code": state, "summary": summary,
             "objectives": {"rpo_seconds": policy.objectives.rpo.total_seconds() if policy.objectives.rpo else None,
-                           "rto_seconds": policy.objectives.rto.total_seconds() if policy.objectives.rto else None},
+                           "rto_seconds": policy.objectives.rto.total_seconds() if policy.objectives.rto else None,
+                           "window_seconds": policy.objectives.window.total_seconds() if policy.objectives.window else None},
             "infrastructure": infra, "jobs": jobs, "wal": wal, "drills": drills, "objective_checks": objectives}
 
 

@@ -31,6 +31,10 @@ METRICS = {
     "pgvault_drill_rpo_seconds": ("gauge", "RPO measured by the newest run of a drill"),
     "pgvault_objective_seconds": ("gauge", "An objective of the policy (rpo, rto)"),
     "pgvault_objective_current_seconds": ("gauge", "The objective's current value (best site RPO now; drills' RTO)"),
+    "pgvault_recovery_window_start_seconds": ("gauge", "Start (a base's consistency point) of the newest unbroken "
+                                              "recoverable interval of a timeline at a site"),
+    "pgvault_recovery_window_end_seconds": ("gauge", "End (last commit in the archived WAL) of that interval"),
+    "pgvault_recovery_window_holes": ("gauge", "Holes (missing WAL, bases whose WAL is gone) in a site's recoverability window"),
 }
 
 
@@ -95,11 +99,34 @@ def samples(doc: dict) -> list[tuple[str, dict, float]]:
                 ("pgvault_drill_success", lab, 1 if d["code"] != 2 and d["outcome"] in ("passed", "ok", "success", "succeeded") else 0),
                 ("pgvault_drill_rto_seconds", lab, d.get("rto_seconds")),
                 ("pgvault_drill_rpo_seconds", lab, d.get("rpo_seconds"))]
+    out += window_samples(doc, c)
     for o in doc["objective_checks"]:
+        if o["kind"] != "objective":
+            continue
         lab = {**c, "objective": o["name"]}
         out += [("pgvault_objective_seconds", lab, o.get("objective_seconds")),
                 ("pgvault_objective_current_seconds", lab, o.get("current_seconds"))]
     return [s for s in out if s[2] is not None]
+
+
+def window_samples(doc: dict, c: dict) -> list[tuple[str, dict, float]]:
+    """Per WAL site and timeline the newest interval (the site's unbroken window on the timeline
+    it ends on), and the site's hole count (facts["windows"], pgvault.restore.windows)."""
+    out = []
+    for site, w in (doc["facts"].get("windows") or {}).items():
+        if w.get("error"):
+            continue
+        out.append(("pgvault_recovery_window_holes", {**c, "site": site}, w.get("holes", 0)))
+        u = w.get("unbroken") or {}
+        for t in w["timelines"]:
+            if not t["intervals"]:
+                continue
+            iv = t["intervals"][-1]
+            start = u["start_time"] if u and u.get("timeline") == t["timeline"] else iv["start_time"]
+            lab = {**c, "site": site, "timeline": str(t["timeline"])}
+            out += [("pgvault_recovery_window_start_seconds", lab, _ts(start)),
+                    ("pgvault_recovery_window_end_seconds", lab, _ts(iv["end_time"]))]
+    return out
 
 
 def render(doc: dict) -> str:

@@ -97,6 +97,8 @@ def test_logical_drill_passes_at_each_site_and_leaves_evidence(world):
         assert r["rto_seconds"] > 0 and r["rto_budget_seconds"] == 600
         assert r["teardown"]["ok"] is True
     assert "PASS" in (w.workdir / "report" / "report.md").read_text()
+    page = (w.workdir / "report" / "report.html").read_text()     # beside junit.xml, with the new evidence
+    assert page.count("<td>nightly-logical</td>") == 2 and "<svg" in page     # the drills table, one row per site
     assert_scratch_gone(w)
 
     # Evidence is kept at each site, and `list --drills` reads it back from the sites.

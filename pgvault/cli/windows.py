@@ -1,0 +1,119 @@
+"""pgvault windows [--site S] [--json] [--at T]: which points can be restored to, from where.
+
+Per site and timeline: the recoverable intervals (from a base's consistency point to the end
+of the archived WAL), the holes between them and why, and which base each restores from
+(docs/windows.md). With --at T: per site, is T restorable, from which base, how much WAL."""
+from __future__ import annotations
+
+import click
+
+from . import load
+from .output import emit_json, human_size, table, warn
+
+
+def _t(iso: str | None) -> str:
+    return iso[:19].replace("T", " ") + "Z" if iso else "-"
+
+
+def _dur(seconds: float) -> str:
+    from ..policy.durations import format_duration
+
+    return format_duration(int(seconds))
+
+
+@click.command("windows")
+@click.option("--site", "site", metavar="SITE", help="only this site (default: every WAL site of the policy)")
+@click.option("--at", "at", metavar="TIME", help="answer per site: is TIME restorable, from which base, how much WAL")
+@click.option("--all-clusters", "all_clusters", is_flag=True,
+              help="with --site: every cluster stored at that site, each with its window (read from the site alone)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def windows_cmd(ctx, site, at, all_clusters, as_json):
+    """Recoverable intervals per site and timeline, and the holes between them."""
+    from ..restore import windows as W
+    from ..restore.plan import parse_time
+    from ..restore.windows_read import read
+
+    policy = load(ctx)
+    target = parse_time(at) if at else None          # bad input fails before any site is read
+    if all_clusters:
+        return _fleet(policy, site, target, as_json)
+    r = read(policy, site)
+    if target is not None:
+        t, how = target
+        answers = [W.at_time(w, r.archives[w.site], t) for w in r.windows]
+        if as_json:
+            emit_json({"at": t.isoformat(), "read_as": how, "sites": [a.as_dict() for a in answers],
+                       "warnings": r.warnings})
+        else:
+            for msg in r.warnings:
+                warn(msg)
+            click.echo(f"at {how}")
+            for a in answers:
+                if a.restorable:
+                    b = a.base
+                    click.echo(f"  {a.site}: restorable from {b.method} base {b.backup_id} (timeline "
+                               f"{a.interval.timeline}), replaying {a.segments} WAL segment(s) "
+                               f"({human_size(a.bytes)}); {a.reason}")
+                else:
+                    click.echo(f"  {a.site}: NOT restorable: {a.reason}")
+        # 0 when some site can restore the point, 1 when none can (the question's answer is no).
+        return 0 if any(a.restorable for a in answers) else 1
+    if as_json:
+        emit_json({"sites": [w.as_dict() for w in r.windows], "warnings": r.warnings})
+        return 0
+    for msg in r.warnings:
+        warn(msg)
+    if not r.windows:
+        click.echo("no WAL site could be read")
+    for w in r.windows:
+        u = w.unbroken()
+        click.echo(f"site {w.site}: " + (f"unbroken window {_dur(u.seconds())} ({_t(u.start_time and u.start_time.isoformat())} "
+                                         f".. {_t(u.end_time and u.end_time.isoformat())}, timeline {u.timeline}), "
+                                         f"{len(w.holes)} hole(s)" if u else "nothing restorable"))
+        rows = []
+        for tw in w.timelines:
+            for iv in tw.intervals:
+                d = iv.as_dict(w.segment_size)
+                rows.append([str(tw.timeline), "restorable", _t(d["start_time"]), _t(d["end_time"])
+                             + (" (archived)" if iv.end_time_kind == "archived" else ""),
+                             f"{d['start_lsn']}..{d['end_lsn']}", f"{iv.base.method} {iv.base.backup_id}"
+                             + (f" (+{len(iv.bases) - 1} newer)" if len(iv.bases) > 1 else "")])
+            for h in tw.holes:
+                d = h.as_dict()
+                rows.append([str(tw.timeline), "HOLE", _t(d["start_time"]), _t(d["end_time"]),
+                             f"{d['start_lsn']}..{d['end_lsn']}", h.detail])
+            for child, at_lsn in tw.forks:
+                from ..lsn import format_lsn
+
+                rows.append([str(tw.timeline), "fork", "", "", format_lsn(at_lsn), f"timeline {child} branches here"])
+        if rows:
+            click.echo(table(rows, ["TLI", "KIND", "FROM", "TO", "LSN", "BASE / CAUSE"]))
+        for x in w.unusable:
+            click.echo(f"  unusable base {x.base.method} {x.base.backup_id}: {x.reason}")
+    return 0
+
+
+def _fleet(policy, site, target, as_json) -> int:
+    """pgvault windows --site S --all-clusters: one line (or JSON entry) per cluster at the site."""
+    from ..errors import UsageError
+    from ..restore.windows_read import all_clusters
+
+    if not site:
+        raise UsageError("--all-clusters reads one site", "add --site SITE")
+    if target is not None:
+        raise UsageError("--at and --all-clusters do not go together yet", "ask --at per cluster's policy")
+    found = all_clusters(policy, site)
+    if as_json:
+        emit_json({"site": site, "clusters": [{"cluster": c, **w.as_dict()} for c, w in found]})
+        return 0
+    rows = []
+    for c, w in found:
+        u = w.unbroken()
+        rows.append([c, _dur(u.seconds()) if u else "-", _t(u.start_time.isoformat()) if u and u.start_time else "-",
+                     _t(u.end_time.isoformat()) if u and u.end_time else "-", str(len(w.holes)),
+                     str(len(w.unusable))])
+    click.echo(f"site {site}: {len(found)} cluster(s)")
+    if rows:
+        click.echo(table(rows, ["CLUSTER", "UNBROKEN", "FROM", "TO", "HOLES", "UNUSABLE BASES"]))
+    return 0

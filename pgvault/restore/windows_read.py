@@ -1,0 +1,174 @@
+"""Gathering what the recoverability windows (pgvault.restore.windows, pure) are computed from:
+the sites' bases and WAL listings (pitr.gather, the same inputs a restore plan uses), and the
+end *time* of each timeline's newest WAL — the last commit timestamp pg_waldump finds in the
+newest segment. That segment is the only WAL body downloaded; the answer is cached in the
+state directory by (site, key, mtime), so a repeated `pgvault windows` or `status` lists only.
+
+When the body cannot be read (no pg_waldump, a damaged or empty segment, no commit in it) the
+window ends at the time the segment was stored: an upper bound, marked ``archived``."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .. import pg, proc
+from ..errors import PgvaultError
+from ..sites import open_sites
+from ..sites.base import get_bytes
+from ..statedir import state_dir
+from . import pitr, windows
+from .walscan import last_commit_time
+
+log = logging.getLogger("pgvault.windows")
+
+CACHE = "windows-end-times.json"
+
+
+@dataclass
+class Read:
+    windows: list[windows.SiteWindow] = field(default_factory=list)
+    archives: dict = field(default_factory=dict)          # site -> plan.Archive
+    warnings: list[str] = field(default_factory=list)
+
+
+def _cache_path(policy) -> Path:
+    return state_dir(policy.state_dir, policy.cluster.name) / CACHE
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(path: Path, data: dict) -> None:
+    # An optimisation only: a state directory we cannot write costs a download next time.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot write %s: %s", path, exc)
+
+
+def segment_commit_time(site, key: str, comp: str, name: str, bindir: str | None = None) -> datetime | None:
+    """The last commit time recorded in one archived segment, or None."""
+    from ..wal import codec
+
+    try:
+        data = codec.decompress(get_bytes(site, key), comp)
+        with tempfile.TemporaryDirectory(prefix="pgvault-windows-") as d:
+            (Path(d) / name).write_bytes(data)
+            cp = proc.run([pg.tool("pg_waldump", configured=bindir), "--rmgr=Transaction", "--path", d, name, name],
+                          check=False, extra_env={"TZ": "UTC", "PGTZ": "UTC"}, timeout=60)
+        # pg_waldump exits non-zero at the end of the only segment it was given; what it
+        # printed before that is complete records.
+        return last_commit_time(cp.stdout or b"")
+    except (PgvaultError, OSError) as exc:
+        log.info("cannot read the last commit time of %s at site %s: %s", name, site.name,
+                 getattr(exc, "message", None) or exc)
+        return None
+
+
+def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects=None) -> tuple[list, object]:
+    """One site's bases and WAL archive (the same inputs pitr.gather reads for a plan)."""
+    from ..catalog.catalog import Catalog
+
+    cluster = cluster or policy.cluster.name
+    cat = Catalog(site, cluster)
+    binding = cat.binding()
+    seg = binding.wal_segment_size if binding else 16 << 20
+    bases = [b for m in cat.manifests() for b in pitr.bases_from_manifest(m, name)]
+    return bases, pitr.archive_of(site, cluster, seg, wal_objects)
+
+
+def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[dict, bool]:
+    """{(timeline, segno): last commit time} of each timeline's newest restorable segment,
+    from ``cache`` or read (and added to it); and whether the cache changed."""
+    from ..wal.names import segment_name
+
+    out, dirty = {}, False
+    bindir = getattr(policy.cluster, "bin_dir", None)
+    for tw in w.timelines:
+        if not tw.intervals or not tw.intervals[-1].last_segment:
+            continue
+        seg = tw.intervals[-1].last_segment
+        if seg not in arch.keys:
+            continue
+        key, comp, mtime = arch.keys[seg]
+        ck = f"{w.site}|{key}|{mtime}"          # the key names the cluster
+        if ck not in cache:
+            t = segment_commit_time(site, key, comp, segment_name(*seg, arch.segment_size), bindir)
+            cache[ck] = t.isoformat() if t else None
+            dirty = True
+        if cache[ck]:
+            out[seg] = datetime.fromisoformat(cache[ck])
+    return out, dirty
+
+
+def site_window(policy, name: str, site, *, with_end_times: bool = True, cluster: str | None = None,
+                wal_objects=None) -> tuple[windows.SiteWindow, object]:
+    """The window of one site (its listing, its manifests, at most one segment body per timeline)."""
+    bases, arch = site_inputs(policy, name, site, cluster, wal_objects)
+    w = windows.compute(name, bases, arch)
+    if with_end_times:
+        cpath = _cache_path(policy)
+        cache = _load(cpath)
+        commit, dirty = end_times(policy, w, arch, site, cache)
+        if dirty:
+            _save(cpath, cache)
+        if commit:
+            w = windows.compute(name, bases, arch, commit)
+    return w, arch
+
+
+def read(policy, site: str | None = None, *, with_end_times: bool = True) -> Read:
+    """Windows of every WAL site of the policy (or just ``site``); an unreadable site is a warning."""
+    from ..errors import UsageError
+
+    if site is not None and site not in policy.sites:
+        raise UsageError(f"no site {site!r} in the policy", f"sites: {', '.join(policy.sites)}")
+    names = [site] if site else (list(policy.wal.sites) or list(policy.sites))
+    out = Read()
+    for n, s in open_sites(policy, names).items():
+        try:
+            w, arch = site_window(policy, n, s, with_end_times=with_end_times)
+        except (PgvaultError, OSError) as exc:
+            msg = getattr(exc, "message", None) or str(exc)
+            out.warnings.append(f"site {n!r} skipped: {msg}")
+            continue
+        out.windows.append(w)
+        out.archives[n] = arch
+    return out
+
+
+def all_clusters(policy, site_name: str, *, with_end_times: bool = True) -> list[tuple[str, windows.SiteWindow]]:
+    """(cluster, window) for every cluster stored at one site, read from the site alone: one
+    listing of ``clusters/`` (split per cluster), each cluster's manifests and history files."""
+    from ..errors import UsageError
+
+    if site_name not in policy.sites:
+        raise UsageError(f"no site {site_name!r} in the policy", f"sites: {', '.join(policy.sites)}")
+    site = open_sites(policy, [site_name])[site_name]
+    wal: dict[str, list] = {}
+    clusters: set[str] = set()
+    for obj in site.list("clusters/"):
+        parts = obj.key.split("/")
+        if len(parts) < 3:
+            continue
+        clusters.add(parts[1])
+        if parts[2] == "wals":
+            wal.setdefault(parts[1], []).append(obj)
+    out = []
+    for c in sorted(clusters):
+        w, _ = site_window(policy, site_name, site, with_end_times=with_end_times, cluster=c,
+                           wal_objects=wal.get(c, []))
+        out.append((c, w))
+    return out
