@@ -59,9 +59,12 @@ def windows_cmd(ctx, site, at, all_clusters, as_json):
                     click.echo(f"  {a.site}: NOT restorable: {a.reason}")
         # 0 when some site can restore the point, 1 when none can (the question's answer is no).
         return 0 if any(a.restorable for a in answers) else 1
+    # Like wal-status and list: a site that could not be read is exit 3 (something outside
+    # pgvault is unreachable), after what the other sites said has been printed.
+    unreadable = 3 if r.unreachable else 0
     if as_json:
-        emit_json({"sites": [w.as_dict() for w in r.windows], "warnings": r.warnings})
-        return 0
+        emit_json({"sites": [w.as_dict() for w in r.windows], "warnings": r.warnings, "unreachable": r.unreachable})
+        return unreadable
     for msg in r.warnings:
         warn(msg)
     if not r.windows:
@@ -91,7 +94,7 @@ def windows_cmd(ctx, site, at, all_clusters, as_json):
             click.echo(table(rows, ["TLI", "KIND", "FROM", "TO", "LSN", "BASE / CAUSE"]))
         for x in w.unusable:
             click.echo(f"  unusable base {x.base.method} {x.base.backup_id}: {x.reason}")
-    return 0
+    return unreadable
 
 
 def _fleet(policy, site, target, as_json) -> int:

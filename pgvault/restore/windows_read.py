@@ -34,6 +34,7 @@ class Read:
     windows: list[windows.SiteWindow] = field(default_factory=list)
     archives: dict = field(default_factory=dict)          # site -> plan.Archive
     warnings: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)  # sites that did not answer (or failed)
 
 
 def _cache_path(policy) -> Path:
@@ -135,15 +136,19 @@ def read(policy, site: str | None = None, *, with_end_times: bool = True) -> Rea
 
     if site is not None and site not in policy.sites:
         raise UsageError(f"no site {site!r} in the policy", f"sites: {', '.join(policy.sites)}")
+    from ..sites.readonly import Deadline, Probes, open_readonly, site_timeout
+
     names = [site] if site else (list(policy.wal.sites) or list(policy.sites))
     out = Read()
-    for n, s in open_sites(policy, names).items():
-        try:
-            w, arch = site_window(policy, n, s, with_end_times=with_end_times)
-        except (PgvaultError, OSError) as exc:
-            msg = getattr(exc, "message", None) or str(exc)
-            out.warnings.append(f"site {n!r} skipped: {msg}")
+    # A read-only command: every site at once, within one monitoring.site_timeout (as status).
+    probes = Probes(names, lambda n: site_window(policy, n, open_readonly(policy, n), with_end_times=with_end_times),
+                    what="windows")
+    for n, answer in probes.wait(Deadline(site_timeout(policy))).items():
+        if not answer.ok:
+            out.warnings.append(f"site {n!r} skipped: {answer.message}")
+            out.unreachable.append(n)
             continue
+        w, arch = answer.value
         out.windows.append(w)
         out.archives[n] = arch
     return out

@@ -126,6 +126,14 @@ def test_list_answers_and_exits_3(partitioned):
         assert f"site {name!r}" in drills.stderr
 
 
+def test_windows_answers_and_exits_3(partitioned):
+    cp = run(partitioned, "windows", "--json")
+    assert cp.returncode == 3, cp.stdout + cp.stderr
+    doc = json.loads(cp.stdout)
+    assert sorted(doc["unreachable"]) == sorted(DEAD)
+    assert {w["site"] for w in doc["sites"]} == {"a", "eu"}              # the reachable sites were read
+
+
 def test_wal_status_exits_3_for_a_site_that_refuses(workdir):
     """The exit code alone, without a hang: with a site that refuses connections at once
     (nothing listens on its port), wal-status printed UNREACHABLE and exited 0."""

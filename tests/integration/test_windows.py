@@ -218,7 +218,7 @@ def chromium(w: World, *args) -> str:
 
     exe = shutil.which("chromium")
     if exe is None:
-        pytest.skip("chromium is not installed (scripts/setup.sh installs it)")
+        pytest.fail("chromium is not installed: run scripts/setup.sh (it installs Debian's chromium)")
     cp = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                          f"--user-data-dir={w.workdir / 'chromium-profile'}", *args], capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr[-2000:]
@@ -252,7 +252,11 @@ def test_html_report_drawn_in_chromium(scene):
         assert all(b["w"] > 0 and b["h"] > 0 for b in bars + holes)
         if holes:                                        # site a: the hole lies between its two bars
             (h,) = holes
-            assert bars[0]["x"] + bars[0]["w"] <= h["x"] + 0.5 and h["x"] + h["w"] <= bars[1]["x"] + 0.5
+            # By its centre: a short hole is drawn at least a few pixels wide, so its edges may
+            # overlap the bars beside it by a fraction of that width (it happened in CI).
+            centre = h["x"] + h["w"] / 2
+            assert bars[0]["x"] + bars[0]["w"] - 1 <= centre <= bars[1]["x"] + 1, (bars, h)
+            assert bars[0]["x"] < h["x"] < bars[1]["x"]
     assert len([d for d in drawn if d["site"] == "a" and d["cls"] == "mark hole"]) == 1
     shot = out / "report.png"
     chromium(w, f"--screenshot={shot}", "--window-size=1100,900", page.as_uri())
