@@ -98,6 +98,18 @@ class World:
         return cp
 
 
+def archiving_world(workdir: Path, moto) -> World:
+    """A World whose instance (created, not started) archives through `pgvault wal-push` with
+    the policy at workdir/policy.yaml, with site a (local) and eu (S3, eu-west-1)."""
+    policy = workdir / "policy.yaml"
+    inst = sandbox.new_instance(workdir, "pg", start=False, settings={
+        "archive_mode": "on", "archive_command": sandbox.pgvault_command(policy) + " wal-push %p"})
+    w = World(workdir, inst, moto)
+    w.local_site("a")
+    w.s3_site("eu", "eu-west-1")
+    return w
+
+
 @pytest.fixture
 def world(workdir, pg):
     return World(workdir, pg)

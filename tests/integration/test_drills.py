@@ -409,14 +409,10 @@ def test_zfs_snapshot_drill_receives_into_a_new_dataset_and_destroys_it(zpool, w
 def pitr_world(workdir, moto):
     """A cluster archiving through `pgvault wal-push` to a local and an S3 site, with a Barman
     base backup at both and 30 committed rows after it."""
-    from tests.conftest import World
+    from tests.conftest import archiving_world
 
-    policy = workdir / "policy.yaml"
-    inst = sandbox.new_instance(workdir, "pg", start=False, settings={
-        "archive_mode": "on", "archive_command": sandbox.pgvault_command(policy) + " wal-push %p"})
-    w = World(workdir, inst, moto)
-    w.local_site("a")
-    w.s3_site("eu", "eu-west-1")
+    w = archiving_world(workdir, moto)
+    inst = w.pg
     w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"], "compression": "lz4"}
     w.extra.update(wal={"sites": ["a", "eu"], "retry_interval": "1s"},
                    state_dir=str(sandbox.owned_dir(workdir / "state")), drills=["drills/*.yaml"])

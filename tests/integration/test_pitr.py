@@ -16,7 +16,7 @@ from pgvault import pg, sandbox
 from pgvault.catalog import layout
 from pgvault.methods import barman_tools as bt
 from pgvault.wal import names
-from tests.conftest import World
+from tests.conftest import World, archiving_world
 
 
 def archived(w: World, site: str) -> set[str]:
@@ -48,12 +48,8 @@ def restored(path, port) -> pg.Instance:
 def scene(moto):
     """A cluster with a base backup at both sites, 30 rows committed, then a TRUNCATE."""
     workdir = sandbox.workdir("pgvault-pitr-")
-    policy = workdir / "policy.yaml"
-    inst = sandbox.new_instance(workdir, "pg", start=False, settings={
-        "archive_mode": "on", "archive_command": sandbox.pgvault_command(policy) + " wal-push %p"})
-    w = World(workdir, inst, moto)
-    w.local_site("a")
-    w.s3_site("eu", "eu-west-1")
+    w = archiving_world(workdir, moto)
+    inst = w.pg
     w.state = sandbox.owned_dir(workdir / "state")
     w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"], "compression": "lz4"}
     w.policy(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))

@@ -15,7 +15,7 @@ import pytest
 
 from pgvault import sandbox
 from pgvault.wal import names
-from tests.conftest import World
+from tests.conftest import World, archiving_world
 
 SEG = 16 << 20
 
@@ -23,12 +23,8 @@ SEG = 16 << 20
 @pytest.fixture
 def walworld(workdir, moto):
     """An archiving instance; sites a (local), eu (S3), us (S3 on a second moto it may pause)."""
-    policy = workdir / "policy.yaml"
-    inst = sandbox.new_instance(workdir, "pg", start=False, settings={
-        "archive_mode": "on", "archive_command": sandbox.pgvault_command(policy) + " wal-push %p"})
-    w = World(workdir, inst, moto)
-    w.local_site("a")
-    w.s3_site("eu", "eu-west-1")
+    w = archiving_world(workdir, moto)
+    inst = w.pg
     w.us_moto = sandbox.Moto().start()
     w.moto = w.us_moto
     w.s3_site("us", "us-east-1")

@@ -15,7 +15,7 @@ import pytest
 from pgvault import pg, sandbox
 from pgvault.catalog import layout
 from pgvault.wal import names
-from tests.conftest import World
+from tests.conftest import World, archiving_world
 from tests.integration.test_pitr import archived, switch_and_wait
 
 
@@ -36,12 +36,8 @@ def intervals(s: dict) -> list[dict]:
 @pytest.fixture(scope="module")
 def scene(moto):
     workdir = sandbox.workdir("pgvault-windows-")
-    policy = workdir / "policy.yaml"
-    inst = sandbox.new_instance(workdir, "pg", start=False, settings={
-        "archive_mode": "on", "archive_command": sandbox.pgvault_command(policy) + " wal-push %p"})
-    w = World(workdir, inst, moto)
-    w.local_site("a")
-    w.s3_site("eu", "eu-west-1")
+    w = archiving_world(workdir, moto)
+    inst = w.pg
     w.state = sandbox.owned_dir(workdir / "state")
     w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"], "compression": "lz4"}
     w.extra.update(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
