@@ -9,12 +9,9 @@ import pwd
 import sys
 from pathlib import Path
 
-import pytest
 
 from pgvault import proc, sandbox
 from tests.conftest import ROOT, World
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run pgvault as root and as postgres")
 
 PG_UID = pwd.getpwnam("postgres").pw_uid
 
