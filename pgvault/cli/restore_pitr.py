@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import pg
-from ..errors import NotSupported  # noqa: F401
+from ..errors import NotSupported, RestoreRefused  # noqa: F401
 from .output import emit_json, warn
 
 
@@ -22,6 +22,26 @@ def _print_plan(plan: dict) -> None:
                + (f", archived by {w['end_time_at_most']}" if w.get("end_time_at_most") else ""))
     for note in plan.get("notes", []):
         click.echo(f"note:    {note}")
+
+
+def _per_site(policy, target):
+    """For a time target: each WAL site's own answer (pgvault.restore.windows_read.at, the one
+    `pgvault windows --at` prints). Read before the plan, so a refused plan still shows it."""
+    if target.kind != "time":
+        return None
+    from ..restore.windows_read import at
+
+    return at(policy, target.time)
+
+
+def _print_per_site(found) -> None:
+    from .windows import answer_lines
+
+    for msg in found.warnings:
+        warn(msg)
+    click.echo("per site (restorable from here?):")
+    for line in answer_lines(found.answers):
+        click.echo(line)
 
 
 def run_pitr(ctx, policy, backup_id=None, from_site=None, force=False, as_json=False, *, to_time=None, to_lsn=None,
@@ -44,18 +64,31 @@ def run_pitr(ctx, policy, backup_id=None, from_site=None, force=False, as_json=F
         target, found = before_truncate_target(policy, before_truncate, from_site=from_site, as_json=as_json, **unused)
     else:
         target = make_target(to_time, to_lsn, to_xid, latest)
-    result = pitr.run(policy, target, target_dir=target_dir, from_site=from_site, port=port, start=start,
-                      plan_only=plan, action=action or "promote", force=force, backup_id=backup_id)
+    per_site = _per_site(policy, target) if plan else None
+    try:
+        result = pitr.run(policy, target, target_dir=target_dir, from_site=from_site, port=port, start=start,
+                          plan_only=plan, action=action or "promote", force=force, backup_id=backup_id)
+    except RestoreRefused as exc:
+        # The refusal says why the plan failed overall; each site's own answer says where the
+        # point could still be restored from (or why not), as `pgvault windows --at` does.
+        if per_site is not None:
+            if as_json:
+                emit_json({"refused": exc.message, "sites": per_site.as_dict()})
+            else:
+                _print_per_site(per_site)
+        raise
     if found is not None:
         from .find import hand_back
 
         hand_back(result, found, port, as_json=as_json, copy_back_to=unused.get("copy_back_to"))
     if as_json:
-        emit_json(result.__dict__)
+        emit_json({**result.__dict__, **({"sites": per_site.as_dict()} if per_site is not None else {})})
         return 0
     for w in result.warnings:
         warn(w)
     _print_plan(result.plan)
+    if per_site is not None:
+        _print_per_site(per_site)
     if plan:
         click.echo("plan only: nothing was changed")
         return 0

@@ -21,6 +21,25 @@ def _dur(seconds: float) -> str:
     return format_duration(int(seconds))
 
 
+def answer_lines(answers) -> list[str]:
+    """The per-site answer to "restorable at T?" as `windows --at` and `restore --plan` print it."""
+    lines = []
+    for a in answers:
+        if a.restorable:
+            b = a.base
+            proved = [d for d in a.interval.drills if d.passed]
+            lines.append(f"  {a.site}: restorable from {b.method} base {b.backup_id} (timeline {a.interval.timeline}), "
+                         f"replaying {a.segments} WAL segment(s) ({human_size(a.bytes)}); {a.reason}"
+                         + (f"; proved by drill(s) {', '.join(sorted({d.drill for d in proved}))}" if proved else ""))
+        else:
+            lines.append(f"  {a.site}: NOT restorable: {a.reason}")
+    return lines
+
+
+def _drill_mark(d) -> str:
+    return f"{d.drill} {'passed' if d.passed else 'FAILED'} at {_t(d.at and d.at.isoformat())}"
+
+
 @click.command("windows")
 @click.option("--site", "site", metavar="SITE", help="only this site (default: every WAL site of the policy)")
 @click.option("--at", "at", metavar="TIME", help="answer per site: is TIME restorable, from which base, how much WAL")
@@ -30,7 +49,6 @@ def _dur(seconds: float) -> str:
 @click.pass_context
 def windows_cmd(ctx, site, at, all_clusters, as_json):
     """Recoverable intervals per site and timeline, and the holes between them."""
-    from ..restore import windows as W
     from ..restore.plan import parse_time
     from ..restore.windows_read import read
 
@@ -38,27 +56,22 @@ def windows_cmd(ctx, site, at, all_clusters, as_json):
     target = parse_time(at) if at else None          # bad input fails before any site is read
     if all_clusters:
         return _fleet(policy, site, target, as_json)
-    r = read(policy, site)
     if target is not None:
+        from ..restore.windows_read import at as at_sites
+
         t, how = target
-        answers = [W.at_time(w, r.archives[w.site], t) for w in r.windows]
+        found = at_sites(policy, t, site)
         if as_json:
-            emit_json({"at": t.isoformat(), "read_as": how, "sites": [a.as_dict() for a in answers],
-                       "warnings": r.warnings})
+            emit_json({"at": t.isoformat(), "read_as": how, "sites": found.as_dict(), "warnings": found.warnings})
         else:
-            for msg in r.warnings:
+            for msg in found.warnings:
                 warn(msg)
             click.echo(f"at {how}")
-            for a in answers:
-                if a.restorable:
-                    b = a.base
-                    click.echo(f"  {a.site}: restorable from {b.method} base {b.backup_id} (timeline "
-                               f"{a.interval.timeline}), replaying {a.segments} WAL segment(s) "
-                               f"({human_size(a.bytes)}); {a.reason}")
-                else:
-                    click.echo(f"  {a.site}: NOT restorable: {a.reason}")
+            for line in answer_lines(found.answers):
+                click.echo(line)
         # 0 when some site can restore the point, 1 when none can (the question's answer is no).
-        return 0 if any(a.restorable for a in answers) else 1
+        return 0 if any(a.restorable for a in found.answers) else 1
+    r = read(policy, site)
     # Like wal-status and list: a site that could not be read is exit 3 (something outside
     # pgvault is unreachable), after what the other sites said has been printed.
     unreadable = 3 if r.unreachable else 0
@@ -92,6 +105,12 @@ def windows_cmd(ctx, site, at, all_clusters, as_json):
                 rows.append([str(tw.timeline), "fork", "", "", format_lsn(at_lsn), f"timeline {child} branches here"])
         if rows:
             click.echo(table(rows, ["TLI", "KIND", "FROM", "TO", "LSN", "BASE / CAUSE"]))
+        for iv in w.intervals():
+            for d in iv.drills:
+                click.echo(f"  drill {_drill_mark(d)} (timeline {iv.timeline}, interval from "
+                           f"{_t(iv.start_time and iv.start_time.isoformat())})")
+        for d in w.unplaced_drills:
+            click.echo(f"  drill {_drill_mark(d)}: outside every interval today")
         for x in w.unusable:
             click.echo(f"  unusable base {x.base.method} {x.base.backup_id}: {x.reason}")
     return unreadable

@@ -46,6 +46,7 @@ class Interval:
     bases: list = field(default_factory=list)   # every usable base whose stop lies in it, oldest first
     start_kind: str = "base"          # base (a base's consistency point) | switch (the timeline's start) | fork
     last_segment: tuple[int, int] | None = None
+    drills: list = field(default_factory=list)  # Proof records of drills that restored a point inside it
 
     def base_for(self, lsn: int | None = None, time: datetime | None = None):
         """The newest base of this interval consistent before the point (what a restore picks)."""
@@ -68,7 +69,8 @@ class Interval:
                 "base": {"backup_id": b.backup_id, "method": b.method, "site": b.site},
                 "bases": [x.backup_id for x in self.bases],
                 "base_stop_times": [_iso(x.stop_time) for x in self.bases],
-                "last_segment": segment_name(*self.last_segment, size) if self.last_segment else None}
+                "last_segment": segment_name(*self.last_segment, size) if self.last_segment else None,
+                "drills": [d.as_dict() for d in self.drills]}
 
 
 @dataclass
@@ -106,11 +108,28 @@ class TimelineWindow:
 
 
 @dataclass
+class Proof:
+    """One drill's evidence at a site, as far as windows care: which point it restored (the
+    instant recovery replayed to, else its target time, else the base's consistency point)."""
+    drill: str
+    drill_id: str
+    passed: bool
+    at: datetime | None
+    backup_id: str | None = None
+    at_kind: str = "replayed"         # replayed | target | base (the base's stop time: a restore without WAL)
+
+    def as_dict(self) -> dict:
+        return {"drill": self.drill, "id": self.drill_id, "outcome": "passed" if self.passed else "failed",
+                "at": _iso(self.at), "at_kind": self.at_kind, "backup_id": self.backup_id}
+
+
+@dataclass
 class SiteWindow:
     site: str
     segment_size: int
     timelines: list[TimelineWindow] = field(default_factory=list)
     unusable: list[Unusable] = field(default_factory=list)
+    unplaced_drills: list[Proof] = field(default_factory=list)   # drills whose point lies in no interval today
 
     @property
     def holes(self) -> list[Hole]:
@@ -153,6 +172,7 @@ class SiteWindow:
                 "unusable_bases": [{"backup_id": x.base.backup_id, "method": x.base.method, "timeline": x.timeline,
                                     "reason": x.reason} for x in self.unusable],
                 "holes": len(self.holes),
+                "unplaced_drills": [d.as_dict() for d in self.unplaced_drills],
                 "unbroken": None if u is None else {"start_time": _iso(u.start_time), "end_time": _iso(u.end_time),
                                                     "seconds": round(u.seconds(), 3), "timeline": u.timeline}}
 
@@ -354,6 +374,60 @@ def compute_all(bases: list, archives: list, commit_times: dict | None = None) -
             for a in archives]
 
 
+# -- drills: which parts of a window were proven by a real restore
+
+
+def proof(doc: dict, parse_time) -> Proof | None:
+    """A drill evidence record (pgvault.drills.reports.result_doc) as a Proof; None when it
+    names no point at all. ``parse_time`` reads its ISO instants (the caller's, to stay pure).
+
+    >>> from datetime import datetime
+    >>> p = proof({"drill": "d", "drill_id": "d-1", "outcome": "passed", "replayed_until": "2026-11-25T12:00:00+00:00"},
+    ...           datetime.fromisoformat)
+    >>> (p.drill, p.passed, p.at_kind, p.at.isoformat())
+    ('d', True, 'replayed', '2026-11-25T12:00:00+00:00')
+    """
+    def when(key):
+        v = doc.get(key)
+        try:
+            return parse_time(v) if isinstance(v, str) and v else None
+        except (TypeError, ValueError):
+            return None
+
+    at, kind = when("replayed_until"), "replayed"
+    if at is None:
+        at, kind = when("target_time"), "target"
+    bid = doc.get("backup_id") if isinstance(doc.get("backup_id"), str) else None
+    if at is None and bid is None:
+        return None
+    return Proof(str(doc.get("drill") or doc.get("drill_id") or "?"), str(doc.get("drill_id") or doc.get("id") or "?"),
+                 str(doc.get("outcome", "")).lower() in ("passed", "ok", "success", "succeeded"), at, bid,
+                 kind if at is not None else "base")
+
+
+def relate_drills(w: SiteWindow, proofs: list[Proof]) -> SiteWindow:
+    """Attach each drill to the interval holding the point it restored (newest timeline first,
+    as recovery follows the latest timeline); a drill that restored a base without a time is
+    placed at that base's consistency point. Drills whose point lies in no interval today (its
+    WAL expired since, or it failed in a hole) are kept in ``unplaced_drills``."""
+    ivs = sorted(w.intervals(), key=lambda i: (-i.timeline, i.start_lsn))
+    for p in proofs:
+        home = None
+        if p.at is None:
+            for iv in ivs:
+                b = next((b for b in iv.bases if b.backup_id == p.backup_id), None)
+                if b is not None:
+                    p.at, home = b.stop_time, iv
+                    break
+        else:
+            home = next((iv for iv in ivs if iv.start_time and iv.end_time and iv.start_time <= p.at <= iv.end_time),
+                        None)
+        (home.drills if home is not None else w.unplaced_drills).append(p)
+    for lst in [iv.drills for iv in ivs] + [w.unplaced_drills]:
+        lst.sort(key=lambda p: (p.at is None, p.at.timestamp() if p.at else 0.0, p.drill_id))
+    return w
+
+
 # -- questions asked of a window
 
 
@@ -373,7 +447,8 @@ class Answer:
                 "base": None if b is None else {"backup_id": b.backup_id, "method": b.method,
                                                 "stop_time": _iso(b.stop_time), "timeline": b.timeline},
                 "timeline": self.interval.timeline if self.interval else None,
-                "wal_segments": self.segments, "wal_bytes": self.bytes}
+                "wal_segments": self.segments, "wal_bytes": self.bytes,
+                "drills": [d.as_dict() for d in self.interval.drills] if self.interval else []}
 
 
 def at_time(w: SiteWindow, archive, t: datetime) -> Answer:

@@ -13,10 +13,11 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import pg, proc
+from ..catalog import layout
 from ..errors import PgvaultError
 from ..sites import open_sites
 from ..sites.base import get_bytes
@@ -114,9 +115,33 @@ def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[d
     return out, dirty
 
 
+def drill_docs(site, cluster: str) -> list[dict]:
+    """The drill evidence records kept at one site (pgvault.drills.reports.store_evidence),
+    read defensively: a damaged or foreign object is skipped (status reports those)."""
+    docs = []
+    for obj in site.list(layout.drills_prefix(cluster)):
+        if not obj.key.endswith(".json"):
+            continue
+        try:
+            doc = json.loads(get_bytes(site, obj.key))
+        except (PgvaultError, ValueError):
+            continue
+        if isinstance(doc, dict):
+            docs.append({**doc, "drill_id": doc.get("drill_id") or obj.key.rsplit("/", 1)[-1][:-len(".json")]})
+    return docs
+
+
+def _instant(text: str) -> datetime:
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
 def site_window(policy, name: str, site, *, with_end_times: bool = True, cluster: str | None = None,
-                wal_objects=None) -> tuple[windows.SiteWindow, object]:
-    """The window of one site (its listing, its manifests, at most one segment body per timeline)."""
+                wal_objects=None, drills: list[dict] | None = None) -> tuple[windows.SiteWindow, object]:
+    """The window of one site (its listing, its manifests, at most one segment body per timeline),
+    with the drills whose evidence is kept there (``drills``: those records when the caller has
+    read them already, as status has)."""
+    cluster = cluster or policy.cluster.name
     bases, arch = site_inputs(policy, name, site, cluster, wal_objects)
     w = windows.compute(name, bases, arch)
     if with_end_times:
@@ -127,7 +152,9 @@ def site_window(policy, name: str, site, *, with_end_times: bool = True, cluster
             _save(cpath, cache)
         if commit:
             w = windows.compute(name, bases, arch, commit)
-    return w, arch
+    docs = drill_docs(site, cluster) if drills is None else drills
+    proofs = [p for p in (windows.proof(d, _instant) for d in docs if d.get("site") in (None, name)) if p]
+    return windows.relate_drills(w, proofs), arch
 
 
 def read(policy, site: str | None = None, *, with_end_times: bool = True) -> Read:
@@ -152,6 +179,25 @@ def read(policy, site: str | None = None, *, with_end_times: bool = True) -> Rea
         out.windows.append(w)
         out.archives[n] = arch
     return out
+
+
+@dataclass
+class At:
+    """Per site: is one instant restorable from there (pgvault.restore.windows.Answer)."""
+    answers: list[windows.Answer] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> list[dict]:
+        return [a.as_dict() for a in self.answers]
+
+
+def at(policy, t: datetime, site: str | None = None) -> At:
+    """The one answer to "can I restore to ``t``, from where?": ``pgvault windows --at T`` and
+    ``pgvault restore --to-time T --plan`` both print it. Reads the sites only (listings,
+    manifests, at most each timeline's newest segment, cached): nothing is written."""
+    r = read(policy, site)
+    return At([windows.at_time(w, r.archives[w.site], t) for w in r.windows], r.warnings, r.unreachable)
 
 
 def all_clusters(policy, site_name: str, *, with_end_times: bool = True) -> list[tuple[str, windows.SiteWindow]]:

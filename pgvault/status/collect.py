@@ -91,7 +91,10 @@ def _drill_docs(cat: Catalog) -> list[dict]:
                      "when": when if isinstance(when, str) else _iso(obj.mtime),
                      "outcome": str(doc.get("outcome", "unknown")).lower(),
                      "rto_seconds": _num(doc.get("rto_seconds")), "rpo_seconds": _num(doc.get("rpo_seconds")),
-                     "message": doc.get("message")})
+                     "message": doc.get("message"),
+                     # what the windows relate the drill by (pgvault.restore.windows.proof)
+                     "backup_id": doc.get("backup_id"), "target_time": doc.get("target_time"),
+                     "replayed_until": doc.get("replayed_until")})
     return docs
 
 
@@ -136,11 +139,12 @@ def _read_site(policy, name: str) -> dict:
         raw = {"bound_at": binding.created_at.isoformat() if binding else None,
                "segment_size": binding.wal_segment_size if binding else None}
         raw["backups"], raw["oldest_wal"] = _backup_facts(cat, jobs)
+        raw["drills"] = _drill_docs(cat)
         if name in policy.wal.sites:
             listing = list(site.list(layout.wal_prefix(cluster)))
             raw["wal_objects"] = [(o.key, o.mtime) for o in listing]
-            raw["window"] = window_facts(policy, name, site, listing)   # the same listing, not a second one
-        raw["drills"] = _drill_docs(cat)
+            # The same listing and drill records, not a second read of either.
+            raw["window"] = window_facts(policy, name, site, listing, raw["drills"])
     except OSError as exc:
         raise PgvaultError(f"site {name!r}: {exc}", "check the path and its permissions") from None
     return raw
@@ -165,13 +169,13 @@ def site_facts(policy, name: str, answer, segment_size: int) -> dict:
     return facts
 
 
-def window_facts(policy, name: str, site, wal_listing) -> dict:
+def window_facts(policy, name: str, site, wal_listing, drills: list[dict] | None = None) -> dict:
     """The recoverability window of one WAL site (pgvault.restore.windows) from the WAL listing
     _read_site already made, as JSON; a window that cannot be computed is a fact here too."""
     from ..restore.windows_read import site_window
 
     try:
-        w, _ = site_window(policy, name, site, wal_objects=wal_listing)
+        w, _ = site_window(policy, name, site, wal_objects=wal_listing, drills=drills)
     except (PgvaultError, OSError) as exc:
         return {"site": name, "error": getattr(exc, "message", None) or str(exc)}
     return w.as_dict()

@@ -30,7 +30,7 @@ svg text{font-size:11px;fill:#333} .interval{fill:#43a047} .hole{fill:#e53935} .
 
 _SCRIPT = """
 (function(){var out=[];document.querySelectorAll('svg .mark').forEach(function(e){var r=e.getBoundingClientRect();
-out.push({cls:e.getAttribute('class'),site:e.getAttribute('data-site'),x:r.left,y:r.top,w:r.width,h:r.height});});
+out.push({cls:e.getAttribute('class'),site:e.getAttribute('data-site'),iv:e.getAttribute('data-interval'),x:r.left,y:r.top,w:r.width,h:r.height});});
 document.getElementById('layout').textContent=JSON.stringify(out);})();
 """
 
@@ -76,7 +76,6 @@ def timeline_svg(doc: dict, now: datetime) -> str:
         x0 = _x(now - timedelta(seconds=promise), lo, hi)
         out.append(f'<rect class="promise" x="{x0}" y="4" width="{round(_x(now, lo, hi) - x0, 2)}" height="{height - 24}">'
                    f'<title>promised window</title></rect>')
-    drills = list((doc.get("drills") or []))
     for k, (site, w) in enumerate(rows):
         y = 10 + k * ROW
         out.append(f'<text x="4" y="{y + 16}">{_e(site)}</text>')
@@ -114,13 +113,30 @@ def timeline_svg(doc: dict, now: datetime) -> str:
                     out.append(f'<line class="mark fork" data-site="{_e(site)}" data-timeline="{t["timeline"]}" '
                                f'x1="{xf}" x2="{xf}" y1="{y}" y2="{y + 24}"><title>timeline {t["timeline"]} '
                                f'branches from {t["parent"]}</title></line>')
-        for d in drills:
-            if d.get("site") != site or not (d.get("finished_at") or d.get("started_at")):
+        # Drills at the point they restored (pgvault.restore.windows.relate_drills), tied to
+        # the interval they proved (data-interval: its index in drawing order; "none": outside).
+        k_iv = 0
+        proofs = []
+        for t in w["timelines"]:
+            for iv in t["intervals"]:
+                proofs += [(d, str(k_iv)) for d in iv.get("drills", [])]
+                k_iv += 1
+        proofs += [(d, "none") for d in w.get("unplaced_drills", [])]
+        # Drills the window cannot place (no point to restore to, e.g. a logical dump's): at
+        # the time they ran, as before.
+        seen = {d.get("id") for d, _ in proofs if d.get("at")}
+        proofs += [({"drill": d["name"], "id": d.get("id"), "at": d.get("finished_at") or d.get("started_at"),
+                     "outcome": "passed" if d.get("state") == "OK" else "failed"}, "none")
+                   for d in doc.get("drills") or [] if d.get("site") == site and d.get("id") not in seen]
+        for d, where in proofs:
+            if not d.get("at"):
                 continue
-            xd = _x(_t(d.get("finished_at") or d.get("started_at")), lo, hi)
-            ok = d.get("state") == "OK"
-            out.append(f'<circle class="mark drill {"pass" if ok else "fail"}" data-site="{_e(site)}" cx="{xd}" '
-                       f'cy="{y + 32}" r="5"><title>drill {_e(d["name"])}: {_e(d.get("outcome", "?"))}</title></circle>')
+            xd = _x(_t(d["at"]), lo, hi)
+            ok = d.get("outcome") == "passed"
+            out.append(f'<circle class="mark drill {"pass" if ok else "fail"}" data-site="{_e(site)}" '
+                       f'data-interval="{where}" data-at="{_e(d["at"])}" cx="{xd}" cy="{y + 32}" r="5"><title>drill '
+                       f'{_e(d["drill"])} ({_e(d["id"])}): {_e(d.get("outcome", "?"))}, restored {_e(d["at"])}'
+                       f'</title></circle>')
     xn = _x(now, lo, hi)
     out.append(f'<line class="now" x1="{xn}" x2="{xn}" y1="2" y2="{height - 18}"><title>now</title></line>')
     out.append(f'<text x="{LEFT}" y="{height - 4}">{_e(lo.strftime("%Y-%m-%d %H:%M"))}Z</text>')

@@ -168,3 +168,31 @@ def test_status_window_item_is_critical_when_the_unbroken_window_is_shorter_than
     assert items["b"]["state"] == "UNKNOWN"
     assert window_items(pol(timedelta(minutes=2)), facts, T0)[0]["state"] == "OK"
     assert window_items(pol(None), facts, T0)[0]["state"] == "OK"      # no promise: shown, not judged
+
+
+def test_drills_are_placed_on_the_interval_holding_the_point_they_restored():
+    w = W.compute("a", [base("b1", 2), base("b2", 8)], archive([2, 3, 4, 6, 7, 8, 9, 10]))
+    first, second = w.intervals()
+    iso = lambda t: t.isoformat()                                       # noqa: E731
+    docs = [{"drill": "pitr", "drill_id": "pitr-1", "outcome": "passed",
+             "replayed_until": iso(first.start_time + timedelta(seconds=30))},
+            {"drill": "pitr", "drill_id": "pitr-2", "outcome": "failed", "target_time": iso(second.end_time)},
+            {"drill": "base", "drill_id": "base-1", "outcome": "passed", "backup_id": "b2"},
+            {"drill": "hole", "drill_id": "hole-1", "outcome": "passed",   # its point is in the hole today
+             "replayed_until": iso(first.end_time + timedelta(seconds=30))},
+            {"drill": "nothing", "drill_id": "n-1", "outcome": "passed"}]
+    proofs = [p for p in (W.proof(d, datetime.fromisoformat) for d in docs) if p]
+    assert [p.drill_id for p in proofs] == ["pitr-1", "pitr-2", "base-1", "hole-1"]      # n-1 names no point
+    W.relate_drills(w, proofs)
+    assert [(d.drill_id, d.passed, d.at_kind) for d in first.drills] == [("pitr-1", True, "replayed")]
+    assert [(d.drill_id, d.at_kind) for d in second.drills] == [("base-1", "base"), ("pitr-2", "target")]
+    assert second.drills[0].at == second.bases[0].stop_time
+    assert [d.drill_id for d in w.unplaced_drills] == ["hole-1"]
+    doc = w.as_dict()
+    assert doc["timelines"][0]["intervals"][1]["drills"][1] == {
+        "drill": "pitr", "id": "pitr-2", "outcome": "failed", "at": iso(second.end_time), "at_kind": "target",
+        "backup_id": None}
+    assert doc["unplaced_drills"][0]["id"] == "hole-1"
+    # --at answers carry the drills that proved the interval holding the point.
+    ans = W.at_time(w, archive([2, 3, 4, 6, 7, 8, 9, 10]), second.end_time)
+    assert ans.restorable and [d["id"] for d in ans.as_dict()["drills"]] == ["base-1", "pitr-2"]
