@@ -22,68 +22,80 @@ from pgvault import sandbox
 from pgvault.wal import names
 
 
-def main(n_local: int = 20000, n_s3: int = 3000) -> None:
-    work = sandbox.workdir("pgvault-bench-status-")
-    moto = sandbox.Moto().start()
-    inst = sandbox.new_instance(work)
-    try:
-        local = sandbox.owned_dir(work / "site-local")
-        bucket = "pgv-bench-status"
-        moto.create_bucket(bucket)
-        policy = work / "policy.yaml"
+class Scene:
+    """The archive status reads: a local and an S3 site with N WAL objects each, one logical backup."""
+
+    def __init__(self, n_local: int, n_s3: int):
+        self.n_local, self.n_s3 = n_local, n_s3
+        self.work = sandbox.workdir("pgvault-bench-status-")
+        self.moto = sandbox.Moto().start()
+        self.inst = sandbox.new_instance(self.work)
+        self.local = sandbox.owned_dir(self.work / "site-local")
+        self.bucket = "pgv-bench-status"
+        self.moto.create_bucket(self.bucket)
+        policy = self.work / "policy.yaml"
         policy.write_text(yaml.safe_dump({
-            "version": 1, "cluster": {"name": "main", "conninfo": inst.conninfo()},
-            "sites": {"local": {"type": "local", "path": str(local)},
-                      "s3": {"type": "s3", "bucket": bucket, "prefix": "pg", "endpoint_url": moto.url}},
-            "wal": {"sites": ["local", "s3"]}, "state_dir": str(work / "state"),
+            "version": 1, "cluster": {"name": "main", "conninfo": self.inst.conninfo()},
+            "sites": {"local": {"type": "local", "path": str(self.local)},
+                      "s3": {"type": "s3", "bucket": self.bucket, "prefix": "pg", "endpoint_url": self.moto.url}},
+            "wal": {"sites": ["local", "s3"]}, "state_dir": str(self.work / "state"),
             "jobs": {"nightly": {"method": "logical", "sites": ["local", "s3"], "schedule": "0 2 * * *"}},
             "objectives": {"rpo": "5m", "rto": "30m"}}))
-        env = {"PGVAULT_POLICY": str(policy)}
-        pgvault("backup", "nightly", env=env)
-
+        self.env = {"PGVAULT_POLICY": str(policy)}
+        pgvault("backup", "nightly", env=self.env)
         for i in range(1, n_local + 1):
             name = names.segment_name(1, i)
-            d = local / "clusters/main/wals" / name[:16]
+            d = self.local / "clusters/main/wals" / name[:16]
             d.mkdir(parents=True, exist_ok=True)
             (d / (name + ".gz")).touch()
-        client = moto.client()
+        self.client = self.moto.client()
 
         def put(i):
             name = names.segment_name(1, i)
-            client.put_object(Bucket=bucket, Key=f"pg/clusters/main/wals/{name[:16]}/{name}.gz", Body=b"")
+            self.client.put_object(Bucket=self.bucket, Key=f"pg/clusters/main/wals/{name[:16]}/{name}.gz", Body=b"")
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(put, range(1, n_s3 + 1)))
 
-        def boto_list():
-            n = 0
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="pg/clusters/main/wals/"):
-                n += len(page.get("Contents", []))
-            assert n == n_s3, n
+    def boto_list(self):
+        n = 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix="pg/clusters/main/wals/"):
+            n += len(page.get("Contents", []))
+        assert n == self.n_s3, n
 
-        prom = work / "pgvault.prom"
+    def close(self):
+        self.inst.stop("immediate")
+        self.moto.stop()
+        sh(f"rm -rf {self.work}")
+
+
+def main(n_local: int = 20000, n_s3: int = 3000) -> None:
+    sc = Scene(n_local, n_s3)
+    try:
+        env, local = sc.env, sc.local
+        prom = sc.work / "pgvault.prom"
         rows = [
             (f"find | wc -l (local, {n_local} WAL)", timed(lambda: sh(f"find {local}/clusters/main/wals -type f | wc -l"))),
-            (f"boto3 list_objects_v2 (S3, {n_s3} WAL)", timed(boto_list)),
+            (f"boto3 list_objects_v2 (S3, {n_s3} WAL)", timed(sc.boto_list)),
             ("python -m pgvault --help (interpreter + CLI start)", timed(lambda: pgvault("--help"))),
             ("pgvault wal-status --json (both sites)", timed(lambda: pgvault("wal-status", "--json", env=env))),
             ("pgvault status --json (both sites)", timed(lambda: _status(env))),
             ("pgvault status --prometheus FILE", timed(lambda: _status(env, "--prometheus", str(prom)))),
         ]
         report("pgvault status on a large archive", rows, baseline="pgvault wal-status --json (both sites)",
-               extra={"cluster": inst.conninfo(), "python": sys.version.split()[0], "cpus": os.cpu_count()})
+               extra={"cluster": sc.inst.conninfo(), "python": sys.version.split()[0], "cpus": os.cpu_count()})
     finally:
-        inst.stop("immediate")
-        moto.stop()
-        sh(f"rm -rf {work}")
+        sc.close()
 
 
-def _status(env, *extra):
+def _status(env, *extra, root=ROOT):
     import subprocess
 
     # status exits with the overall state (here WARNING/CRITICAL: the fake WAL is far ahead).
+    # cwd=root: `python -m` imports the checkout in the working directory first.
     cp = subprocess.run([sys.executable, "-m", "pgvault", "status", "--json", *extra], capture_output=True,
-                        env=dict(os.environ, PYTHONPATH=str(ROOT), **env), check=False, text=True)
+                        env=dict(os.environ, PYTHONPATH=str(root), **env), check=False, text=True, cwd=root)
     assert cp.returncode in (0, 1, 2, 3) and json.loads(cp.stdout)["facts"], cp.stderr
 
 

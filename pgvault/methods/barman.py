@@ -185,6 +185,12 @@ def server_backup(ctx: BackupContext, name: str) -> dict:
     run = lambda *a, hint=fix, **kw: proc.run(bt.server_argv(str(conf), *a), hint=hint, **kw)  # noqa: E731
     base = home / server / "base"
     before = set(os.listdir(base)) if base.is_dir() else set()
+    if _has_wal(home, server):
+        # The slot was dropped after the previous backup, so the server keeps no WAL for Barman:
+        # resuming the stream where it stopped fails ("requested WAL segment ... has already been
+        # removed") once checkpoints have recycled it. Start from the server's current position;
+        # this backup needs WAL from its own start only (the archive is pgvault's wal-push).
+        run("receive-wal", "--reset", server, check=False)
     run("receive-wal", "--create-slot", server, check=False)   # exists already after a crash: fine
     try:
         run("cron")                                              # starts receive-wal in the background

@@ -79,15 +79,22 @@ def segment_commit_time(site, key: str, comp: str, name: str, bindir: str | None
         return None
 
 
-def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects=None) -> tuple[list, object]:
-    """One site's bases and WAL archive (the same inputs pitr.gather reads for a plan)."""
+_UNREAD = object()
+
+
+def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects=None, *, manifests=None,
+                binding=_UNREAD) -> tuple[list, object]:
+    """One site's bases and WAL archive (the same inputs pitr.gather reads for a plan).
+    ``manifests``/``binding``/``wal_objects``: what the caller has read from the site already
+    (status has), so that nothing is read twice."""
     from ..catalog.catalog import Catalog
 
     cluster = cluster or policy.cluster.name
     cat = Catalog(site, cluster)
-    binding = cat.binding()
+    if binding is _UNREAD:
+        binding = cat.binding()
     seg = binding.wal_segment_size if binding else 16 << 20
-    bases = [b for m in cat.manifests() for b in pitr.bases_from_manifest(m, name)]
+    bases = [b for m in (cat.manifests() if manifests is None else manifests) for b in pitr.bases_from_manifest(m, name)]
     return bases, pitr.archive_of(site, cluster, seg, wal_objects)
 
 
@@ -137,12 +144,13 @@ def _instant(text: str) -> datetime:
 
 
 def site_window(policy, name: str, site, *, with_end_times: bool = True, cluster: str | None = None,
-                wal_objects=None, drills: list[dict] | None = None) -> tuple[windows.SiteWindow, object]:
+                wal_objects=None, drills: list[dict] | None = None, manifests=None,
+                binding=_UNREAD) -> tuple[windows.SiteWindow, object]:
     """The window of one site (its listing, its manifests, at most one segment body per timeline),
     with the drills whose evidence is kept there (``drills``: those records when the caller has
     read them already, as status has)."""
     cluster = cluster or policy.cluster.name
-    bases, arch = site_inputs(policy, name, site, cluster, wal_objects)
+    bases, arch = site_inputs(policy, name, site, cluster, wal_objects, manifests=manifests, binding=binding)
     w = windows.compute(name, bases, arch)
     if with_end_times:
         cpath = _cache_path(policy)

@@ -50,11 +50,11 @@ def _dt(v: datetime | None) -> str | None:
     return None if v is None else v.astimezone(timezone.utc).isoformat()
 
 
-def _backup_facts(cat: Catalog, jobs: list[str]) -> tuple[dict, str | None]:
+def _backup_facts(manifests: list, jobs: list[str]) -> tuple[dict, str | None]:
     """Per job: count kept, newest backup; plus the start WAL of the oldest PITR base here."""
     by_job: dict[str, list] = {j: [] for j in jobs}
     oldest_wal = None
-    for m in cat.manifests():
+    for m in manifests:
         if m.job in by_job:
             by_job[m.job].append(m)
         if m.start_wal and (oldest_wal is None or m.start_wal[8:] < oldest_wal[8:]):
@@ -138,13 +138,14 @@ def _read_site(policy, name: str) -> dict:
         binding = cat.binding()
         raw = {"bound_at": binding.created_at.isoformat() if binding else None,
                "segment_size": binding.wal_segment_size if binding else None}
-        raw["backups"], raw["oldest_wal"] = _backup_facts(cat, jobs)
+        manifests = cat.manifests()
+        raw["backups"], raw["oldest_wal"] = _backup_facts(manifests, jobs)
         raw["drills"] = _drill_docs(cat)
         if name in policy.wal.sites:
             listing = list(site.list(layout.wal_prefix(cluster)))
             raw["wal_objects"] = [(o.key, o.mtime) for o in listing]
-            # The same listing and drill records, not a second read of either.
-            raw["window"] = window_facts(policy, name, site, listing, raw["drills"])
+            # The same binding, manifests, listing and drill records: nothing is read twice.
+            raw["window"] = window_facts(policy, name, site, listing, raw["drills"], manifests, binding)
     except OSError as exc:
         raise PgvaultError(f"site {name!r}: {exc}", "check the path and its permissions") from None
     return raw
@@ -169,13 +170,15 @@ def site_facts(policy, name: str, answer, segment_size: int) -> dict:
     return facts
 
 
-def window_facts(policy, name: str, site, wal_listing, drills: list[dict] | None = None) -> dict:
+def window_facts(policy, name: str, site, wal_listing, drills: list[dict] | None = None, manifests=None,
+                 binding=None) -> dict:
     """The recoverability window of one WAL site (pgvault.restore.windows) from the WAL listing
     _read_site already made, as JSON; a window that cannot be computed is a fact here too."""
     from ..restore.windows_read import site_window
 
     try:
-        w, _ = site_window(policy, name, site, wal_objects=wal_listing, drills=drills)
+        w, _ = site_window(policy, name, site, wal_objects=wal_listing, drills=drills, manifests=manifests,
+                           binding=binding)
     except (PgvaultError, OSError) as exc:
         return {"site": name, "error": getattr(exc, "message", None) or str(exc)}
     return w.as_dict()

@@ -460,6 +460,35 @@ def test_pitr_and_canary_drills_pass_from_a_local_and_an_s3_site(pitr_world):
     assert_scratch_gone(w)
     listed = json.loads(w.cli("list", "--drills", "--site", "eu", "--json").stdout)
     assert [d["drill"] for d in listed] == ["canary"]
+    drills_on_windows(w, by, doc)
+
+
+def drills_on_windows(w, by: dict, doc: dict) -> None:
+    """`pgvault windows` shows each drill on the interval holding the point it restored (read
+    from the evidence at the site). The drill run's report.html draws them on those bars (and
+    too-old, which restored nothing, where it ran, tied to no bar)."""
+    import re
+    from datetime import datetime
+
+    windows = {s["site"]: s for s in json.loads(w.cli("windows", "--json").stdout)["sites"]}
+    expect = {"a": {by[("pitr-latest", "a")]["drill_id"], by[("canary", "a")]["drill_id"]},
+              "eu": {by[("canary", "eu")]["drill_id"]}}
+    for site, ids in expect.items():
+        ivs = [iv for t in windows[site]["timelines"] for iv in t["intervals"]]
+        placed = {d["id"]: (d, iv) for iv in ivs for d in iv["drills"]}
+        assert set(placed) == ids, (site, placed)
+        for d, iv in placed.values():
+            run = next(r for r in doc["results"] if r["drill_id"] == d["id"])
+            assert d["outcome"] == "passed" and d["at_kind"] == "replayed" and d["at"] == run["replayed_until"]
+            t = datetime.fromisoformat
+            assert t(iv["start_time"]) <= t(d["at"]) <= t(iv["end_time"]), (d, iv)
+    # too-old failed while planning: its evidence names no point it restored, so no interval.
+    assert windows["a"]["unplaced_drills"] == windows["eu"]["unplaced_drills"] == []
+    text = w.cli("windows", "--site", "a").stdout
+    assert "drill pitr-latest passed at" in text and "drill canary passed at" in text and "too-old" not in text
+    page = (w.workdir / "report" / "report.html").read_text()
+    marks = re.findall(r'class="mark drill (pass|fail)" data-site="(\w+)" data-interval="(\w+)"', page)
+    assert sorted(marks) == [("fail", "a", "none"), ("pass", "a", "0"), ("pass", "a", "0"), ("pass", "eu", "0")], marks
 
 
 def test_tick_runs_a_scheduled_drill_and_status_shows_its_evidence(world):

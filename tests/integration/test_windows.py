@@ -33,28 +33,42 @@ def intervals(s: dict) -> list[dict]:
     return [i for t in s["timelines"] for i in t["intervals"]]
 
 
+WAL_SITES = ["a", "eu", "late"]
+
+
 @pytest.fixture(scope="module")
 def scene(moto):
+    """Sites a (local), eu and late (S3): bases b1 and b2 at all three; site late was
+    out of wal.sites while between[1] was archived, so it never got that segment. (The drills
+    shown on windows are tested where drills run: tests/integration/test_drills.py.)"""
     workdir = sandbox.workdir("pgvault-windows-")
     w = archiving_world(workdir, moto)
     inst = w.pg
+    w.s3_site("late", "us-west-2")
     w.state = sandbox.owned_dir(workdir / "state")
-    w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"], "compression": "lz4"}
-    w.extra.update(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
+    w.jobs["base"] = {"method": "barman", "sites": WAL_SITES, "compression": "lz4"}
+    w.extra.update(wal={"sites": WAL_SITES, "retry_interval": "1s"}, state_dir=str(w.state))
     w.policy()
     inst.start()
     inst.psql("CREATE TABLE t (id int)")
-    switch_and_wait(w, inst)
+    switch_and_wait(w, inst, WAL_SITES)
     w.b1 = w.cli("backup", "base").stdout.strip().splitlines()[-1]
     w.between = []
     for i in range(3):
         inst.psql(f"INSERT INTO t VALUES ({i})")
-        w.between.append(switch_and_wait(w, inst))
+        if i == 1:                                   # late leaves wal.sites for one segment: never sent there
+            w.extra["wal"]["sites"] = ["a", "eu"]
+            w.policy()
+            w.between.append(switch_and_wait(w, inst, ["a", "eu"]))
+            w.extra["wal"]["sites"] = WAL_SITES
+            w.policy()
+        else:
+            w.between.append(switch_and_wait(w, inst, WAL_SITES))
     w.b2 = w.cli("backup", "base").stdout.strip().splitlines()[-1]
     inst.psql("INSERT INTO t VALUES (99)")
     w.last_commit = datetime.fromisoformat(inst.psql(
         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US+00:00')").strip())
-    switch_and_wait(w, inst)
+    switch_and_wait(w, inst, WAL_SITES)
     yield w
     inst.stop("immediate")
     shutil.rmtree(workdir, ignore_errors=True)
@@ -149,6 +163,51 @@ def test_at_inside_at_the_edges_and_outside(scene):
     assert "a: NOT restorable: after the window" in text
 
 
+def test_a_site_that_never_got_some_wal(scene):
+    """Site late was out of wal.sites while between[1] was archived: a hole exactly there at
+    late only; --at and restore --to-time --plan answer per site (inside the hole, at its edges);
+    the drill run from late is shown on the interval it proved."""
+    w = scene
+    gone = w.between[1]
+    doc = windows(w)
+    late = site(doc, "late")
+    (h,) = [h for t in late["timelines"] for h in t["holes"]]
+    assert h["missing"] == [[gone, gone]] and h["cause"] == "missing-wal" and gone in h["detail"]
+    assert site(doc, "a")["holes"] == 0 and site(doc, "eu")["holes"] == 0
+    first, second = intervals(late)
+    assert (first["base"]["backup_id"], second["base"]["backup_id"]) == (w.b1, w.b2)
+    assert first["end_time"] == h["start_time"] and second["start_time"] == h["end_time"]
+    text = w.cli("windows", "--site", "late").stdout
+    assert "HOLE" in text and gone in text and "1 hole(s)" in text
+
+    hs, he = datetime.fromisoformat(h["start_time"]), datetime.fromisoformat(h["end_time"])
+    mid = hs + (he - hs) / 2
+    ans = {s["site"]: s for s in windows(w, "--at", mid.isoformat())["sites"]}
+    assert not ans["late"]["restorable"] and "in a hole" in ans["late"]["reason"] and gone in ans["late"]["reason"]
+    assert ans["a"]["restorable"] and ans["eu"]["restorable"]
+    # The hole's edges are restorable at late: its start from b1, its end (b2 consistent) from b2.
+    for t, bid in ((hs, w.b1), (he, w.b2)):
+        (edge,) = windows(w, "--site", "late", "--at", t.isoformat())["sites"]
+        assert edge["restorable"] and edge["base"]["backup_id"] == bid, (t, edge)
+
+    # restore --to-time --plan: the plan (from a or eu), and the same per-site answer, nothing written.
+    dest = w.workdir / "plan-only"
+    cp = w.cli("restore", "--to-time", mid.isoformat(), "--plan", "--target-dir", str(dest))
+    assert "per site (restorable from here?):" in cp.stdout and "plan only: nothing was changed" in cp.stdout
+    assert "  late: NOT restorable: in a hole" in cp.stdout
+    assert f"  a: restorable from barman base {ans['a']['base']['backup_id']}" in cp.stdout
+    planned = json.loads(w.cli("restore", "--to-time", mid.isoformat(), "--plan", "--json").stdout)
+    assert {s["site"]: s["restorable"] for s in planned["sites"]} == {"a": True, "eu": True, "late": False}
+    assert [s for s in planned["sites"] if s["site"] == "a"] == [ans["a"]]   # one function, one answer
+    assert not dest.exists()
+    # A refused plan (before every base) still says, per site, why not.
+    early = min(datetime.fromisoformat(i["start_time"]) for n in WAL_SITES for i in intervals(site(doc, n))) \
+        - timedelta(seconds=5)
+    cp = w.cli("restore", "--to-time", early.isoformat(), "--plan", check=False)
+    assert cp.returncode == 2 and "before the oldest base backup" in cp.stderr
+    assert cp.stdout.count("NOT restorable: before the window") == 3, cp.stdout
+
+
 def test_bad_input(scene):
     cp = scene.cli("windows", "--at", "yesterday-ish", check=False)
     assert cp.returncode == 2 and "cannot read" in cp.stderr
@@ -168,7 +227,7 @@ def test_status_against_the_promised_window_and_the_metrics(scene):
         cp = w.cli("status", "--json", "--prometheus", str(prom), check=False)
         st = json.loads(cp.stdout)
         items = {i["site"]: i for i in st["objective_checks"] if i["kind"] == "window"}
-        assert cp.returncode == 2 and set(items) == {"a", "eu"}
+        assert cp.returncode == 2 and set(items) == set(WAL_SITES)
         assert all(i["state"] == "CRITICAL" and "shorter than the promised 14d" in i["message"] for i in items.values())
         fams = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
 
@@ -239,7 +298,7 @@ def test_html_report_drawn_in_chromium(scene):
     dom = chromium(w, "--dump-dom", page.as_uri())
     m = re.search(r'<pre id="layout">(.*?)</pre>', dom, re.S)
     drawn = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    for name in ("a", "eu"):
+    for name in WAL_SITES:                               # a: hidden segment; late: never got one
         s = site(doc, name)
         bars = [d for d in drawn if d["site"] == name and d["cls"] == "mark interval"]
         holes = [d for d in drawn if d["site"] == name and d["cls"] == "mark hole"]

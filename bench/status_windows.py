@@ -1,0 +1,63 @@
+"""Is `pgvault status` slower since it computes each WAL site's recoverability window (issue
+16: at most 10 % slower)? The scene of bench/status.py (a local site with N and an S3 site
+with M WAL objects, one logical backup), and `pgvault status --json` / `--prometheus` run by
+this checkout and by a checkout of the commit before windows, their runs interleaved (base,
+this, base, this, ...) so that the shared machine's load falls on both alike.
+
+    /opt/pgvault/venv/bin/python bench/status_windows.py [BASE_COMMIT] [ROUNDS] [N_LOCAL] [N_S3]
+
+BASE_COMMIT defaults to 7d0400a (the last commit before the windows branch); it is exported
+with `git archive` into a temporary directory."""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT
+
+from status import Scene, _status
+
+
+def export(commit: str, into: Path) -> Path:
+    subprocess.run(f"git -C {ROOT} archive {commit} | tar -x -C {into}", shell=True, check=True)
+    return into
+
+
+def main(base: str = "7d0400a", rounds: int = 7, n_local: int = 20000, n_s3: int = 3000) -> None:
+    sc = Scene(n_local, n_s3)
+    with tempfile.TemporaryDirectory(prefix="pgvault-bench-base-") as d:
+        old = export(base, Path(d))
+        prom = sc.work / "pgvault.prom"
+        cases = {f"status --json, base {base}": (old, ()), "status --json, this checkout": (ROOT, ()),
+                 f"status --prometheus, base {base}": (old, ("--prometheus", str(prom))),
+                 "status --prometheus, this checkout": (ROOT, ("--prometheus", str(prom)))}
+        try:
+            for root, extra in cases.values():           # warm: caches (page cache, windows end times)
+                _status(sc.env, *extra, root=root)
+            runs: dict[str, list[float]] = {k: [] for k in cases}
+            for _ in range(rounds):
+                for name, (root, extra) in cases.items():
+                    subprocess.run(["sync"], check=True)
+                    t0 = time.perf_counter()
+                    _status(sc.env, *extra, root=root)
+                    runs[name].append(time.perf_counter() - t0)
+        finally:
+            sc.close()
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"# bench/status_windows.py {base} {rounds} {n_local} {n_s3}: {rounds} interleaved rounds, medians")
+    print(f"{'case':44} {'median s':>9}  runs")
+    for k, v in runs.items():
+        print(f"{k:44} {med[k]:9.3f}  " + " ".join(f"{x:.3f}" for x in v))
+    for kind in ("json", "prometheus"):
+        b = med[f"status --{kind}, base {base}"]
+        n = med[f"status --{kind}, this checkout"]
+        print(f"ratio status --{kind}: this / base = {n / b:.3f}")
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    main(a[0] if a else "7d0400a", *(int(x) for x in a[1:4]))
