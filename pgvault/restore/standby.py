@@ -144,9 +144,35 @@ def undo(policy, name: str, table: str, *, database: str | None = None, around=N
                          "rebuild it with pgvault standby create, and use the PITR route now")
     res, source = _find(policy, job, table, database, around, window, from_site)
     best = res.best
-    timings = {"find": round(time.monotonic() - t0, 3)}
     say(f"damaging transaction: {best.kind} of {res.table} (database {res.database}) by xid {best.xid}, committed "
         f"{best.time.isoformat() if best.time else 'at an unknown time'} at {best.lsn} (found in {source})")
+    damage = Damage(best.kind, res.table, res.database, best.xid, best.lsn, best.target_lsn, tuple(res.notes))
+    return undo_damage(policy, name, damage, copy_back_to, t0=t0, timeout=timeout, say=say)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """The transaction to stop before: its kind (pgvault.restore.walscan), the table (or
+    database) it hit, its xid and commit LSN; DROP DATABASE: the LSN of its DROP record."""
+
+    kind: str
+    table: str
+    database: str
+    xid: int
+    commit_lsn: str
+    target_lsn: str | None = None
+    notes: tuple = ()
+
+
+def undo_damage(policy, name: str, damage: Damage, copy_back_to: str, *, t0: float | None = None,
+                timeout: float = 600, say=None, whole_table: bool = False) -> UndoResult:
+    """The undo once the damage is known (the canary drill knows it: it did it). ``whole_table``:
+    copy the table's definition too, whatever the damage (into an empty scratch instance)."""
+    say = say or (lambda msg: None)
+    t0 = time.monotonic() if t0 is None else t0
+    job = get_standby(policy, name)
+    best = damage
+    timings = {"find": round(time.monotonic() - t0, 3)}
     inst = instance(job)
     bindir = pg.bin_dir(None, policy.cluster.bin_dir)
     restarted = paused = False
@@ -163,9 +189,9 @@ def undo(policy, name: str, table: str, *, database: str | None = None, around=N
                 proc.wait_until(lambda: pg.replay_pause_state(conn) != "not paused", 60, "replay to pause", interval=0.02)
                 replayed, tli, redo = pg.query(conn, "SELECT pg_last_wal_replay_lsn()::text, timeline_id, redo_lsn::text "
                                                      "FROM pg_control_checkpoint()")[0]
-            if parse_lsn(replayed) > parse_lsn(best.lsn):
+            if parse_lsn(replayed) > parse_lsn(best.commit_lsn):
                 raise Replayed(f"standby {name!r} has already replayed the damage: it is at {replayed}, the "
-                               f"{best.kind} (xid {best.xid}) committed at {best.lsn}", {"replayed": replayed})
+                               f"{best.kind} (xid {best.xid}) committed at {best.commit_lsn}", {"replayed": replayed})
             first = first_record_lsn(bindir, str(Path(job.pgdata) / "pg_wal"), tli, redo, best.xid)
             timings["pause"] = round(time.monotonic() - t1, 3)
             t2 = time.monotonic()
@@ -179,8 +205,8 @@ def undo(policy, name: str, table: str, *, database: str | None = None, around=N
                                f"promoted: its consistency point is past the transaction's first record "
                                f"{first or '(not in its pg_wal)'}, so the damaging transaction's replayed lock would "
                                "block every read of the table", {"replayed": replayed})
-            result = UndoResult(name, res.table, res.database, best.kind, best.xid, best.lsn, stop, replayed,
-                                timings=timings, notes=list(res.notes))
+            result = UndoResult(name, best.table, best.database, best.kind, best.xid, best.commit_lsn, stop, replayed,
+                                timings=timings, notes=list(best.notes))
             say(f"standby {name} paused at {replayed}, before the commit of the damage; bringing it to {stop} "
                 f"(before the first record of xid {best.xid}), without promoting it")
             inst.start(overrides={"recovery_target_lsn": stop, "recovery_target_inclusive": "off",
@@ -188,7 +214,8 @@ def undo(policy, name: str, table: str, *, database: str | None = None, around=N
             result.paused_at_lsn = _wait_at_target(job, stop, timeout)
             timings["to_target"] = round(time.monotonic() - t2, 3)
             src = inst.conninfo().rsplit(" dbname=", 1)[0]
-            cb = copyback.plan(best.kind, res.table, res.database, src, copy_back_to, bindir=bindir)
+            kind = copyback.DROP_TABLE if whole_table and best.kind != copyback.DROP_DATABASE else best.kind
+            cb = copyback.plan(kind, best.table, best.database, src, copy_back_to, bindir=bindir)
             result.copy_back = cb.shell()
             t3 = time.monotonic()
             copyback.run(cb)
