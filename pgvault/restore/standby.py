@@ -50,7 +50,7 @@ class Replayed(PgvaultError):
     """The damage has already been replayed on the standby: only the PITR route can undo it."""
 
     def __init__(self, message: str, facts: dict):
-        super().__init__(message, "pgvault falls back to the PITR route (a base backup and archived WAL)", 1)
+        super().__init__(message, "pgvault falls back to the PITR route (a base backup and archived WAL)")
         self.facts = facts
 
 
@@ -106,18 +106,28 @@ def _uninterruptible():
             signal.signal(s, h)
 
 
+def wal_dirs(policy, job) -> list[str]:
+    """Where the damage's WAL may already be on this host: the standby's pg_wal (what it
+    received), then the primary's (a standby reads the WAL it holds before it streams again,
+    so after a restart it may not have received the newest WAL yet)."""
+    dirs = [str(Path(job.pgdata) / "pg_wal")]
+    if policy.cluster.pgdata and (Path(policy.cluster.pgdata) / "pg_wal").is_dir():
+        dirs.append(str(Path(policy.cluster.pgdata) / "pg_wal"))
+    return dirs
+
+
 def _find(policy, job, table, database, around, window, from_site):
-    """The damaging transaction, from the standby's own pg_wal first (what it received but has
-    not applied is exactly the WAL the damage is in), else from the archive."""
+    """The damaging transaction, from WAL on this host first (no download), else the archive."""
     from . import finder
 
-    wal_dir = str(Path(job.pgdata) / "pg_wal")
-    try:
-        res = finder.find(policy, table, database=database, around=around, window=window, wal_dir=wal_dir)
-        if res.best is not None:
-            return res, f"standby's pg_wal ({wal_dir})"
-    except UsageError as exc:
-        log.info("standby pg_wal not scannable (%s); using the archive", exc.message)
+    for i, wal_dir in enumerate(wal_dirs(policy, job)):
+        try:
+            res = finder.find(policy, table, database=database, around=around, window=window, wal_dir=wal_dir,
+                              record=i == 0)
+            if res.best is not None:
+                return res, f"{'standby' if i == 0 else 'primary'}'s pg_wal ({wal_dir})"
+        except UsageError as exc:
+            log.info("%s not scannable (%s)", wal_dir, exc.message)
     _, res = finder.resolve_before_truncate(policy, table, database, around, window, from_site=from_site)
     return res, res.source
 
@@ -192,7 +202,13 @@ def undo_damage(policy, name: str, damage: Damage, copy_back_to: str, *, t0: flo
             if parse_lsn(replayed) > parse_lsn(best.commit_lsn):
                 raise Replayed(f"standby {name!r} has already replayed the damage: it is at {replayed}, the "
                                f"{best.kind} (xid {best.xid}) committed at {best.commit_lsn}", {"replayed": replayed})
-            first = first_record_lsn(bindir, str(Path(job.pgdata) / "pg_wal"), tli, redo, best.xid)
+            first = None
+            for i, wal_dir in enumerate(wal_dirs(policy, job)):
+                # The primary's pg_wal may no longer reach back to the standby's redo point; the
+                # damage is not replayed there, so its first record lies after the replay point.
+                first = first_record_lsn(bindir, wal_dir, tli, redo if i == 0 else replayed, best.xid)
+                if first:
+                    break
             timings["pause"] = round(time.monotonic() - t1, 3)
             t2 = time.monotonic()
             # Stopped at once: a shutdown restartpoint would flush pages changed after the
