@@ -22,16 +22,24 @@ def restore_standby(run: DrillRun, scratch: Scratch) -> Restored:
         raise UsageError(f"drill {run.drill.name}: a standby is drilled with a canary",
                          "set target: canary and source.job: <the standby job>")
     c = run.canary
-    inst = scratch.fresh()
-    if c.database != "postgres":
-        inst.psql(f'CREATE DATABASE "{c.database}"')
-    inst.psql("CREATE SCHEMA pgvault_drill", dbname=c.database)
-    # The LSN right after the TRUNCATE's commit, less one: replayed past it means replayed it.
     from ..lsn import format_lsn, parse_lsn
 
+    # The LSN right after the TRUNCATE's commit, less one: replayed past it means replayed it.
     damage = standby.Damage(TRUNCATE, f"pgvault_drill.{c.table}", c.database, c.truncate_xid,
                             format_lsn(parse_lsn(c.truncate_lsn) - 1))
-    r = standby.undo_damage(run.policy, name, damage, inst.conninfo().rsplit(" dbname=", 1)[0], whole_table=True)
+    made = []
+
+    def scratch_instance() -> str:
+        # Made once the standby holds still at the target: the delay is not spent on initdb.
+        inst = scratch.fresh()
+        made.append(inst)
+        if c.database != "postgres":
+            inst.psql(f'CREATE DATABASE "{c.database}"')
+        inst.psql("CREATE SCHEMA pgvault_drill", dbname=c.database)
+        return inst.conninfo().rsplit(" dbname=", 1)[0]
+
+    r = standby.undo_damage(run.policy, name, damage, scratch_instance, whole_table=True)
+    inst = made[0]
     restored = Restored(inst, None, None, target=f"standby {name} paused at {r.paused_at_lsn}, before xid {c.truncate_xid}",
                         target_time=c.planted_at)
     restored.notes.append(f"standby undo RTO {r.rto_seconds}s; timings " + ", ".join(f"{k} {v}s" for k, v in r.timings.items()))

@@ -174,10 +174,12 @@ class Damage:
     notes: tuple = ()
 
 
-def undo_damage(policy, name: str, damage: Damage, copy_back_to: str, *, t0: float | None = None,
+def undo_damage(policy, name: str, damage: Damage, copy_back_to, *, t0: float | None = None,
                 timeout: float = 600, say=None, whole_table: bool = False) -> UndoResult:
     """The undo once the damage is known (the canary drill knows it: it did it). ``whole_table``:
-    copy the table's definition too, whatever the damage (into an empty scratch instance)."""
+    copy the table's definition too, whatever the damage (into an empty scratch instance).
+    ``copy_back_to``: a conninfo, or a function returning one, called once the standby is at
+    the target (a drill makes its scratch instance then, not while the delay runs out)."""
     say = say or (lambda msg: None)
     t0 = time.monotonic() if t0 is None else t0
     job = get_standby(policy, name)
@@ -231,7 +233,8 @@ def undo_damage(policy, name: str, damage: Damage, copy_back_to: str, *, t0: flo
             timings["to_target"] = round(time.monotonic() - t2, 3)
             src = inst.conninfo().rsplit(" dbname=", 1)[0]
             kind = copyback.DROP_TABLE if whole_table and best.kind != copyback.DROP_DATABASE else best.kind
-            cb = copyback.plan(kind, best.table, best.database, src, copy_back_to, bindir=bindir)
+            dest = copy_back_to() if callable(copy_back_to) else copy_back_to
+            cb = copyback.plan(kind, best.table, best.database, src, dest, bindir=bindir)
             result.copy_back = cb.shell()
             t3 = time.monotonic()
             copyback.run(cb)

@@ -1,6 +1,6 @@
 """method: standby end to end, on one scene: a real PostgreSQL 15 primary archiving through
 wal-push (site a, a Barman base for the PITR fallback) and a real delayed standby built by
-`pgvault standby create` (recovery_min_apply_delay 10s, its own slot). Damage is undone through
+`pgvault standby create` (recovery_min_apply_delay 15s, its own slot). Damage is undone through
 the standby before it applies it (TRUNCATE, DROP TABLE; rows compared), the fallback to the PITR
 route is taken once it has applied it, a canary drill runs through it, and status/check judge it
 paused, and against a promise it does not keep. Every wait polls a condition."""
@@ -16,9 +16,9 @@ import yaml
 
 from pgvault import pg, sandbox
 from pgvault.lsn import parse_lsn
-from tests.conftest import World
+from tests.conftest import ROOT, World
 
-DELAY = "10s"   # long enough for a find + pause (about a second) to beat it, short for the fallback
+DELAY = "15s"   # long enough for a find + pause (a second or two, more under load) to beat it
 
 
 def archived_all(inst) -> bool:
@@ -50,7 +50,8 @@ def scene():
               "INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 1000) g; "
               "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL); CREATE INDEX ON items (name); "
               "INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 500) g; "
-              "CREATE TABLE late (id int PRIMARY KEY); INSERT INTO late SELECT generate_series(1, 300)", dbname="app")
+              "CREATE TABLE late (id int PRIMARY KEY); INSERT INTO late SELECT generate_series(1, 300); "
+              "CREATE TABLE kept (id int PRIMARY KEY); INSERT INTO kept SELECT generate_series(1, 200)", dbname="app")
     out = w.cli("standby", "create", "undo").stdout
     assert "never promoted" in out and "slot pgvault_undo" in out
     w.cli("relations")
@@ -80,12 +81,12 @@ def items(doc: dict) -> dict:
 
 def test_status_and_check_watch_the_standby(scene):
     w = scene
-    assert standby_state(w) == ("t", "not paused", "10s", "off")
+    assert standby_state(w) == ("t", "not paused", "15s", "off")
     doc = json.loads(w.cli("status", "--json", check=False).stdout)
     s = items(doc)
     assert s["undo"]["state"] == "OK", s["undo"]["message"]
     assert s["undo_1h"]["state"] == "CRITICAL"
-    assert "recovery_min_apply_delay 10s is below the promised 1h" in s["undo_1h"]["message"]
+    assert "recovery_min_apply_delay 15s is below the promised 1h" in s["undo_1h"]["message"]
     # No backup-age item for a standby (it keeps no copy at a site).
     assert doc["jobs"] == []
     # Paused replay is CRITICAL: the standby no longer follows the primary.
@@ -124,7 +125,7 @@ def test_truncate_is_undone_through_the_standby(scene):
                      dbname="app").strip() == expected
     assert w.pg.psql("SELECT note FROM orders WHERE id = 5000", dbname="app").strip() == "after the accident"
     # Never promoted, delayed again, not archiving, still on timeline 1.
-    assert standby_state(w) == ("t", "not paused", "10s", "off")
+    assert standby_state(w) == ("t", "not paused", "15s", "off")
     assert w.sb.psql("SELECT timeline_id FROM pg_control_checkpoint()").strip() == "1"
 
 
@@ -138,6 +139,39 @@ def test_drop_table_is_undone_through_the_standby(scene):
     # The whole table came back: definition and index too.
     assert w.pg.psql("SELECT count(*) FROM pg_indexes WHERE tablename = 'items'", dbname="app").strip() == "2"
     assert standby_state(w)[:2] == ("t", "not paused")
+
+
+def test_ctrl_c_during_the_copy_still_gives_the_standby_its_delay_back(scene):
+    import signal
+    import sys
+
+    w = scene
+    w.pg.psql("TRUNCATE kept", dbname="app")
+    # Production's table is locked by someone else: the copy back waits on it, deterministically.
+    blocker = pg.connect(w.pg.conninfo("app"), autocommit=False)
+    try:
+        pg.query(blocker, "LOCK TABLE kept IN ACCESS EXCLUSIVE MODE")
+        env = dict(os.environ, PGVAULT_POLICY=str(w.workdir / "policy.yaml"), PYTHONPATH=str(ROOT))
+        run = subprocess.Popen([sys.executable, "-m", "pgvault", "restore", "--before-truncate", "public.kept",
+                                "--database-name", "app", "--via-standby", "undo", "--copy-back-to", w.primary],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            sandbox.wait_until(lambda: w.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                                 "AND query LIKE 'COPY%kept%'").strip() == "1", 60,
+                               "the copy back to wait on the lock", interval=0.1)
+            assert standby_state(w)[1] == "paused"          # at the target, before the TRUNCATE
+            run.send_signal(signal.SIGINT)
+            _, err = run.communicate(timeout=120)
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert run.returncode == 130, err   # the CLI root: "aborted" / "interrupted"
+    finally:
+        blocker.rollback()
+        blocker.close()
+    # Its own configuration is back: replaying, unpaused, delayed; nothing was copied.
+    assert standby_state(w) == ("t", "not paused", "15s", "off")
+    assert w.pg.psql("SELECT count(*) FROM kept", dbname="app").strip() == "0"
 
 
 def test_canary_drill_through_the_standby(scene):
