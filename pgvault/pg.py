@@ -176,7 +176,8 @@ class Instance:
     """
 
     def __init__(self, pgdata: str | os.PathLike, port: int, *, socket_dir: str | os.PathLike | None = None,
-                 bindir: str | None = None):
+                 bindir: str | None = None, listen_addresses: str = ""):
+        self.listen_addresses = listen_addresses   # "" = the socket only (no TCP, no clash with the host's cluster)
         self.pgdata = Path(pgdata)
         self.port = port
         self.socket_dir = Path(socket_dir) if socket_dir else self.pgdata.parent
@@ -224,7 +225,7 @@ class Instance:
         log = self.pgdata.parent / f"{self.pgdata.name}.log"
         log.touch()
         chown_to_run_user(log)
-        opts = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=''"
+        opts = f"-p {self.port} -k {self.socket_dir} -c listen_addresses='{self.listen_addresses}'"
         for key, value in (overrides or {}).items():
             # pg_ctl hands -o to a shell: only plain tokens (LSNs, xids, numbers, on/off) pass.
             if not re.fullmatch(r"[a-z_]+", key) or not re.fullmatch(r"[A-Za-z0-9/._:-]+", str(value)):

@@ -105,8 +105,9 @@ def basebackup_argv(bindir: str, pgdata: str, primary_conninfo: str, slot: str |
 def instance(job) -> pg.Instance:
     """The standby as a local instance (its socket directory and port from the conninfo)."""
     host, port = endpoint(job.conninfo)
-    sock = host if host.startswith("/") else str(Path(job.pgdata).parent)
-    return pg.Instance(job.pgdata, port, socket_dir=sock)
+    if host.startswith("/"):
+        return pg.Instance(job.pgdata, port, socket_dir=host)
+    return pg.Instance(job.pgdata, port, socket_dir=Path(job.pgdata).parent, listen_addresses=host)
 
 
 def create(policy, name: str, *, policy_file: str, timeout: float = 600) -> Built:

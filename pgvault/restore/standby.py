@@ -30,6 +30,7 @@ import contextlib
 import logging
 import re
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,9 @@ def _interrupts_as_exceptions():
     def raise_interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; its caller owns them there
+        return
     old = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         yield
@@ -98,6 +102,9 @@ def _interrupts_as_exceptions():
 @contextlib.contextmanager
 def _uninterruptible():
     """While the standby's own configuration is being restored, a second Ctrl-C must not cut it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
