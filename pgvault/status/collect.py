@@ -219,6 +219,7 @@ def collect(policy, now: datetime, deadline: Deadline | None = None) -> dict:
     deadline = deadline or Deadline(site_timeout(policy))
     probes = Probes(policy.sites, lambda n: _read_site(policy, n), what="status")
     cluster = cluster_facts(policy)  # meanwhile
+    standbys = standby_facts(policy, cluster, deadline)  # meanwhile too
     answers = probes.wait(deadline)
     seg = _segment_size(cluster, answers)
     sites = {name: site_facts(policy, name, answers[name], seg) for name in policy.sites}
@@ -238,7 +239,7 @@ def collect(policy, now: datetime, deadline: Deadline | None = None) -> dict:
                 drills[key] = d
     return {"cluster_name": policy.cluster.name, "collected_at": now.isoformat(), "wal_segment_size": seg,
             "cluster": cluster, "sites": sites, "drills": drills, "runs": run_facts(policy), "windows": windows,
-            "standbys": standby_facts(policy, cluster, deadline)}
+            "standbys": standbys}
 
 
 def standby_facts(policy, cluster: dict, deadline: Deadline) -> dict:
