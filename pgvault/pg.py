@@ -48,13 +48,13 @@ def tool_version(path: str) -> str:
     return _VERSIONS[path]
 
 
-def connect(conninfo: str, *, autocommit: bool = True, dbname: str | None = None, **kw):
+def connect(conninfo: str, *, autocommit: bool = True, dbname: str | None = None, connect_timeout: int = 10, **kw):
     """Open a psycopg connection; failures become DatabaseError with a hint."""
     import psycopg
 
     try:
         params = {"dbname": dbname} if dbname else {}
-        return psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=10, **params, **kw)
+        return psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=connect_timeout, **params, **kw)
     except psycopg.OperationalError as exc:
         raise DatabaseError(
             f"cannot connect to PostgreSQL ({redact_conninfo(conninfo)}): {str(exc).strip()}",
@@ -176,7 +176,8 @@ class Instance:
     """
 
     def __init__(self, pgdata: str | os.PathLike, port: int, *, socket_dir: str | os.PathLike | None = None,
-                 bindir: str | None = None):
+                 bindir: str | None = None, listen_addresses: str = ""):
+        self.listen_addresses = listen_addresses   # "" = the socket only (no TCP, no clash with the host's cluster)
         self.pgdata = Path(pgdata)
         self.port = port
         self.socket_dir = Path(socket_dir) if socket_dir else self.pgdata.parent
@@ -217,12 +218,19 @@ class Instance:
         cp = proc.run([self._bin("pg_ctl"), "status", "-D", str(self.pgdata)], user=self.user, check=False)
         return cp.returncode == 0
 
-    def start(self, *, wait: bool = True, timeout: int = 300) -> None:
+    def start(self, *, wait: bool = True, timeout: int = 300, overrides: dict | None = None) -> None:
+        """Start it; ``overrides`` are settings given on the command line for this run only
+        (they beat every configuration file and vanish at the next plain start)."""
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         log = self.pgdata.parent / f"{self.pgdata.name}.log"
         log.touch()
         chown_to_run_user(log)
-        opts = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=''"
+        opts = f"-p {self.port} -k {self.socket_dir} -c listen_addresses='{self.listen_addresses}'"
+        for key, value in (overrides or {}).items():
+            # pg_ctl hands -o to a shell: only plain tokens (LSNs, xids, numbers, on/off) pass.
+            if not re.fullmatch(r"[a-z_]+", key) or not re.fullmatch(r"[A-Za-z0-9/._:-]+", str(value)):
+                raise ValueError(f"unsafe setting for the command line: {key}={value!r}")
+            opts += f" -c {key}={value}"
         argv = [self._bin("pg_ctl"), "start", "-D", str(self.pgdata), "-l", str(log), "-o", opts,
                 "-t", str(timeout)]
         argv.append("-w" if wait else "-W")
@@ -293,3 +301,10 @@ def backup_session(conninfo: str):
         yield conn
     finally:
         conn.close()
+
+
+def controldata(pgdata: str | os.PathLike, bindir: str | None = None) -> dict[str, str]:
+    """pg_controldata of a (stopped) data directory, as {field: value}."""
+    out = proc.output([str(Path(bin_dir(None, bindir)) / "pg_controldata"), "-D", str(pgdata)],
+                      extra_env={"LC_ALL": "C"})
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}

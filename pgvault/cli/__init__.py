@@ -40,6 +40,7 @@ COMMANDS = {
     "relations": "pgvault.cli.find:relations_cmd",
     "windows": "pgvault.cli.windows:windows_cmd",
     "report": "pgvault.cli.report:report",
+    "standby": "pgvault.cli.standby:standby",
 }
 
 

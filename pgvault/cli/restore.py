@@ -36,6 +36,9 @@ PITR_OPTIONS = ("to_time", "to_lsn", "to_xid", "latest", "before_truncate")
               help="PITR: recovery_target_action (default promote; pause with --before-truncate)")
 @click.option("--plan", is_flag=True, help="print the plan and change nothing")
 @click.option("--copy-back-to", help="with --before-truncate: copy the table back into this conninfo")
+@click.option("--via-standby", metavar="NAME", help="with --before-truncate: undo from this delayed standby (a `method: standby` "
+                                                   "job) instead of a base backup; falls back to the PITR route when it has "
+                                                   "already replayed the damage (docs/standby.md)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.pass_context
 def restore(ctx, backup_id, from_site, databases, new_name, whole, target_conninfo, no_owner, force, as_json, **pitr):
@@ -47,6 +50,10 @@ def restore(ctx, backup_id, from_site, databases, new_name, whole, target_connin
     PITR:     pgvault restore --to-time '2026-11-25 14:20:00+01' --target-dir DIR [--start]
     """
     policy = load(ctx)
+    if pitr.get("via_standby"):
+        from .restore_standby import run_via_standby
+
+        return run_via_standby(ctx, policy, from_site=from_site, force=force, as_json=as_json, **pitr)
     if any(pitr.get(k) for k in PITR_OPTIONS):
         from .restore_pitr import run_pitr
 

@@ -41,6 +41,12 @@ def render(doc: dict, tty: bool = False) -> str:
                  str(j.get("missed_runs") if j.get("missed_runs") is not None else "-")]
                 for j in doc["jobs"]]
         out += ["", "BACKUPS", table(rows, ["STATE", "JOB", "SITE", "SCHEDULE", "LAST", "AGE", "SIZE", "KEPT", "MISSED"])]
+    if doc.get("standbys"):
+        rows = [[_styled(x["state"], tty), x["name"], _dur(x.get("delay_seconds")), _dur(x.get("promised_seconds")),
+                 x.get("pause_state") or "-", human_size(x.get("lsn_lag_bytes")),
+                 _when((x.get("window") or {}).get("from"))] for x in doc["standbys"]]
+        out += ["", "DELAYED STANDBYS", table(rows, ["STATE", "STANDBY", "DELAY", "PROMISED", "REPLAY", "LSN LAG",
+                                                     "UNDOES DAMAGE AFTER"])]
     if doc["wal"]:
         rows = [[_styled(w["state"], tty), w["site"], w.get("last_segment") or "-", _when(w.get("last_archived_at")),
                  str(w["lag_segments"]) if w.get("lag_segments") is not None else "-", _dur(w.get("lag_seconds")),
@@ -55,8 +61,8 @@ def render(doc: dict, tty: bool = False) -> str:
         rows = [[_styled(d["state"], tty), d["name"], _when(d.get("finished_at") or d.get("started_at")),
                  d.get("outcome", "-"), _dur(d.get("rto_seconds")), _dur(d.get("rpo_seconds"))] for d in doc["drills"]]
         out += ["", "DRILLS", table(rows, ["STATE", "DRILL", "LAST RUN", "OUTCOME", "RTO", "RPO"])]
-    problems = [i for group in ("infrastructure", "jobs", "wal", "drills", "objective_checks")
-                for i in doc[group] if i["state"] != "OK"]
+    problems = [i for group in ("infrastructure", "jobs", "standbys", "wal", "drills", "objective_checks")
+                for i in doc.get(group, []) if i["state"] != "OK"]
     if problems:
         out += ["", "PROBLEMS"]
         for i in problems:

@@ -56,27 +56,34 @@ def windows_cmd(ctx, site, at, all_clusters, as_json):
     target = parse_time(at) if at else None          # bad input fails before any site is read
     if all_clusters:
         return _fleet(policy, site, target, as_json)
+    standbys = _standbys(policy) if not site else {}
     if target is not None:
         from ..restore.windows_read import at as at_sites
 
         t, how = target
         found = at_sites(policy, t, site)
+        undo = {n: _undoes(f, t) for n, f in standbys.items()}
         if as_json:
-            emit_json({"at": t.isoformat(), "read_as": how, "sites": found.as_dict(), "warnings": found.warnings})
+            emit_json({"at": t.isoformat(), "read_as": how, "sites": found.as_dict(), "standbys": undo,
+                       "warnings": found.warnings})
         else:
             for msg in found.warnings:
                 warn(msg)
             click.echo(f"at {how}")
             for line in answer_lines(found.answers):
                 click.echo(line)
-        # 0 when some site can restore the point, 1 when none can (the question's answer is no).
-        return 0 if any(a.restorable for a in found.answers) else 1
+            for n, u in undo.items():
+                click.echo(f"  standby {n}: " + ("damage at that instant can be undone from it (not applied yet)"
+                                                 if u["undoable"] else f"NOT undoable from it: {u['reason']}"))
+        # 0 when some site (or standby) can restore the point, 1 when none can (the answer is no).
+        return 0 if any(a.restorable for a in found.answers) or any(u["undoable"] for u in undo.values()) else 1
     r = read(policy, site)
     # Like wal-status and list: a site that could not be read is exit 3 (something outside
     # pgvault is unreachable), after what the other sites said has been printed.
     unreadable = 3 if r.unreachable else 0
     if as_json:
-        emit_json({"sites": [w.as_dict() for w in r.windows], "warnings": r.warnings, "unreachable": r.unreachable})
+        emit_json({"sites": [w.as_dict() for w in r.windows], "standbys": standbys, "warnings": r.warnings,
+                   "unreachable": r.unreachable})
         return unreadable
     for msg in r.warnings:
         warn(msg)
@@ -113,7 +120,47 @@ def windows_cmd(ctx, site, at, all_clusters, as_json):
             click.echo(f"  drill {_drill_mark(d)}: outside every interval today")
         for x in w.unusable:
             click.echo(f"  unusable base {x.base.method} {x.base.backup_id}: {x.reason}")
+    for n, f in standbys.items():
+        if f.get("error"):
+            click.echo(f"standby {n}: cannot be read: {f['error']}")
+        else:
+            click.echo(f"standby {n}: undoes damage committed after {_t(f['from'])} (its last applied commit; "
+                       f"promised {_dur(f['promised_seconds'])} behind) up to {_t(f['to'])}, WAL to {f['to_lsn'] or '-'}"
+                       + ("; replay PAUSED" if f.get("paused") else ""))
     return unreadable
+
+
+def _standbys(policy) -> dict:
+    """The undo window of each delayed standby (pgvault.methods.standby.probe): damage committed
+    after its last applied commit has not reached it and can be undone from it."""
+    from ..methods.standby import probe, standby_jobs
+    from ..sites.readonly import site_timeout
+
+    out = {}
+    for n, job in standby_jobs(policy).items():
+        f = probe(job, timeout=site_timeout(policy))
+        if not f["reachable"]:
+            out[n] = {"error": f["error"], "promised_seconds": job.delay.total_seconds()}
+            continue
+        out[n] = {**f["window"], "paused": f["paused"], "in_recovery": f["in_recovery"],
+                  "promised_seconds": job.delay.total_seconds()}
+    return out
+
+
+def _undoes(f: dict, t) -> dict:
+    """Whether damage committed at ``t`` can still be undone from a standby with window ``f``."""
+    from datetime import datetime
+
+    if f.get("error"):
+        return {"undoable": False, "reason": f"unreadable: {f['error']}"}
+    if not f.get("in_recovery"):
+        return {"undoable": False, "reason": "it is not in recovery"}
+    start = datetime.fromisoformat(f["from"]) if f.get("from") else None
+    if start is not None and t <= start:
+        return {"undoable": False, "reason": f"it has applied commits up to {f['from']}"}
+    if t > datetime.fromisoformat(f["to"]):
+        return {"undoable": False, "reason": "that is in the future"}
+    return {"undoable": True, "reason": "not applied yet"}
 
 
 def _fleet(policy, site, target, as_json) -> int:

@@ -86,7 +86,13 @@ def _semantic(policy, raw: dict) -> list[tuple[str, str, str | None]]:
             out.append(("source.site", f"job {job_name!r} does not keep backups at site {site!r}",
                         f"its sites: {', '.join(job.sites)}"))
     target = raw.get("target", "latest")
-    if isinstance(target, str) and (target.strip() == "canary" or target.strip().startswith("-")):
+    if kind == "standby":
+        # A delayed standby is drilled by undoing a canary through it (drills/source_standby.py).
+        if not (isinstance(target, str) and target.strip() == "canary"):
+            out.append(("target", "a standby is drilled with target: canary", "set target: canary"))
+        if job is None:
+            out.append(("source.job", "a standby drill names its standby job", "set source.job: <the standby job>"))
+    elif isinstance(target, str) and (target.strip() == "canary" or target.strip().startswith("-")):
         if isinstance(kind, str) and kind not in pitr_methods():
             out.append(("target", f"target {target.strip()!r} needs point-in-time recovery, which a {kind} backup cannot do",
                         f"use a source of method {' or '.join(pitr_methods())}, or target latest/random"))

@@ -108,6 +108,7 @@ ADAPTERS: dict[str, str] = {
     "logical": "pgvault.drills.sources:restore_logical",
     "pitr": "pgvault.drills.source_pitr:restore_pitr",
     "snapshot": "pgvault.drills.source_snapshot:restore_snapshot",
+    "standby": "pgvault.drills.source_standby:restore_standby",
 }
 
 

@@ -12,6 +12,7 @@ METHODS = {
     "barman": "pgvault.methods.barman",
     "zfs": "pgvault.methods.zfs",
     "btrfs": "pgvault.methods.btrfs",
+    "standby": "pgvault.methods.standby",
 }
 
 

@@ -41,8 +41,8 @@ from typing import Any, Callable, Literal
 # backup and check print the problems as they are.
 Problem = str
 
-RestoreRoute = Literal["logical", "pitr", "snapshot"]
-DrillRoute = Literal["logical", "pitr", "snapshot"]
+RestoreRoute = Literal["logical", "pitr", "snapshot", "standby"]
+DrillRoute = Literal["logical", "pitr", "snapshot", "standby"]
 
 
 @dataclass

@@ -29,20 +29,22 @@ def _duration(v):
     return parse_duration(v)
 
 
+def no_password(v: str) -> str:
+    """``v`` unless it carries a password (a conninfo of the policy)."""
+    import re
+
+    if re.search(r"password\s*=", v) or re.search(r"postgres(?:ql)?://[^:/@]+:[^@]+@", v):
+        raise ValueError("a password must not be written in the policy; use ~/.pgpass or PGPASSWORD")
+    return v
+
+
 class Cluster(Strict):
     name: str = Field(pattern=NAME, description="the cluster's name at every site (bound to its system identifier)")
     conninfo: str = Field(description="libpq connection string to the cluster (no password: use ~/.pgpass or PGPASSWORD)")
     pgdata: str | None = Field(None, description="the data directory (needed by snapshot methods and checks)")
     bin_dir: str | None = Field(None, description="PostgreSQL bin directory; default /usr/lib/postgresql/<major>/bin")
 
-    @field_validator("conninfo")
-    @classmethod
-    def _no_password(cls, v: str) -> str:
-        import re
-
-        if re.search(r"password\s*=", v) or re.search(r"postgres(?:ql)?://[^:/@]+:[^@]+@", v):
-            raise ValueError("a password must not be written in the policy; use ~/.pgpass or PGPASSWORD")
-        return v
+    _ci = field_validator("conninfo")(classmethod(lambda cls, v: no_password(v)))
 
 
 class Retain(Strict):
@@ -129,10 +131,70 @@ class BtrfsJob(JobBase):
     keep_local: Retain = Field(default_factory=lambda: Retain(count=8), description="retention of the local snapshots")
 
 
+class StandbyJob(JobBase):
+    """A delayed replica, kept ``delay`` behind the primary: the fastest undo of a TRUNCATE or
+    DROP (docs/standby.md). Not a backup that is taken: it is built once (`pgvault standby
+    create`), watched by status/check, and used by `restore --before-truncate --via-standby`."""
+
+    method: Literal["standby"]
+    conninfo: str = Field(description="libpq connection string to the standby (no password: use ~/.pgpass or PGPASSWORD)")
+    delay: timedelta = Field(description="the promised delay: recovery_min_apply_delay, and the least lag status accepts")
+    pgdata: str | None = Field(None, description="the standby's data directory on this host (needed by `standby create` "
+                                                 "and by `restore --via-standby`, which restart it with a recovery target)")
+    patroni_member: str | None = Field(None, description="the standby's member name in the Patroni cluster, when Patroni "
+                                                         "manages it (recorded and shown; pgvault then never restarts it itself)")
+    wal_source: Literal["slot", "archive"] = Field("slot", description="slot: stream from the primary through its own "
+                                                   "physical replication slot; archive: restore_command = pgvault wal-fetch")
+    slot: str | None = Field(None, description="the replication slot's name (default pgvault_<job name>)")
+
+    _d = field_validator("delay", mode="before")(classmethod(lambda cls, v: _duration(v)))
+    _ci = field_validator("conninfo")(classmethod(lambda cls, v: no_password(v)))
+
+    @field_validator("delay")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v.total_seconds() < 1:
+            raise ValueError("a standby's delay must be at least 1s (0 is an ordinary replica: no undo)")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _no_schedule(cls, v):
+        if v is not None:
+            raise ValueError("a standby is not taken on a schedule; build it once with `pgvault standby create`")
+        return v
+
+    @field_validator("sites")
+    @classmethod
+    def _no_sites(cls, v):
+        if v:
+            raise ValueError("a standby keeps no copy at a site (its drills' evidence goes to every site)")
+        return v
+
+    @field_validator("slot")
+    @classmethod
+    def _slot(cls, v):
+        import re
+
+        if v is not None and not re.fullmatch(r"[a-z0-9_]{1,63}", v):
+            raise ValueError("a slot name is lower-case letters, digits and _ (at most 63)")
+        return v
+
+    def slot_name(self, job_name: str) -> str:
+        """The replication slot (PostgreSQL accepts only [a-z0-9_]).
+
+        >>> StandbyJob(method="standby", conninfo="port=5433", delay="1h").slot_name("Undo-1h")
+        'pgvault_undo_1h'
+        """
+        import re
+
+        return self.slot or "pgvault_" + re.sub(r"[^a-z0-9_]", "_", job_name.lower())[:55]
+
+
 # The job models, one per backup method. pgvault.methods.METHODS is the registry of methods;
 # this union is checked against it (tests/unit/test_methods_registry.py): policy sits below
 # methods and does not import them (wal-push loads policies and no method).
-JOB_MODELS = (LogicalJob, BarmanJob, ZfsJob, BtrfsJob)
+JOB_MODELS = (LogicalJob, BarmanJob, ZfsJob, BtrfsJob, StandbyJob)
 Job = Annotated[Union[JOB_MODELS], Field(discriminator="method")]
 # The method tags of the union (derived, not a second list).
 METHODS = tuple(get_args(m.model_fields["method"].annotation)[0] for m in JOB_MODELS)

@@ -23,6 +23,8 @@ ROUTES: dict[str, Route] = {
     "logical": Route("pgvault.restore.logical:restore_cluster", "pgvault restore BACKUP_ID [--db DB ...]"),
     "pitr": Route("pgvault.restore.pitr:run", "pgvault restore --to-time/--to-lsn/--to-xid/--latest"),
     "snapshot": Route("pgvault.restore.snapshot:receive_from_site", "pgvault snapshot restore/clone"),
+    "standby": Route("pgvault.restore.standby:undo",
+                     "pgvault restore --before-truncate TABLE --via-standby NAME --copy-back-to CONNINFO"),
 }
 
 

@@ -226,6 +226,7 @@ def collect(policy, now: datetime, deadline: Deadline | None = None) -> dict:
     deadline = deadline or Deadline(site_timeout(policy))
     probes = Probes(policy.sites, lambda n: _read_site(policy, n), what="status")
     cluster = cluster_facts(policy)  # meanwhile
+    standbys = standby_facts(policy, cluster, deadline)  # meanwhile too
     answers = probes.wait(deadline)
     seg = _segment_size(cluster, answers)
     sites = {name: site_facts(policy, name, answers[name], seg) for name in policy.sites}
@@ -244,4 +245,16 @@ def collect(policy, now: datetime, deadline: Deadline | None = None) -> dict:
             if cur is None or _instant(d["when"]) > _instant(cur["when"]):
                 drills[key] = d
     return {"cluster_name": policy.cluster.name, "collected_at": now.isoformat(), "wal_segment_size": seg,
-            "cluster": cluster, "sites": sites, "drills": drills, "runs": run_facts(policy), "windows": windows}
+            "cluster": cluster, "sites": sites, "drills": drills, "runs": run_facts(policy), "windows": windows,
+            "standbys": standbys}
+
+
+def standby_facts(policy, cluster: dict, deadline: Deadline) -> dict:
+    """What each delayed standby (method: standby) says about itself, each asked over SQL
+    within what is left of the deadline (an unreachable or hanging one is a fact, not a stall)."""
+    if not any(j.method == "standby" for j in policy.jobs.values()):
+        return {}
+    from ..methods.standby import probe_all
+
+    left = max(deadline.remaining(), 1.0)
+    return probe_all(policy, cluster.get("current_lsn") if cluster.get("reachable") else None, left)

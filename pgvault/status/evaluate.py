@@ -63,6 +63,8 @@ def job_items(policy, facts: dict, now: datetime) -> list[dict]:
     mon = policy.monitoring
     out = []
     for jname, job in policy.jobs.items():
+        if job.method == "standby":
+            continue  # watched by standby_items: it keeps no backups
         limits = mon.jobs.get(jname)
         period = cron.interval(job.schedule, job.schedule_tz, now) if job.schedule else None
         grace = mon.grace or (cron.default_grace(period) if period else None)
@@ -261,6 +263,54 @@ def window_items(policy, facts: dict, now: datetime) -> list[dict]:
     return out
 
 
+# An applied commit is at least `delay` old by construction; a second of slack for the
+# granularity of the two clocks read (commit time on the primary, now() on the standby).
+STANDBY_SLACK = 1.0
+
+
+def standby_items(policy, facts: dict) -> list[dict]:
+    """Each delayed standby against its promise: CRITICAL when it is unreachable, promoted,
+    paused, configured with less delay than promised, applying commits sooner than promised,
+    or archiving (archive_mode = always would write into production's archive)."""
+    out = []
+    for name, f in (facts.get("standbys") or {}).items():
+        promised = f["promised_seconds"]
+        base = {"promised_seconds": promised}
+        if not f["reachable"]:
+            out.append(_item("standby", name, CRITICAL, f"standby {name}: unreachable: {f['error']}",
+                             hint=f.get("hint") or f"pgvault standby create {name}", **base))
+            continue
+        info = {**base, **{k: f.get(k) for k in ("delay_seconds", "apply_delay_seconds", "pause_state", "paused",
+                                                  "replay_lsn", "receive_lsn", "lsn_lag_bytes", "last_replayed_commit",
+                                                  "receiver", "window")}}
+        state, why = OK, []
+        d = f["delay_seconds"]
+        if not f["in_recovery"]:
+            state = CRITICAL
+            why.append("not in recovery (promoted): no delayed copy any more")
+        if f["paused"]:
+            state = CRITICAL
+            why.append(f"replay {f['pause_state']}: it no longer follows the primary")
+        if f["apply_delay_seconds"] < promised:
+            state = CRITICAL
+            why.append(f"recovery_min_apply_delay {_fmt(f['apply_delay_seconds'])} is below the promised {_fmt(promised)}")
+        if d is not None and d < promised - STANDBY_SLACK:
+            state = CRITICAL
+            why.append(f"it applied a commit {_fmt(d)} after it was made, sooner than the promised {_fmt(promised)}")
+        if f.get("archive_mode") == "always":
+            state = CRITICAL
+            why.append("archive_mode = always: a standby of pgvault must never archive")
+        # No WAL receiver is not judged: after a restart a standby replays the WAL it already
+        # holds before it streams again, which with a long delay can take that long.
+        lag = f.get("lsn_lag_bytes")
+        msg = (f"standby {name}: delay {_fmt(d)} (promised {_fmt(promised)}), "
+               + (f"{lag} bytes behind the primary" if lag is not None else "LSN lag unknown")
+               + f", replay {f['pause_state'] or 'ended'}, WAL receiver {f.get('receiver') or 'not running'}"
+               + (f" ({'; '.join(why)})" if why else ""))
+        out.append(_item("standby", name, state, msg, **info))
+    return out
+
+
 def infra_items(policy, facts: dict) -> list[dict]:
     c = facts["cluster"]
     out = []
@@ -293,7 +343,8 @@ def evaluate(policy, facts: dict, now: datetime | None = None) -> dict:
     wal = wal_items(policy, facts, now)
     drills = drill_items(policy, facts, now)
     objectives = objective_items(policy, facts, jobs, wal, drills) + window_items(policy, facts, now)
-    items = infra + jobs + wal + drills + objectives
+    standbys = standby_items(policy, facts)
+    items = infra + jobs + standbys + wal + drills + objectives
     state = worst([i["code"] for i in items])
     rank = {CRITICAL: 0, WARNING: 1, UNKNOWN: 2}
     bad = sorted((i for i in items if i["code"] != OK), key=lambda i: rank[i["code"]])
@@ -307,8 +358,10 @@ def evaluate(policy, facts: dict, now: datetime | None = None) -> dict:
             "objectives": {"rpo_seconds": policy.objectives.rpo.total_seconds() if policy.objectives.rpo else None,
                            "rto_seconds": policy.objectives.rto.total_seconds() if policy.objectives.rto else None,
                            "window_seconds": policy.objectives.window.total_seconds() if policy.objectives.window else None},
-            "infrastructure": infra, "jobs": jobs, "wal": wal, "drills": drills, "objective_checks": objectives}
+            "infrastructure": infra, "jobs": jobs, "standbys": standbys, "wal": wal, "drills": drills,
+            "objective_checks": objectives}
 
 
 def all_items(status: dict) -> list[dict]:
-    return status["infrastructure"] + status["jobs"] + status["wal"] + status["drills"] + status["objective_checks"]
+    return (status["infrastructure"] + status["jobs"] + status.get("standbys", []) + status["wal"] + status["drills"]
+            + status["objective_checks"])
