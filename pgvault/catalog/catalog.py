@@ -96,15 +96,22 @@ class Catalog:
         put_bytes(self.site, layout.manifest(self.cluster, m.backup_id), m.to_bytes())
 
     def delete_backup(self, backup_id: str) -> None:
-        """Manifest first (so a crash leaves debris, never a backup missing pieces), then artifacts."""
+        """Manifest first (so a crash leaves debris, never a backup missing pieces), then artifacts
+        (those kept outside the backup directory too: a base's tars in Barman's layout)."""
+        try:
+            outside = [a for a in self.manifest(backup_id).artifacts if a.key]
+        except (ObjectNotFound, SiteError):
+            outside = []
         self.site.delete(layout.manifest(self.cluster, backup_id))
+        for a in outside:
+            self.site.delete(layout.artifact_key(self.cluster, backup_id, a))
         for obj in list(self.site.list(layout.backup_prefix(self.cluster, backup_id))):
             self.site.delete(obj.key)
 
     def open_artifact(self, m: Manifest, name: str, *, decompress: bool = True):
         """A reader of one artifact that raises IntegrityError at EOF if the bytes are not the manifest's."""
         a = m.artifact(name)
-        raw = self.site.get(layout.artifact(self.cluster, m.backup_id, name))
+        raw = self.site.get(layout.artifact_key(self.cluster, m.backup_id, a))
         v = VerifyingReader(raw, a.sha256, a.size, f"site {self.name!r}: {m.backup_id}/{name}")
         return decompressing(v, a.compression) if decompress else v
 
@@ -134,7 +141,7 @@ class Catalog:
                 continue
             report.checked.append(bid)
             for a in m.artifacts:
-                key = layout.artifact(self.cluster, bid, a.name)
+                key = layout.artifact_key(self.cluster, bid, a)
                 try:
                     with self.site.get(key) as fh:
                         sha, size = hash_stream(fh)
