@@ -123,9 +123,24 @@ class Catalog:
             parts = layout.split_backup_key(self.cluster, obj.key)
             if parts and parts[0] not in committed:
                 out.add(layout.backup_prefix(self.cluster, parts[0]))
+        out.update(self._base_debris(committed))
         if self.site.capabilities.lists_temporaries:
             out.update(self.site.list_temporaries(layout.cluster_prefix(self.cluster)))
         return sorted(out)
+
+    def _base_debris(self, committed: set[str]) -> set[str]:
+        """Base directories in Barman's layout that a killed pgvault backup left: tars with no
+        backup.info and no manifest of that id. A directory with a backup.info is Barman's
+        (or a committed base) and never pgvault's debris."""
+        dirs: dict[str, set[str]] = {}
+        prefix = layout.barman_base_prefix(self.cluster)
+        for obj in self.site.list(prefix):
+            rest = obj.key[len(prefix):]
+            if "/" in rest:
+                bid, name = rest.split("/", 1)
+                dirs.setdefault(bid, set()).add(name)
+        return {f"{prefix}{bid}/" for bid, names in dirs.items()
+                if "backup.info" not in names and f"{bid}Z" not in committed and all(".tar" in n for n in names)}
 
     def verify(self, backup_ids: list[str] | None = None) -> "VerifyReport":
         report = VerifyReport(site=self.name)

@@ -191,6 +191,11 @@ def test_kill_9_mid_backup_lists_nothing(scene):
         proc.wait()
     for s in SITES:
         assert listed(w, s) == before[s]
+    # what the kill left at the local site is debris: reported by verify (not damage), never listed
+    new = [d for d in os.listdir(base_dir) if d not in known]
+    if new and not (base_dir / new[0] / "backup.info").exists():
+        rep = json.loads(w.cli("verify", "--site", "a", "--json").stdout)
+        assert any(f"base/{new[0]}/" in d for d in rep[0]["debris"]), rep
     # the server ended the backup with the session: nobody is in backup mode
     sandbox.wait_until(lambda: w.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE "
                                          "query LIKE '%pg_backup_st%' AND pid <> pg_backend_pid()").strip() == "0",
