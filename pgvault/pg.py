@@ -308,3 +308,30 @@ def controldata(pgdata: str | os.PathLike, bindir: str | None = None) -> dict[st
     out = proc.output([str(Path(bin_dir(None, bindir)) / "pg_controldata"), "-D", str(pgdata)],
                       extra_env={"LC_ALL": "C"})
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
+
+
+# -- PostgreSQL 15's non-exclusive base backup API (one held session; pgvault.methods.basebackup)
+
+
+def backup_start(conn, label: str, fast: bool) -> str:
+    """``pg_backup_start`` in this session; returns the start LSN. The backup stays open until
+    ``backup_stop`` in the SAME session, or ends harmlessly when the session ends (a killed
+    pgvault leaves nothing behind on the server)."""
+    return scalar(conn, "SELECT pg_backup_start(%s, %s)::text", (label, fast))
+
+
+def backup_stop(conn, wait_for_archive: bool, timeout: float = 300) -> tuple[str, str, str]:
+    """``pg_backup_stop``: (stop LSN, backup_label text, tablespace_map text). Waiting for the
+    archiver is bounded by ``timeout`` seconds: a broken archive_command must fail the backup
+    with a hint, not hang it (the backup itself has ended before the wait begins)."""
+    import psycopg
+
+    query(conn, f"SET statement_timeout = {int(timeout * 1000)}")
+    try:
+        row = query(conn, "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(%s)", (wait_for_archive,))[0]
+    except psycopg.errors.QueryCanceled as exc:
+        raise DatabaseError(f"the backup's last WAL segment was not archived within {timeout:.0f}s",
+                            "check archive_command and the server log (pgvault check shows the WAL archive's state)") from exc
+    finally:
+        query(conn, "SET statement_timeout = 0")
+    return row[0], row[1], row[2] or ""

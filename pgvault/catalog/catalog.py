@@ -96,15 +96,22 @@ class Catalog:
         put_bytes(self.site, layout.manifest(self.cluster, m.backup_id), m.to_bytes())
 
     def delete_backup(self, backup_id: str) -> None:
-        """Manifest first (so a crash leaves debris, never a backup missing pieces), then artifacts."""
+        """Manifest first (so a crash leaves debris, never a backup missing pieces), then artifacts
+        (those kept outside the backup directory too: a base's tars in Barman's layout)."""
+        try:
+            outside = [a for a in self.manifest(backup_id).artifacts if a.key]
+        except (ObjectNotFound, SiteError):
+            outside = []
         self.site.delete(layout.manifest(self.cluster, backup_id))
+        for a in outside:
+            self.site.delete(layout.artifact_key(self.cluster, backup_id, a))
         for obj in list(self.site.list(layout.backup_prefix(self.cluster, backup_id))):
             self.site.delete(obj.key)
 
     def open_artifact(self, m: Manifest, name: str, *, decompress: bool = True):
         """A reader of one artifact that raises IntegrityError at EOF if the bytes are not the manifest's."""
         a = m.artifact(name)
-        raw = self.site.get(layout.artifact(self.cluster, m.backup_id, name))
+        raw = self.site.get(layout.artifact_key(self.cluster, m.backup_id, a))
         v = VerifyingReader(raw, a.sha256, a.size, f"site {self.name!r}: {m.backup_id}/{name}")
         return decompressing(v, a.compression) if decompress else v
 
@@ -116,9 +123,24 @@ class Catalog:
             parts = layout.split_backup_key(self.cluster, obj.key)
             if parts and parts[0] not in committed:
                 out.add(layout.backup_prefix(self.cluster, parts[0]))
+        out.update(self._base_debris(committed))
         if self.site.capabilities.lists_temporaries:
             out.update(self.site.list_temporaries(layout.cluster_prefix(self.cluster)))
         return sorted(out)
+
+    def _base_debris(self, committed: set[str]) -> set[str]:
+        """Base directories in Barman's layout that a killed pgvault backup left: tars with no
+        backup.info and no manifest of that id. A directory with a backup.info is Barman's
+        (or a committed base) and never pgvault's debris."""
+        dirs: dict[str, set[str]] = {}
+        prefix = layout.barman_base_prefix(self.cluster)
+        for obj in self.site.list(prefix):
+            rest = obj.key[len(prefix):]
+            if "/" in rest:
+                bid, name = rest.split("/", 1)
+                dirs.setdefault(bid, set()).add(name)
+        return {f"{prefix}{bid}/" for bid, names in dirs.items()
+                if "backup.info" not in names and f"{bid}Z" not in committed and all(".tar" in n for n in names)}
 
     def verify(self, backup_ids: list[str] | None = None) -> "VerifyReport":
         report = VerifyReport(site=self.name)
@@ -134,7 +156,7 @@ class Catalog:
                 continue
             report.checked.append(bid)
             for a in m.artifacts:
-                key = layout.artifact(self.cluster, bid, a.name)
+                key = layout.artifact_key(self.cluster, bid, a)
                 try:
                     with self.site.get(key) as fh:
                         sha, size = hash_stream(fh)

@@ -43,6 +43,9 @@ class Artifact(Doc):
     compression: str = Field("none", description="none | zstd | gzip | lz4 ...")
     kind: str = Field("data", description="what the artifact holds (database dump, globals, stream ...)")
     database: str | None = None
+    key: str | None = Field(None, description="key relative to clusters/<cluster>/ when the artifact lives "
+                                              "outside the backup directory (a base backup's tars in Barman's "
+                                              "base/<barman id>/)")
 
 
 class Manifest(Doc):

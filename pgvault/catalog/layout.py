@@ -48,6 +48,37 @@ def artifact(cluster: str, backup_id: str, name: str) -> str:
     return f"clusters/{cluster}/backups/{backup_id}/{name}"
 
 
+def artifact_key(cluster: str, backup_id: str, art) -> str:
+    """Where an artifact is stored: in the backup directory, or at its own ``key`` under the
+    cluster directory (a base backup's tars live in Barman's layout, ``base/<barman id>/``).
+
+    >>> from types import SimpleNamespace as A
+    >>> artifact_key("main", "20261125T221530Z", A(name="files.json", key=None))
+    'clusters/main/backups/20261125T221530Z/files.json'
+    >>> artifact_key("main", "20261125T221530Z", A(name="data.tar.lz4", key="base/20261125T221530/data.tar.lz4"))
+    'clusters/main/base/20261125T221530/data.tar.lz4'
+    """
+    if art.key:
+        return cluster_key(cluster, art.key)
+    return artifact(cluster, backup_id, art.name)
+
+
+def cluster_key(cluster: str, rel: str) -> str:
+    """A key under the cluster directory from a relative path (no ``..``, no leading ``/``)."""
+    if rel.startswith("/") or ".." in rel.split("/"):
+        raise ValueError(f"bad key {rel!r}")
+    return f"clusters/{cluster}/{rel}"
+
+
+def barman_base_dir(barman_id: str) -> str:
+    """A Barman base backup's directory relative to the cluster directory.
+
+    >>> barman_base_dir("20261125T221530")
+    'base/20261125T221530/'
+    """
+    return f"base/{barman_id}/"
+
+
 def manifest(cluster: str, backup_id: str) -> str:
     return artifact(cluster, backup_id, MANIFEST)
 

@@ -30,6 +30,7 @@ class BackupSession:
         self.site_fields: dict[str, dict] = {}
         self.failed: dict[str, Exception] = {}
         self.committed: list[str] = []
+        self.outside: list[str] = []             # cluster-relative prefixes of artifacts with a key
 
     @property
     def cluster(self) -> str:
@@ -47,21 +48,36 @@ class BackupSession:
         try:
             for obj in list(cat.site.list(layout.backup_prefix(cat.cluster, self.backup_id))):
                 cat.site.delete(obj.key)
+            # artifacts kept outside the backup directory (a base's tars in Barman's layout)
+            for rel in self.outside:
+                for obj in list(cat.site.list(layout.cluster_key(cat.cluster, rel))):
+                    cat.site.delete(obj.key)
         except Exception as exc:  # leave debris for verify to report
             log.warning("could not clean up %s at %s: %s", self.backup_id, cat.name, exc)
 
     def add_stream(self, name: str, source: BinaryIO, *, compression: str = "zstd", level: int = 1,
                    threads: int = 2, kind: str = "data", database: str | None = None,
-                   progress: Callable[[int], None] | None = None, sites: list[str] | None = None) -> Artifact:
+                   progress: Callable[[int], None] | None = None, sites: list[str] | None = None,
+                   at: str | None = None) -> Artifact:
         """Stream ``source`` (compressed on the way) to every remaining site as one artifact;
-        ``sites`` limits it to those sites (the others' manifests will not list it)."""
+        ``sites`` limits it to those sites (the others' manifests will not list it). ``at``: a
+        directory relative to the cluster directory to store it in instead of the backup
+        directory (Barman's ``base/<barman id>/``); the manifest records the key, and a failed
+        backup removes it like the others."""
         name = name + SUFFIX[compression]
+        key = None
+        if at is not None:
+            key = at.rstrip("/") + "/" + name
+            if at not in self.outside:
+                self.outside.append(at)
         if not self.catalogs:
             raise self._none_left()
         targets = {n: c for n, c in self.catalogs.items() if sites is None or n in sites}
         if not targets:
             raise self._none_left()
-        tee = Tee({n: (c.site, layout.artifact(c.cluster, self.backup_id, name)) for n, c in targets.items()})
+        where = (lambda c: layout.cluster_key(c.cluster, key)) if key else \
+            (lambda c: layout.artifact(c.cluster, self.backup_id, name))
+        tee = Tee({n: (c.site, where(c)) for n, c in targets.items()})
         if self._on_first_stream is not None:
             hook, self._on_first_stream = self._on_first_stream, None
             hook()
@@ -79,7 +95,7 @@ class BackupSession:
             if n not in survivors and n in self.catalogs:
                 self._drop(n, SiteError("write failed"))
         art = Artifact(name=name, size=tee.size, sha256=tee.sha.hexdigest(), raw_size=raw,
-                       compression=compression, kind=kind, database=database)
+                       compression=compression, kind=kind, database=database, key=key)
         self.holders[len(self.artifacts)] = set(survivors)
         self.artifacts.append(art)
         return art

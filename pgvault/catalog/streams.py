@@ -119,12 +119,15 @@ class Compressor:
         return self._c.flush() if self._c else b""
 
 
-SUFFIX = {"zstd": ".zst", "none": ""}
+SUFFIX = {"zstd": ".zst", "lz4": ".lz4", "none": ""}
 
 
 def pump(source: BinaryIO, tee: Tee, compression: str = "zstd", level: int = 1, threads: int = 2,
          progress: Callable[[int], None] | None = None) -> int:
-    """Copy ``source`` into ``tee`` compressing on the way; return the raw byte count."""
+    """Copy ``source`` into ``tee`` compressing on the way; return the raw byte count.
+    ``lz4``: one frame of independent blocks compressed on ``threads`` cores (lz4frame.py)."""
+    if compression == "lz4":
+        return _pump_lz4(source, tee, threads, progress)
     comp = Compressor(compression, level, threads)
     raw = 0
     read = getattr(source, "read1", source.read)
@@ -141,6 +144,23 @@ def pump(source: BinaryIO, tee: Tee, compression: str = "zstd", level: int = 1, 
     tail = comp.flush()
     if tail:
         tee.write(tail)
+    return raw
+
+
+def _pump_lz4(source: BinaryIO, tee: Tee, threads: int, progress) -> int:
+    from .lz4frame import BLOCK, ParallelLz4
+
+    comp = ParallelLz4(tee.write, threads)
+    raw = 0
+    try:
+        while chunk := source.read(BLOCK):
+            raw += len(chunk)
+            comp.add(chunk)
+            if progress:
+                progress(raw)
+        comp.finish()
+    finally:
+        comp.close()
     return raw
 
 
@@ -181,6 +201,10 @@ def decompressing(stream: BinaryIO, compression: str) -> BinaryIO:
         import zstandard
 
         return zstandard.ZstdDecompressor().stream_reader(stream, read_size=CHUNK, read_across_frames=True)
+    if compression == "lz4":
+        import lz4.frame
+
+        return lz4.frame.open(stream, mode="rb")
     raise ValueError(f"unsupported compression {compression!r}")
 
 

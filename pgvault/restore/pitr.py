@@ -57,7 +57,9 @@ def bases_from_manifest(m, site: str) -> list[planner.Base]:
         return [planner.Base(m.backup_id, site, m.method, int(per_site["timeline"]),
                              planner.parse_lsn(per_site["begin_lsn"]), planner.parse_lsn(per_site["end_lsn"]),
                              _dt(per_site["begin_time"]), _dt(per_site["end_time"]), m.facts.get("start_xmin"),
-                             {**per_site, "backup_id_at_site": per_site["backup_id"]})]
+                             {**per_site, "backup_id_at_site": per_site["backup_id"],
+                              # pgvault's own engine: the tars are the manifest's artifacts
+                              **({"manifest": m.model_dump(mode="json")} if per_site.get("route") == "pgvault" else {})})]
     if meth.per_site_bases or None in (m.start_lsn, m.stop_lsn, m.timeline):
         return []
     return [planner.Base(m.backup_id, site, m.method, m.timeline, planner.parse_lsn(m.start_lsn),
@@ -166,11 +168,18 @@ def recovery_settings(p: planner.Plan, restore_cmd: str, action: str, port: int 
 
 
 def fetch_base(policy, base: planner.Base, dest: Path) -> None:
-    """Lay the base backup down in ``dest`` with the stock Barman tools."""
+    """Lay the base backup down in ``dest``: pgvault's own tars, or an earlier engine's Barman
+    backup with the stock Barman tools."""
     ref = base.ref
     route = ref.get("route")
     caps = open_site(base.site, policy.sites[base.site]).capabilities
-    if route == "barman-cloud":
+    if route == "pgvault":
+        # a base taken by pgvault's engine: parallel download, decompress and untar, from the
+        # chosen site first, another site's copy if a checksum fails (restore/base_tar.py)
+        from .base_tar import lay_down
+
+        lay_down(policy, base.site, ref["manifest"], dest)
+    elif route == "barman-cloud":
         cloud = caps.barman_cloud
         proc.run(bt.cloud_restore_argv(layout.barman_cloud_url(cloud.url), ref["server"], ref["backup_id"], str(dest),
                                        cloud), extra_env=cloud.env,

@@ -62,7 +62,7 @@ def damaged(cat: Catalog, m: Manifest) -> str | None:
     """Why this site's copy of a backup cannot be used (an artifact missing or failing its sha256), or None."""
     for a in m.artifacts:
         try:
-            with cat.site.get(layout.artifact(cat.cluster, m.backup_id, a.name)) as fh:
+            with cat.site.get(layout.artifact_key(cat.cluster, m.backup_id, a)) as fh:
                 sha, size = hash_stream(fh)
         except ObjectNotFound:
             return f"{a.name} missing"

@@ -197,7 +197,8 @@ def step_logical(demo: Demo, inst) -> None:
 
 
 def step_physical(demo: Demo, inst) -> None:
-    demo.say("a Barman base backup (barman-cloud to S3, a Barman server at the local site); WAL flows through wal-push")
+    demo.say("a base backup: PGDATA read once, streamed to the local and the S3 site at once, in Barman's cloud "
+             "layout at both; WAL flows through wal-push")
     demo.pgvault("backup", "weekly-base")
     if "snapshots" in _jobs(demo):
         demo.say("a PostgreSQL-consistent btrfs snapshot, sent to the offsite site")
