@@ -213,7 +213,7 @@ class Monitoring(Strict):
         classmethod(lambda cls, v: None if v is None else _duration(v)))
 
 
-NOTIFY_EVENTS = ("job_failed", "drill_failed", "objective_broken", "objective_restored")
+NOTIFY_EVENTS = ("job_failed", "drill_failed", "objective_broken", "objective_restored", "split_brain")
 _SECRET_HEADER = ("authorization", "token", "secret", "key", "password", "cookie", "signature")
 
 
@@ -235,7 +235,7 @@ class Webhook(Strict):
 
 
 class Notify(Strict):
-    events: list[Literal["job_failed", "drill_failed", "objective_broken", "objective_restored"]] = Field(
+    events: list[Literal["job_failed", "drill_failed", "objective_broken", "objective_restored", "split_brain"]] = Field(
         default_factory=lambda: list(NOTIFY_EVENTS), description="which events are sent")
     command: list[str] | None = Field(None, min_length=1, description="argv of a program run with the JSON payload on stdin")
     command_timeout: timedelta = Field(timedelta(seconds=30), description="kill the notify command after this long")

@@ -140,6 +140,9 @@ def _read_site(policy, name: str) -> dict:
             listing = list(site.list(layout.wal_prefix(cluster)))
             raw["wal_objects"] = [(o.key, o.mtime) for o in listing]
             raw["window"] = window_facts(policy, name, site, listing)   # the same listing, not a second one
+            from ..wal.divergence import read_evidence
+
+            raw["quarantine"] = read_evidence(site, cluster)
         raw["drills"] = _drill_docs(cat)
     except OSError as exc:
         raise PgvaultError(f"site {name!r}: {exc}", "check the path and its permissions") from None
@@ -162,6 +165,7 @@ def site_facts(policy, name: str, answer, segment_size: int) -> dict:
         facts["wal"] = {"count": s.count, "newest": s.newest, "newest_time": _iso(s.newest_mtime),
                         "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
                         "gaps": s.gaps, "gap_count": s.gap_count}
+        facts["quarantine"] = raw.get("quarantine", [])
     return facts
 
 
