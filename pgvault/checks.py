@@ -106,6 +106,41 @@ def check_tools(policy, info: pg.ServerInfo | None) -> list[CheckResult]:
     return out
 
 
+def check_standby_jobs(policy) -> list[CheckResult]:
+    """Jobs that run ``from: standby | prefer-standby``: can the chosen node be reached, and can
+    a long pg_dump there be cancelled by a recovery conflict (docs/ha.md)?"""
+    from .patroni import job_conninfo
+
+    out = []
+    for jname, job in policy.jobs.items():
+        if job.from_ == "primary":
+            continue
+        label = f"job {jname} from {job.from_}"
+        try:
+            conninfo, member = job_conninfo(policy, job.from_)
+            with pg.connect(conninfo) as conn:
+                standby, feedback, delay = pg.query(conn, "SELECT pg_is_in_recovery(), "
+                                                          "current_setting('hot_standby_feedback'), "
+                                                          "current_setting('max_standby_streaming_delay')")[0]
+        except PgvaultError as exc:
+            out.append(CheckResult(label, CRITICAL if job.from_ == "standby" else WARNING, exc.message, exc.hint))
+            continue
+        where = f"on {member.name}" if member else "on the standby libpq chose"
+        if not standby:
+            state = WARNING if job.from_ == "standby" else OK
+            out.append(CheckResult(label, state, f"runs {where}, which is not in recovery (no standby is up)"))
+        elif job.method == "logical" and feedback == "off" and delay != "-1":
+            out.append(CheckResult(label, WARNING, f"runs {where}: hot_standby_feedback is off and "
+                                                   f"max_standby_streaming_delay is {delay}: a dump running longer "
+                                                   f"than that can be cancelled by a recovery conflict",
+                                   "set hot_standby_feedback = on on the replicas that take dumps, or "
+                                   "max_standby_streaming_delay = -1 on a dedicated backup replica (docs/ha.md)"))
+        else:
+            out.append(CheckResult(label, OK, f"runs {where} (hot_standby_feedback {feedback}, "
+                                              f"max_standby_streaming_delay {delay})"))
+    return out
+
+
 def check_state_dirs(policy) -> list[CheckResult]:
     """Can the PostgreSQL user (archive_command's) write the state dir and the WAL spool?
     (see pgvault.statedir: they are postgres's whoever runs first; an older pgvault, or a
@@ -190,7 +225,22 @@ def check_wal(policy, reading=None, deadline=None) -> list[CheckResult]:
                                    "or now with `pgvault wal-ship`"))
         else:
             out.append(CheckResult(label, OK, f"{st['files']} file(s), newest {st['newest'] or '-'}, no lag"))
+        out += split_brain_results(name, st.get("quarantined", []))
     return out
+
+
+def split_brain_results(site: str, evidence: list[dict]) -> list[CheckResult]:
+    """CRITICAL per node that sent WAL kept out of the archive (pgvault.wal.divergence)."""
+    from .wal.divergence import remedy
+
+    by_sender: dict = {}
+    for doc in evidence:
+        who = doc.get("sender") or {}
+        by_sender.setdefault(who.get("node") or f"{who.get('host')}:{who.get('port')}", []).append(doc)
+    return [CheckResult(f"split_brain {who} at {site}", CRITICAL,
+                        f"split brain: {len(docs)} WAL file(s) from {who} quarantined at {site} "
+                        f"({docs[0]['name']}{'…' + docs[-1]['name'] if len(docs) > 1 else ''})", remedy(docs[-1]))
+            for who, docs in by_sender.items()]
 
 
 def run_checks(policy, *, status_doc: dict | None = None, probes=None, deadline=None) -> list[CheckResult]:
@@ -215,6 +265,7 @@ def run_checks(policy, *, status_doc: dict | None = None, probes=None, deadline=
         results.append(site_result(name, answers[name], info))
     results += check_tools(policy, info)
     results += check_state_dirs(policy)
+    results += check_standby_jobs(policy)
     if status_doc is not None:
         results += status_results(status_doc)  # WAL per site included, judged against the objectives
     else:

@@ -152,7 +152,10 @@ def transitions(previous: dict[str, str], items: list[dict]) -> tuple[list[dict]
         key = f"{i['kind']}/{i['name']}/{i['site'] or ''}"
         memory[key] = i["state"]
         before = previous.get(key, "OK")
-        if i["state"] == "CRITICAL" and before != "CRITICAL":
+        if i["state"] == "CRITICAL" and before != "CRITICAL" and i["kind"] == "split_brain":
+            events.append({"event": "split_brain", "state": i["state"], "item": i, "message": i["message"],
+                           "hint": i.get("hint")})
+        elif i["state"] == "CRITICAL" and before != "CRITICAL":
             events.append({"event": "objective_broken", "state": i["state"], "item": i, "message": i["message"]})
         elif i["state"] == "OK" and before == "CRITICAL":
             events.append({"event": "objective_restored", "state": i["state"], "item": i, "message": i["message"]})

@@ -41,7 +41,7 @@ def section(cls: type[BaseModel], title: str, seen: set) -> list[str]:
     nested = []
     for name, f in cls.model_fields.items():
         default = "required" if f.is_required() else ("" if f.default_factory else repr(f.default))
-        out.append(f"| `{name}` | {type_name(f.annotation)} | {default} | {f.description or ''} |")
+        out.append(f"| `{f.alias or name}` | {type_name(f.annotation)} | {default} | {f.description or ''} |")
         for t in [f.annotation, *typing.get_args(f.annotation)]:
             for tt in [t, *typing.get_args(t)]:
                 if isinstance(tt, type) and issubclass(tt, BaseModel):

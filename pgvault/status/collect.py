@@ -146,6 +146,9 @@ def _read_site(policy, name: str) -> dict:
             raw["wal_objects"] = [(o.key, o.mtime) for o in listing]
             # The same binding, manifests, listing and drill records: nothing is read twice.
             raw["window"] = window_facts(policy, name, site, listing, raw["drills"], manifests, binding)
+            from ..wal.divergence import read_evidence
+
+            raw["quarantine"] = read_evidence(site, cluster)
     except OSError as exc:
         raise PgvaultError(f"site {name!r}: {exc}", "check the path and its permissions") from None
     return raw
@@ -167,6 +170,7 @@ def site_facts(policy, name: str, answer, segment_size: int) -> dict:
         facts["wal"] = {"count": s.count, "newest": s.newest, "newest_time": _iso(s.newest_mtime),
                         "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
                         "gaps": s.gaps, "gap_count": s.gap_count}
+        facts["quarantine"] = raw.get("quarantine", [])
     return facts
 
 

@@ -335,12 +335,32 @@ def infra_items(policy, facts: dict) -> list[dict]:
     return out
 
 
+def split_brain_items(facts: dict) -> list[dict]:
+    """CRITICAL per node and site whose WAL was quarantined (divergent or conflicting): the
+    node is named with the remedy; ``pgvault check --notify`` sends ``split_brain`` for it."""
+    from ..wal.divergence import remedy
+
+    out = []
+    for sname, site in facts["sites"].items():
+        by_sender: dict = {}
+        for doc in site.get("quarantine") or []:
+            who = doc.get("sender") or {}
+            by_sender.setdefault(who.get("node") or f"{who.get('host')}:{who.get('port')}", []).append(doc)
+        for who, docs in by_sender.items():
+            out.append(_item("split_brain", who, CRITICAL,
+                             f"split brain: {len(docs)} WAL file(s) from {who} quarantined at {sname}, first "
+                             f"{docs[0]['name']} ({docs[0]['reason']})", sname, hint=remedy(docs[-1]),
+                             files=[d["name"] for d in docs]))
+    return out
+
+
 def evaluate(policy, facts: dict, now: datetime | None = None) -> dict:
     """The status document: every item judged, the overall state and a one-line summary."""
     now = now or datetime.now(timezone.utc)
     infra = infra_items(policy, facts)
     jobs = job_items(policy, facts, now)
     wal = wal_items(policy, facts, now)
+    infra += split_brain_items(facts)
     drills = drill_items(policy, facts, now)
     objectives = objective_items(policy, facts, jobs, wal, drills) + window_items(policy, facts, now)
     standbys = standby_items(policy, facts)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..catalog import layout
 from ..errors import ClusterMismatch, PgvaultError, SiteError, UsageError
-from . import WalConflict, codec, names, pgdata_of, spool_dir
+from . import WalConflict, codec, divergence, names, pgdata_of, spool_dir
 from .pgwal import control_sysid, is_segment, mark_done, pg_major, ready_neighbours
 from .spool import Spool
 from .workers import DaemonPool
@@ -44,6 +44,7 @@ class Item:
     stored_at: set = field(default_factory=set)   # sites that hold it now
     spool_for: set = field(default_factory=set)   # sites that failed: owed through the spool
     late: bool = False  # a site's task still runs past the grace (it will read the bytes)
+    quarantined: set = field(default_factory=set)  # sites that hold it under quarantine/, not in wals/
 
     def data(self) -> bytes:
         if self.blob is None and self.blob_future is not None:
@@ -111,6 +112,9 @@ class Archiver:
         self._bind: tuple | None = None
         self._refused: dict[str, set] = {}  # site -> spooled files it refused (a conflict)
         self.before_deliver = None  # the background shipper's hook: yield to a running wal-push
+        self._fork_cache: dict[str, divergence.Forks] = {}  # per site: histories above a timeline
+        self._sender: dict | None = None  # who sends (evidence of a quarantine), found on first need
+        self._pgdata: Path | None = None
 
     # -- identity: the system identifier every pushed file must carry
     def identity(self) -> dict:
@@ -218,15 +222,49 @@ class Archiver:
                     same = False
                 if same:
                     return "present"
+            # Kept as evidence (the archive's copy stays what recovery reads): see divergence.py.
+            self._quarantine(site, item, "conflict", None, note=f"the archive holds {existing[0]}")
             raise WalConflict(
                 f"site {site.name!r} already holds {item.name} with different content ({existing[0]}); "
                 f"nothing was overwritten",
                 "two clusters or timelines are archiving under one name, or the stored copy is damaged: "
                 "check `pgvault wal-status` and the cluster's history before removing anything")
+        if names.kind(item.name) == "segment":
+            fork = self._forks(site).fork(names.parse_segment(item.name)[0])
+            if divergence.past_fork(item.name, fork, bind[2]):
+                self._quarantine(site, item, "divergent", fork)
+                return "quarantined"
         from ..sites.base import put_bytes
 
         put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix), item.data())
         return "stored"
+
+    def _forks(self, site) -> "divergence.Forks":
+        with self._lock:
+            if site.name not in self._fork_cache:
+                self._fork_cache[site.name] = divergence.Forks(site, self.cluster)
+            return self._fork_cache[site.name]
+
+    def _quarantine(self, site, item: Item, reason: str, fork, note: str = "") -> None:
+        """Keep ``item`` at ``site`` under quarantine/ with evidence of who sent it; never in wals/."""
+        raw = item.content(self.compression)
+        try:
+            header = names.parse_header(raw) if names.has_header(item.name) else None
+        except ValueError:
+            header = None
+        with self._lock:
+            if self._sender is None:
+                self._sender = divergence.sender(self._pgdata, self.policy)
+        key = divergence.quarantine(site, self.cluster, item.name, self.suffix, item.data(), raw, reason=reason,
+                                    header=header, fork=fork, who=self._sender,
+                                    segment_size=header.segment_size if header else 16 << 20, note=note)
+        with self._lock:
+            item.quarantined.add(site.name)
+        # stderr goes to the PostgreSQL server log of the node that sent it: the zombie's own log says it.
+        log.warning("%s %s: kept out of the archive at site %r, evidence %s%s", item.name,
+                    "is past the fork of its timeline (" + fork.describe() + ")" if fork else "conflicts with the archive",
+                    site.name, key, "" if reason == "conflict" else
+                    "; this server is not the cluster's primary: stop it and pg_rewind or re-clone it")
 
     def _prepare(self, path: Path, sysid: str) -> bytes:
         raw, _hdr = self.load(path, sysid)
@@ -287,6 +325,7 @@ class Archiver:
         paths = [path] + ready_neighbours(path, batch - 1)
         sysid = self.expected_sysid()
         pgdata = pgdata_of(path)
+        self._pgdata = pgdata
 
         now = time.time()
         resting = {s for s in self.sites if self.spool.is_resting(s, now)}

@@ -228,6 +228,46 @@ def list_wal(site, cluster: str) -> list[tuple[str, float]]:
     return sorted(out, key=lambda e: names.sort_key(e[0]))
 
 
+def read_wal_site(site, cluster: str) -> dict:
+    """One WAL site as wal-status reads it: the listing, the timeline history files (small, a
+    get each) and the quarantine's evidence (pgvault.wal.divergence)."""
+    from ..catalog import layout
+    from ..sites.base import get_bytes
+    from . import codec, divergence
+
+    listing = list_wal(site, cluster)
+    histories = {}
+    for o in site.list(layout.wal_prefix(cluster)):
+        filename = o.key.rsplit("/", 1)[1]
+        name, compression = names.split_stored(filename)
+        if names.kind(name) == "history" and names.is_wal_name(name):
+            histories[name] = codec.decompress(get_bytes(site, o.key), compression).decode("ascii", "replace")
+    return {"wal": listing, "histories": histories, "quarantine": divergence.read_evidence(site, cluster)}
+
+
+def switches(histories: dict[str, str], segment_size: int = 16 << 20) -> list[dict]:
+    """The timeline switches of the newest history file: where each timeline ended, in which
+    segment, and which timeline took over.
+
+    >>> switches({"00000002.history": "1\\t0/5000060\\tno recovery target specified\\n"})
+    [{'timeline': 1, 'switchpoint': '0/5000060', 'segment': '000000010000000000000005', 'next': 2}]
+    """
+    from ..lsn import format_lsn
+    from .divergence import parse_history
+
+    if not histories:
+        return []
+    newest = max(histories, key=lambda n: int(n[:8], 16))
+    entries = parse_history(histories[newest])
+    out = []
+    for i, (tli, switch, _reason) in enumerate(entries):
+        nxt = entries[i + 1][0] if i + 1 < len(entries) else int(newest[:8], 16)
+        seg = max(switch - 1, 0) // segment_size if switch % segment_size == 0 else switch // segment_size
+        out.append({"timeline": tli, "switchpoint": format_lsn(switch), "segment": segment_name(tli, seg, segment_size),
+                    "next": nxt})
+    return out
+
+
 class ArchiveReading:
     """wal-status's reading of every WAL site, started at construction (each site listed in
     its own thread, with the read-only timeouts) so that a caller can start other reads
@@ -239,7 +279,7 @@ class ArchiveReading:
 
         self.policy = policy
         self.now = time.time()  # the one reference for every reading of this document
-        self.probes = Probes(policy.wal.sites, lambda n: list_wal(open_readonly(policy, n), policy.cluster.name),
+        self.probes = Probes(policy.wal.sites, lambda n: read_wal_site(open_readonly(policy, n), policy.cluster.name),
                              what="wal-list")
 
     def result(self, deadline) -> dict:
@@ -256,8 +296,13 @@ class ArchiveReading:
                 breakers[sname] = spool.site_state(sname)
             except OSError:
                 spooled[sname] = ([], None)
-        listings = {n: a.value if a.ok else a.message for n, a in self.probes.wait(deadline).items()}
+        answers = self.probes.wait(deadline)
+        listings = {n: a.value["wal"] if a.ok else a.message for n, a in answers.items()}
         doc = summarize(listings, spooled, breakers, self.now)
+        for n, a in answers.items():
+            st = doc["sites"][n]
+            st["switches"] = switches(a.value["histories"]) if a.ok else []
+            st["quarantined"] = a.value["quarantine"] if a.ok else []
         doc["cluster"] = self.policy.cluster.name
         doc["spool"] = str(spool.root)
         doc["collected_at"] = _iso(self.now)
@@ -294,4 +339,12 @@ def render(status: dict) -> str:
         gaps = f", GAPS {st['gap_count']} from {st['gaps'][0]}" if st["gap_count"] else ""
         lines.append(f"{site}: {st['files']} file(s), newest {st['newest'] or '-'}, lag {lag_text}{age}, "
                      f"{st['spooled']} spooled{gaps}")
+        if st.get("switches"):
+            lines.append(f"  timelines: " + ", ".join(f"{x['timeline']} -> {x['next']} at {x['switchpoint']} "
+                                                      f"(in {x['segment']})" for x in st["switches"]))
+        for q in st.get("quarantined", []):
+            who = q.get("sender") or {}
+            lines.append(f"  QUARANTINED {q['name']} ({q['reason']}, timeline {q.get('timeline')}, "
+                         f"{'-'.join(q.get('lsn_range') or [])}) from {who.get('node') or who.get('host')} "
+                         f"({who.get('pgdata')}, port {who.get('port')}) at {str(q.get('received_at'))[:19]}Z")
     return "\n".join(lines)

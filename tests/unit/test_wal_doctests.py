@@ -1,12 +1,13 @@
-"""The doctest examples of the WAL modules are tests too."""
+"""The doctest examples of the WAL modules (and of the HA choice they share) are tests too."""
 import doctest
 
 import pytest
 
-from pgvault.wal import codec, names, status
+from pgvault import patroni
+from pgvault.wal import codec, divergence, names, status
 
 
-@pytest.mark.parametrize("module", [names, codec, status], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [names, codec, status, divergence, patroni], ids=lambda m: m.__name__)
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0

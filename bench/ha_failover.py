@@ -1,0 +1,151 @@
+"""Promotion -> first new-timeline segment at every WAL site, in a real Patroni cluster.
+
+A 3-node Patroni + etcd cluster (pgvault.sandbox.ha), every node archiving through
+`pgvault wal-push` to a local site and an S3 site (moto_server), archive_mode = always,
+archive_timeout = 5 s, a light write load (a row every 50 ms). Rounds alternate a
+`patronictl switchover` and a `kill -9` of the leader's postmaster. Per round:
+
+- promoted: the moment the new leader answers pg_is_in_recovery() = false (polled every 20 ms);
+- history: promoted -> <new tli>.history at every site;
+- segment: promoted -> the first full segment of the new timeline at every site.
+
+Goal (issue 14): segment within one archive_timeout plus the time of one push.
+
+    /opt/pgvault/venv/bin/python bench/ha_failover.py [ROUNDS]   (writes bench/results/ha_failover.txt)
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+from common import ROOT  # noqa: F401  (puts this checkout first on sys.path)
+
+import yaml
+
+from pgvault import pg, sandbox
+from pgvault.sandbox.ha import HACluster
+from pgvault.wal import names
+
+ARCHIVE_TIMEOUT = 5
+
+
+def wal_names(sites: dict, moto) -> dict[str, set[str]]:
+    out = {}
+    for s, cfg in sites.items():
+        if cfg["type"] == "local":
+            keys = [p.name for p in Path(cfg["path"], "clusters/main/wals").rglob("*") if p.is_file()]
+        else:
+            c = moto.client(cfg["region"])
+            keys = [o["Key"].rsplit("/", 1)[1] for page in c.get_paginator("list_objects_v2").paginate(
+                Bucket=cfg["bucket"], Prefix=f"{cfg['prefix']}/clusters/main/wals/") for o in page.get("Contents", [])]
+        out[s] = {names.split_stored(k)[0] for k in keys}
+    return out
+
+
+def load(ha: HACluster, stop: threading.Event) -> None:
+    conn = None
+    while not stop.is_set():
+        try:
+            conn = conn or pg.connect(ha.conninfo(target_session_attrs="read-write"))
+            pg.query(conn, "INSERT INTO t DEFAULT VALUES")
+        except Exception:
+            conn = None
+        stop.wait(0.05)
+
+
+def main(rounds: int) -> None:
+    sandbox.use_this_checkout()
+    moto = sandbox.Moto().start()
+    d = sandbox.workdir("pgvault-bench-ha-")
+    local = sandbox.owned_dir(d / "site-a")
+    bucket = "pgv-bench-ha"
+    moto.create_bucket(bucket, "eu-west-1")
+    sites = {"a": {"type": "local", "path": str(local)},
+             "eu": {"type": "s3", "bucket": bucket, "region": "eu-west-1", "prefix": "pg", "endpoint_url": moto.url}}
+    (d / "ha").mkdir()
+    policies = {f"n{i}": d / f"policy-n{i}.yaml" for i in (1, 2, 3)}
+    ha = HACluster(d / "ha", 3, policies=policies, archive_timeout=ARCHIVE_TIMEOUT)
+    for n, p in policies.items():
+        p.write_text(yaml.safe_dump({"version": 1, "cluster": {"name": "main", "conninfo": ha.conninfo(),
+                                                               "patroni": {"url": ha.nodes[n].rest}},
+                                     "sites": sites, "wal": {"sites": ["a", "eu"], "retry_interval": "1s"},
+                                     "state_dir": str(sandbox.owned_dir(d / f"state-{n}", 0o755))}))
+    stop = threading.Event()
+    rows = []
+    try:
+        ha.start()
+        ha.psql("CREATE TABLE t (id serial, at timestamptz DEFAULT now())")
+        threading.Thread(target=load, args=(ha, stop), daemon=True).start()
+        for r in range(rounds):
+            ha.wait_streaming(timeout=300)
+            kind = "switchover" if r % 2 == 0 else "kill -9"
+            old = ha.leader()
+            tl_old = ha.timeline(old)
+            if kind == "switchover":
+                ha.patronictl("switchover", ha.scope, "--leader", old, "--candidate", ha.replicas()[0], "--force")
+            else:
+                import os
+                import signal
+
+                os.kill(ha.nodes[old].postmaster_pid(), signal.SIGKILL)
+
+            def promoted():
+                for n, node in ha.nodes.items():
+                    if n == old:
+                        continue
+                    try:
+                        with pg.connect(node.conninfo()) as c:
+                            if not pg.scalar(c, "SELECT pg_is_in_recovery()"):
+                                return n
+                    except Exception:
+                        pass
+                return None
+            new = sandbox.wait_until(promoted, 120, "a promotion", interval=0.02)
+            t0 = time.monotonic()
+            tl = tl_old + 1
+            hist, seg_at = f"{tl:08X}.history", None
+            t_hist = None
+            while seg_at is None:
+                got = wal_names(sites, moto)
+                now = time.monotonic() - t0
+                if t_hist is None and all(hist in g for g in got.values()):
+                    t_hist = now
+                if all(any(names.kind(x) == "segment" and x.startswith(f"{tl:08X}") for x in g) for g in got.values()):
+                    seg_at = now
+                if now > 180:
+                    raise TimeoutError(f"round {r}: no timeline {tl} segment at every site after 180 s")
+                time.sleep(0.1)  # the benchmark's sampling period (not synchronisation of a test)
+            rows.append((kind, old, new, t_hist, seg_at))
+            print(f"round {r + 1} ({kind} {old} -> {new}): history {t_hist:.2f} s, first segment {seg_at:.2f} s",
+                  flush=True)
+    finally:
+        stop.set()
+        ha.stop()
+        moto.stop()
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+    out = ["# promotion -> first new-timeline segment at every WAL site (local + S3/moto)",
+           f"# 3 Patroni nodes, archive_mode=always, archive_timeout={ARCHIVE_TIMEOUT}s, a row every 50 ms; "
+           f"rounds alternate switchover / kill -9", ""]
+    for kind in ("switchover", "kill -9"):
+        sel = [r for r in rows if r[0] == kind]
+        if not sel:
+            continue
+        segs, hists = [r[4] for r in sel], [r[3] for r in sel]
+        out.append(f"{kind:10}: first segment median {statistics.median(segs):.2f} s "
+                   f"(runs {', '.join(f'{x:.2f}' for x in segs)}); history median {statistics.median(hists):.2f} s "
+                   f"(runs {', '.join(f'{x:.2f}' for x in hists)}); ratio to archive_timeout "
+                   f"{statistics.median(segs) / ARCHIVE_TIMEOUT:.2f}")
+    text = "\n".join(out) + "\n"
+    print(text)
+    res = Path(__file__).resolve().parent / "results" / "ha_failover.txt"
+    res.parent.mkdir(exist_ok=True)
+    res.write_text(text)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 6)

@@ -1,0 +1,212 @@
+"""Divergent WAL: segments on a timeline that was abandoned, past its fork point, and where
+they go instead of the archive (see docs/ha.md, "The zombie primary").
+
+When a replica is promoted, PostgreSQL writes ``<new tli>.history``: one line per ancestor
+timeline, ``parent<TAB>switchpoint<TAB>reason``. Everything timeline T wrote at or after its
+switchpoint is not part of the cluster's history any more: the new leader's copy of the
+segment holding the switchpoint goes to the archive as ``.partial``, and from there on the new
+timeline's segments are the archive. A segment of timeline T whose bytes reach past T's
+switchpoint (an old primary that came back without being rewound, or kept running) therefore
+holds WAL no recovery of the cluster may read. It is *quarantined*: stored at the site under
+``quarantine/`` (outside ``wals/``, so neither wal-fetch nor barman-cloud-wal-restore sees it)
+with evidence of who sent it, and never overwrites or joins the archive.
+
+The pure part (``parse_history``, ``fork_of``, ``past_fork``) works on text and numbers; the
+site reads (``Forks``) are a few heads and gets per push, cached for the pusher's lifetime.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from ..catalog import layout
+from ..errors import ObjectNotFound, PgvaultError
+from ..lsn import format_lsn, parse_lsn
+from . import names
+
+log = logging.getLogger("pgvault.wal")
+
+MAX_PROBE = 64  # timelines probed above the pushed one (a cluster with more failovers is listed instead)
+
+
+def parse_history(text: str) -> list[tuple[int, int, str]]:
+    """(parent timeline, switchpoint LSN, reason) per line of a .history file.
+
+    >>> parse_history("1\\t0/5000060\\tno recovery target specified\\n\\n2\\t0/7000000\\tx\\n")
+    [(1, 83886176, 'no recovery target specified'), (2, 117440512, 'x')]
+    """
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        out.append((int(parts[0]), parse_lsn(parts[1]), parts[2] if len(parts) > 2 else ""))
+    return out
+
+
+@dataclass(frozen=True)
+class Fork:
+    """Timeline ``timeline`` was abandoned at ``switchpoint`` by ``new_timeline`` (its history)."""
+
+    timeline: int
+    switchpoint: int
+    new_timeline: int
+
+    @property
+    def history(self) -> str:
+        return f"{self.new_timeline:08X}.history"
+
+    def describe(self) -> str:
+        return f"timeline {self.timeline} ended at {format_lsn(self.switchpoint)} ({self.history})"
+
+
+def fork_of(timeline: int, histories: dict[int, str]) -> Fork | None:
+    """Where ``timeline`` ends according to the newest history above it that names it.
+
+    >>> fork_of(1, {2: "1\\t0/5000060\\tx\\n", 3: "1\\t0/5000060\\tx\\n2\\t0/9000000\\ty\\n"})
+    Fork(timeline=1, switchpoint=83886176, new_timeline=3)
+    >>> fork_of(3, {2: "1\\t0/5000060\\tx\\n"}) is None
+    True
+    """
+    for tli in sorted(histories, reverse=True):
+        if tli <= timeline:
+            continue
+        for parent, switch, _reason in parse_history(histories[tli]):
+            if parent == timeline:
+                return Fork(timeline, switch, tli)
+    return None
+
+
+def past_fork(name: str, fork: Fork | None, segment_size: int = 16 << 20) -> bool:
+    """Does segment ``name`` hold bytes of its timeline at or past the fork? (A segment that
+    ends exactly at the switchpoint holds none.)
+
+    >>> f = Fork(1, 0x5000060, 2)
+    >>> [past_fork(n, f) for n in ("000000010000000000000004", "000000010000000000000005",
+    ...                            "000000010000000000000006", "000000020000000000000006")]
+    [False, True, True, False]
+    """
+    if fork is None or names.kind(name) != "segment":
+        return False
+    tli, segno = names.parse_segment(name, segment_size)
+    return tli == fork.timeline and (segno + 1) * segment_size > fork.switchpoint
+
+
+class Forks:
+    """The history files above a timeline at one site, read once per pusher (a push, a drain)."""
+
+    def __init__(self, site, cluster: str):
+        self.site = site
+        self.cluster = cluster
+        self._histories: dict[int, str] = {}
+        self._probed_from: int | None = None
+
+    def _read(self, tli: int) -> str | None:
+        from ..sites.base import get_bytes
+
+        for suffix in names.SUFFIXES.values():
+            key = layout.wal_key(self.cluster, f"{tli:08X}.history", suffix)
+            try:
+                data = get_bytes(self.site, key)
+            except ObjectNotFound:
+                continue
+            from . import codec
+
+            return codec.decompress(data, names.BY_SUFFIX.get(suffix, "none")).decode("ascii", "replace")
+        return None
+
+    def fork(self, timeline: int) -> Fork | None:
+        """The fork that abandoned ``timeline``, if a newer timeline's history at the site has one.
+        New timelines are numbered max+1, so the histories above are probed upward until one
+        is missing."""
+        if self._probed_from is None or timeline < self._probed_from:
+            tli = timeline + 1
+            while tli <= timeline + MAX_PROBE:
+                text = self._histories.get(tli) or self._read(tli)
+                if text is None:
+                    break
+                self._histories[tli] = text
+                tli += 1
+            self._probed_from = timeline
+        return fork_of(timeline, self._histories)
+
+
+def sender(pgdata, policy) -> dict:
+    """Who is sending: host, data directory, port (postmaster.pid) and Patroni member name."""
+    out = {"host": os.uname().nodename, "pgdata": str(pgdata) if pgdata else None, "port": None, "node": None}
+    if pgdata:
+        try:
+            lines = (pgdata / "postmaster.pid").read_text().splitlines()
+            out["port"] = int(lines[3])
+        except (OSError, IndexError, ValueError):
+            pass
+    cfg = policy.cluster.patroni
+    if cfg is not None:
+        from ..patroni import view
+
+        try:  # a zombie's own Patroni may be stopped: a short wait, then the evidence goes without it
+            out["node"] = view(cfg.url, min(2.0, cfg.timeout.total_seconds())).me
+        except PgvaultError:
+            pass
+    return out
+
+
+def quarantine(site, cluster: str, name: str, stored_suffix: str, blob: bytes, raw: bytes, *, reason: str,
+               header, fork: Fork | None, who: dict, segment_size: int, note: str = "") -> str:
+    """Store ``blob`` (the compressed file) and its evidence under quarantine/; idempotent for
+    the same bytes. Returns the key of the evidence document."""
+    from ..sites.base import put_bytes
+
+    sha = hashlib.sha256(raw).hexdigest()
+    key = layout.quarantine_key(cluster, name, sha[:8], stored_suffix)
+    evidence_key = layout.quarantine_key(cluster, name, sha[:8], ".json")
+    if site.head(evidence_key) is not None:
+        return evidence_key  # the same bytes were quarantined before (the archiver retries)
+    start = end = None
+    if names.kind(name) == "segment":
+        _tli, segno = names.parse_segment(name, segment_size)
+        start, end = segno * segment_size, (segno + 1) * segment_size
+        if fork is not None:
+            start = max(start, fork.switchpoint)  # what lies past the fork (the divergent part)
+    doc = {"version": 1, "name": name, "reason": reason, "note": note, "sha256": sha, "stored": key,
+           "system_identifier": str(header.system_identifier) if header else None,
+           "timeline": header.timeline if header else None,
+           "lsn_range": [format_lsn(start), format_lsn(end)] if start is not None else None,
+           "fork": None if fork is None else {"history": fork.history, "switchpoint": format_lsn(fork.switchpoint),
+                                             "new_timeline": fork.new_timeline},
+           "sender": who, "received_at": datetime.now(timezone.utc).isoformat()}
+    put_bytes(site, key, blob)  # bytes first, evidence last: evidence never points at nothing
+    put_bytes(site, evidence_key, (json.dumps(doc, indent=2) + "\n").encode())
+    return evidence_key
+
+
+def read_evidence(site, cluster: str) -> list[dict]:
+    """Every evidence document under quarantine/ at ``site`` (monitoring)."""
+    from ..sites.base import get_bytes
+
+    out = []
+    for obj in site.list(layout.quarantine_prefix(cluster)):
+        if obj.key.endswith(".json"):
+            try:
+                out.append(json.loads(get_bytes(site, obj.key)))
+            except (PgvaultError, ValueError) as exc:
+                log.warning("unreadable quarantine evidence %s: %s", obj.key, exc)
+    return sorted(out, key=lambda d: (d.get("received_at") or "", d.get("name") or ""))
+
+
+def remedy(doc: dict) -> str:
+    """What the operator does about one piece of evidence (status/check name it)."""
+    who = doc.get("sender") or {}
+    node = who.get("node") or f"the PostgreSQL on {who.get('host')} (data directory {who.get('pgdata')}, port {who.get('port')})"
+    if doc.get("reason") == "conflict":
+        return (f"{node} archived {doc['name']} with content different from the archive's copy: two clusters or two "
+                f"primaries share this archive; stop the wrong one, then rewind or re-clone it")
+    return (f"{node} is a zombie primary: it wrote WAL on abandoned timeline {doc.get('timeline')} past "
+            f"{(doc.get('fork') or {}).get('switchpoint')} ({(doc.get('fork') or {}).get('history')}); stop it, then "
+            f"pg_rewind it (or re-clone it) to follow the leader; its quarantined WAL may hold commits clients saw: "
+            f"recover them from quarantine/ before removing the evidence")
