@@ -102,3 +102,9 @@ class RestoreRefused(PgvaultError):
 
 class NotSupported(PgvaultError):
     exit_code = EXIT_USAGE
+
+
+class KeyRequired(PgvaultError):
+    """Encrypted data and no identity (private key) that opens it: names what and which key."""
+
+    exit_code = EXIT_USAGE
