@@ -43,6 +43,9 @@ class Artifact(Doc):
     compression: str = Field("none", description="none | zstd | gzip | lz4 ...")
     kind: str = Field("data", description="what the artifact holds (database dump, globals, stream ...)")
     database: str | None = None
+    encryption: str | None = Field(None, description="age when the stored bytes are encrypted (after compression)")
+    recipients: list[str] | None = Field(None, description="the age recipients (public keys) that open it; "
+                                  "an identity whose `age-keygen -y` is one of them decrypts it")
 
 
 class Manifest(Doc):

@@ -7,17 +7,38 @@ so no partial object ever appears under the final key."""
 from __future__ import annotations
 
 import io
+import re
 import threading
+from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, ClassVar, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..crypt.config import Encryption
 
 from ..errors import ObjectNotFound, SiteError, SiteUnreachable
 from .base import BarmanCloud, Capabilities, ObjectInfo, WriterMixin, path_parts
 
 PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS_IN_FLIGHT = 3
+
+
+class ObjectLock(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["governance", "compliance"] = Field(description="S3 Object Lock mode: governance (removable by a "
+                                                      "principal allowed to bypass it) or compliance (nobody can shorten it)")
+    retain: timedelta = Field(description="how long each object stays locked after it is written, e.g. 30d")
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _retain(cls, v):
+        if isinstance(v, timedelta):
+            return v
+        m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", str(v))
+        if not m:
+            raise ValueError(f"not a duration: {v!r} (use e.g. 12h, 30d, 2w)")
+        return timedelta(seconds=int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)])
 
 
 class S3SiteConfig(BaseModel):
@@ -31,6 +52,10 @@ class S3SiteConfig(BaseModel):
     connect_timeout: float = Field(5, gt=0, description="seconds to wait for a connection")
     read_timeout: float = Field(60, gt=0, description="seconds to wait for a response")
     max_attempts: int = Field(3, ge=1, le=20, description="attempts per request (boto3 standard retries)")
+    encryption: Encryption | None = Field(None, description="encrypt what this site stores to these recipients "
+                                          "(replaces the policy's top-level encryption for this site)")
+    object_lock: ObjectLock | None = Field(None, description="write every object with an S3 Object Lock retention "
+                                           "(the bucket must have Object Lock enabled)")
 
     def url(self) -> str:
         """s3://bucket/prefix as barman-cloud and humans write it."""

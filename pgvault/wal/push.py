@@ -44,11 +44,23 @@ class Item:
     stored_at: set = field(default_factory=set)   # sites that hold it now
     spool_for: set = field(default_factory=set)   # sites that failed: owed through the spool
     late: bool = False  # a site's task still runs past the grace (it will read the bytes)
+    sealed: dict = field(default_factory=dict)  # recipients -> the blob encrypted to them (once per set)
 
     def data(self) -> bytes:
         if self.blob is None and self.blob_future is not None:
             self.blob = self.blob_future.result()
         return self.blob
+
+    def stored_bytes(self, recipients: tuple) -> bytes:
+        """What a site with ``recipients`` stores: the blob, or the blob encrypted to them —
+        once per recipient set however many sites share it (two threads may race to seal it
+        first: both results are valid, one is kept)."""
+        if not recipients:
+            return self.data()
+        out = self.sealed.get(recipients)
+        if out is None:
+            out = self.sealed.setdefault(recipients, codec.seal(self.data(), recipients))
+        return out
 
     def content(self, compression: str) -> bytes:
         if self.raw is None:
@@ -73,6 +85,12 @@ def stored_variants(site, cluster: str, name: str) -> list[str]:
         return [k for k in keys if site.head(k) is not None]
     base = layout.wal_key(cluster, name)
     return [o.key for o in site.list(base) if o.key in keys]
+
+
+def _have_identity() -> bool:
+    from ..crypt import keys
+
+    return bool(keys.identities())
 
 
 def read_wal(path: Path):
@@ -100,6 +118,7 @@ class Archiver:
         self.compression = policy.wal.compression
         self.suffix = names.SUFFIXES[self.compression]
         self.sites = sites if sites is not None else open_sites(policy, policy.wal.sites)
+        self.recipients = {s: policy.recipients(s) for s in self.sites}
         if not self.sites:
             raise UsageError("no WAL sites configured", "list the sites that receive WAL under wal.sites in the policy")
         self.spool = spool or Spool(spool_dir(policy))
@@ -211,6 +230,14 @@ class Archiver:
 
             for key in existing:
                 other = get_bytes(site, key)
+                if codec.is_sealed(other) and not _have_identity():
+                    # The pushing host holds only public keys: it cannot compare an encrypted
+                    # copy. Re-archiving a file already stored (a crash between the upload and
+                    # PostgreSQL's .done) is the case that reaches here; WAL of another cluster
+                    # is refused earlier by the system identifier bound at the site.
+                    log.info("site %r already holds %s encrypted (%s); not compared (no identity here)",
+                             site.name, item.name, key)
+                    return "present"
                 try:
                     same = codec.decompress(other, names.split_stored(key.rsplit("/", 1)[1])[1]) == \
                         item.content(self.compression)
@@ -225,7 +252,8 @@ class Archiver:
                 "check `pgvault wal-status` and the cluster's history before removing anything")
         from ..sites.base import put_bytes
 
-        put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix), item.data())
+        put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix),
+                  item.stored_bytes(self.recipients.get(site.name, ())))
         return "stored"
 
     def _prepare(self, path: Path, sysid: str) -> bytes:
@@ -374,6 +402,8 @@ class Archiver:
         """The committed file of ``it`` at a local site that stored it (for the spool to link)."""
         key = layout.wal_key(self.cluster, it.name, self.suffix)
         for sname, site in self.sites.items():
+            if self.recipients.get(sname):
+                continue  # its file is encrypted to its own recipients: the spool keeps the compressed blob
             if sname in it.stored_at and (root := site.capabilities.local_root) is not None:
                 return root / key
         return None
