@@ -84,6 +84,12 @@ class ObjectNotFound(SiteError):
         super().__init__(f"site {site!r}: no object {key!r}")
 
 
+class ObjectLocked(SiteError):
+    """The store refused to delete an object under an Object Lock retention."""
+
+    exit_code = EXIT_FAILED
+
+
 class ClusterMismatch(PgvaultError):
     exit_code = EXIT_USAGE
 

@@ -59,6 +59,11 @@ def check(ctx: BackupContext) -> list[str]:
     kinds = set(routes.values())
     problems += [f"site {n!r} can hold no Barman backup: barman-cloud cannot reach it and it is not a local "
                  f"directory (HINT: use another method for this site)" for n, r in routes.items() if r is None]
+    # Barman and barman-cloud write their own objects, in clear: never a silent clear copy at
+    # a site the policy says is encrypted (docs/encryption.md, "Barman").
+    problems += [f"site {n!r} is encrypted (encryption.recipients) but Barman writes its base backups there in "
+                 f"clear (HINT: use a snapshot or logical job for encrypted sites, or give this job a site "
+                 f"without encryption)" for n in ctx.job.sites if ctx.policy.recipients(n)]
     needed = (["barman-cloud-backup", "barman-cloud-backup-show"] if "barman-cloud" in kinds else []) + \
              (["barman"] if "barman-server" in kinds else [])
     for t in needed:
