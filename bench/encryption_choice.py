@@ -150,6 +150,9 @@ def main() -> None:
             base = base or per_cpu
             every = " ".join(f"{w:.3f}/{c:.3f}" for w, c in runs[(k, n)])
             lines.append(f"{k:10} {n:12} {per_cpu:16.0f} {mib / wall:11.0f} {per_cpu / base:19.2f}  {every}")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     text = "\n".join(lines)
     print(text)
     out = Path(__file__).resolve().parent / "results" / "encryption-choice.txt"
