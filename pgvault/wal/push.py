@@ -45,6 +45,7 @@ class Item:
     spool_for: set = field(default_factory=set)   # sites that failed: owed through the spool
     late: bool = False  # a site's task still runs past the grace (it will read the bytes)
     sealed: dict = field(default_factory=dict)  # recipients -> the blob encrypted to them (once per set)
+    seal_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def data(self) -> bytes:
         if self.blob is None and self.blob_future is not None:
@@ -57,9 +58,10 @@ class Item:
         first: both results are valid, one is kept)."""
         if not recipients:
             return self.data()
-        out = self.sealed.get(recipients)
-        if out is None:
-            out = self.sealed.setdefault(recipients, codec.seal(self.data(), recipients))
+        with self.seal_lock:  # sites sharing a recipient set wait for the first to seal it
+            out = self.sealed.get(recipients)
+            if out is None:
+                out = self.sealed[recipients] = codec.seal(self.data(), recipients)
         return out
 
     def content(self, compression: str) -> bytes:
@@ -268,6 +270,7 @@ class Archiver:
                 item.done_sites.add(sname)
                 if len(item.done_sites) == len(self.sites) and not item.spool_for:
                     item.blob = item.blob_future = None  # every site has it: free the memory
+                    item.sealed = {}
 
     def _ship_or_spool(self, sname: str, item: Item, bind: tuple, listing: set | None = None) -> None:
         try:
@@ -397,6 +400,7 @@ class Archiver:
                     log.warning("%s", it.error.message)
             if not it.late:  # durable where it must be: the next batch needs the memory
                 it.blob = it.blob_future = None
+                it.sealed = {}
 
     def _local_copy(self, it: Item):
         """The committed file of ``it`` at a local site that stored it (for the spool to link)."""
