@@ -54,6 +54,13 @@ def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
 
 
+def warm() -> None:
+    """Import the primitives now (wal-push does it in a thread while it compresses)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: F401
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: F401
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: F401
+
+
 def is_age(head: bytes) -> bool:
     """True when ``head`` (the first bytes of an object) starts an age file.
 

@@ -89,6 +89,12 @@ def stored_variants(site, cluster: str, name: str) -> list[str]:
     return [o.key for o in site.list(base) if o.key in keys]
 
 
+def _import_crypto() -> None:
+    from ..crypt import age
+
+    age.warm()
+
+
 def _have_identity() -> bool:
     from ..crypt import keys
 
@@ -121,6 +127,10 @@ class Archiver:
         self.suffix = names.SUFFIXES[self.compression]
         self.sites = sites if sites is not None else open_sites(policy, policy.wal.sites)
         self.recipients = {s: policy.recipients(s) for s in self.sites}
+        if any(self.recipients.values()):
+            # The crypto library takes longer to import than a segment takes to compress: do it
+            # while the first segment is read and compressed (zstd releases the GIL).
+            threading.Thread(target=_import_crypto, name="wal-crypto-import", daemon=True).start()
         if not self.sites:
             raise UsageError("no WAL sites configured", "list the sites that receive WAL under wal.sites in the policy")
         self.spool = spool or Spool(spool_dir(policy))
@@ -258,9 +268,17 @@ class Archiver:
                   item.stored_bytes(self.recipients.get(site.name, ())))
         return "stored"
 
-    def _prepare(self, path: Path, sysid: str) -> bytes:
+    def _prepare(self, path: Path, sysid: str, item: Item) -> bytes:
         raw, _hdr = self.load(path, sysid)
-        return codec.compress(raw, self.compression)
+        return self._compress(item, raw)
+
+    def _compress(self, item: Item, raw) -> bytes:
+        """Compress, then encrypt once per recipient set of the sites, in the compression
+        worker: the site threads only upload."""
+        blob = codec.compress(raw, self.compression)
+        for rcpts in {r for r in self.recipients.values() if r}:
+            item.sealed[rcpts] = codec.seal(blob, rcpts)
+        return blob
 
     def _site_task(self, sname: str, item: Item, bind: tuple) -> None:
         try:
@@ -338,7 +356,7 @@ class Archiver:
                 raise UsageError(f"cannot tell which cluster {path.name} belongs to",
                                  "push a WAL segment first, or run `pgvault check` to bind the cluster at its sites")
             first = Item(path.name, path.name + self.suffix)
-            first.blob_future = cpool.submit(codec.compress, raw, self.compression)
+            first.blob_future = cpool.submit(self._compress, first, raw)
             del raw
             bind = (sysid, pg_major(hdr0, pgdata), hdr0.segment_size if hdr0 else 16 << 20)
             self._bind = bind
@@ -346,7 +364,7 @@ class Archiver:
             while True:
                 for p in todo:
                     it = Item(p.name, p.name + self.suffix)
-                    it.blob_future = cpool.submit(self._prepare, p, sysid)
+                    it.blob_future = cpool.submit(self._prepare, p, sysid, it)
                     round_items.append(it)
                 self._round(round_items, bind, n_sync, path.parent, requested=path.name)
                 items += round_items
