@@ -88,6 +88,7 @@ def scene(moto):
     w.s3_site("eu", "eu-west-1")
     w.sites["eu"]["encryption"] = {"recipients": [r1, rb]}
     w.jobs["dumps"] = {"method": "logical", "sites": ["a", "eu"]}
+    w.jobs["base"] = {"method": "barman", "sites": ["a"]}
     w.jobs["snaps"] = {"method": "btrfs", "subvolumes": [str(sv)], "sites": ["a", "eu"], "keep_local": {"count": 1}}
     state = sandbox.owned_dir(wd / "state")
     w.extra = {"encryption": {"recipients": [r1]}, "wal": {"sites": ["a", "eu"], "compression": "zstd"},
@@ -222,8 +223,26 @@ def test_wal_fetch_decrypts_and_pitr_from_an_encrypted_snapshot_reaches_the_targ
     out = s.wd / "fetched"
     cp = s.w.cli("wal-fetch", s.seg, str(out), check=False)
     assert cp.returncode == 2 and "encrypted" in cp.stderr and "Traceback" not in cp.stderr
-    s.w.cli("wal-fetch", s.seg, str(out), env={"PGVAULT_IDENTITY": str(s.k1)})
+    # a flipped byte in site a's ciphertext: detected, and the copy at eu is used
+    wal = next((_site_a(s) / "wals").rglob(s.seg + "*"))
+    saved = wal.read_bytes()
+    bad = bytearray(saved)
+    bad[len(bad) // 3] ^= 0x01
+    wal.write_bytes(bytes(bad))
+    try:
+        cp = s.w.cli("wal-fetch", s.seg, str(out), "--from-site", "a", env={"PGVAULT_IDENTITY": str(s.k1)})
+        assert "damaged" in cp.stderr and "'a'" in cp.stderr, cp.stderr
+    finally:
+        wal.write_bytes(saved)
     assert out.stat().st_size == 16 << 20
+
+
+def test_barman_refuses_an_encrypted_site_instead_of_writing_it_in_clear(scene):
+    s = scene
+    cp = s.w.cli("backup", "base", check=False)
+    assert cp.returncode != 0 and "Traceback" not in cp.stderr
+    assert "site 'a' is encrypted" in cp.stderr and "in clear" in cp.stderr, cp.stderr
+    assert not list((_site_a(s) / "backups").glob("*/barman*"))
 
 
 def test_rotation_new_backups_use_new_keys_and_check_reports_old_ones(scene):
