@@ -85,7 +85,8 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
         # method's first stream flows (started then, so it does not hold the GIL while the dump
         # is being set up), off the critical path; it is complete before run_backup returns.
         relations = threading.Thread(target=_record_relations, args=(policy, conninfo), name="pgvault-relations", daemon=True)
-        session = BackupSession(catalogs, backup_id, on_first_stream=relations.start)
+        session = BackupSession(catalogs, backup_id, on_first_stream=relations.start,
+                                recipients={n: policy.recipients(n) for n in catalogs})
         # Before the first artifact: from now on every node's expire leaves this backup's files alone.
         running.begin(catalogs, backup_id, job_name, timeout=job.timeout, node=chosen.name if chosen else None)
         try:

@@ -48,16 +48,52 @@ def _probe_site(policy, name: str):
 
     site = open_readonly(policy, name)
     cat = Catalog(site, policy.cluster.name)
-    probe = f"clusters/{policy.cluster.name}/.probe-{uuid.uuid4().hex[:12]}"
+    from .sites.base import PROBE_MARK
+
+    probe = f"clusters/{policy.cluster.name}{PROBE_MARK}{uuid.uuid4().hex[:12]}"
     try:
+        if site.capabilities.object_lock is not None and not site.lock_enabled():
+            # Before any write: the bucket refuses locked writes, and the site would not be immutable.
+            raise PgvaultError(f"site {name!r} asks for object_lock but its bucket has no Object Lock enabled: "
+                               "objects would be deletable by anyone holding the credentials",
+                               "Object Lock can only be enabled when a bucket is created: create one with "
+                               "--object-lock-enabled-for-bucket (aws s3api create-bucket) and point the site at it")
         put_bytes(site, probe, b"pgvault probe")
         if get_bytes(site, probe) != b"pgvault probe":
             raise PgvaultError(f"{site.describe()}: probe object read back differently")
         site.delete(probe)
         marker = cat.ensure_site()
-        return cat, marker, cat.binding()
+        return cat, marker, cat.binding(), _keys_and_locks(policy, name, cat)
     except OSError as exc:
         raise PgvaultError(f"{site.describe()}: {exc}", "check the path and its permissions") from None
+
+
+def _keys_and_locks(policy, name: str, cat) -> list[CheckResult]:
+    """Object Lock on the bucket when the site asks for it; kept backups encrypted to
+    recipients the policy no longer lists (their keys must be kept until they expire)."""
+    out = []
+    lock = cat.site.capabilities.object_lock
+    if lock is not None:  # (a bucket without Object Lock failed the probe already)
+        days = f"{lock.retain / 86400:g} day(s)" if lock.retain >= 86400 else f"{lock.retain:g}s"
+        out.append(CheckResult(f"object lock {name}", OK, f"bucket has Object Lock enabled; objects are written "
+                                                          f"{lock.mode}-locked for {days}"))
+    current = set(policy.recipients(name))
+    old: dict[str, set[str]] = {}
+    for m in cat.manifests():
+        for a in m.artifacts:
+            gone = set(a.recipients or ()) - current
+            if gone:
+                old.setdefault(m.backup_id, set()).update(gone)
+    if old:
+        keys = sorted({r for g in old.values() for r in g})
+        ids = sorted(old)
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        out.append(CheckResult(f"keys {name}", WARNING,
+                               f"{len(ids)} kept backup(s) at site {name!r} ({shown}) are encrypted to recipient(s) "
+                               f"no longer in the policy: {', '.join(keys)}",
+                               "keep those private keys until the backups expire (they open with them only), "
+                               "or take new backups and expire the old ones"))
+    return out
 
 
 def site_probes(policy):
@@ -72,7 +108,7 @@ def site_result(name: str, answer, info: pg.ServerInfo | None) -> CheckResult:
     another cluster: CRITICAL)."""
     if not answer.ok:
         return CheckResult(f"site {name}", CRITICAL, answer.message, getattr(answer.error, "hint", None))
-    cat, marker, binding = answer.value
+    cat, marker, binding, _extra = answer.value
     if binding and info:
         try:
             cat.check_identity(binding, info.system_identifier)
@@ -263,6 +299,8 @@ def run_checks(policy, *, status_doc: dict | None = None, probes=None, deadline=
     answers = probes.wait(deadline)
     for name in policy.sites:
         results.append(site_result(name, answers[name], info))
+        if answers[name].ok:
+            results += answers[name].value[3]
     results += check_tools(policy, info)
     results += check_state_dirs(policy)
     results += check_standby_jobs(policy)

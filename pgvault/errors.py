@@ -84,6 +84,12 @@ class ObjectNotFound(SiteError):
         super().__init__(f"site {site!r}: no object {key!r}")
 
 
+class ObjectLocked(SiteError):
+    """The store refused to delete an object under an Object Lock retention."""
+
+    exit_code = EXIT_FAILED
+
+
 class ClusterMismatch(PgvaultError):
     exit_code = EXIT_USAGE
 
@@ -101,4 +107,10 @@ class RestoreRefused(PgvaultError):
 
 
 class NotSupported(PgvaultError):
+    exit_code = EXIT_USAGE
+
+
+class KeyRequired(PgvaultError):
+    """Encrypted data and no identity (private key) that opens it: names what and which key."""
+
     exit_code = EXIT_USAGE

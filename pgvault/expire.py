@@ -37,6 +37,8 @@ class SiteExpiry:
     deleted: list[str] = field(default_factory=list)      # backup ids deleted
     errors: list[str] = field(default_factory=list)
     in_progress: list[str] = field(default_factory=list)  # live in-progress markers (debris left alone)
+    wal_locked: int = 0                                   # WAL files past the cutoff but still locked
+    wal_locked_until: float | None = None
 
     @property
     def expired(self) -> list[Decision]:
@@ -54,6 +56,7 @@ class SiteExpiry:
 
     def to_doc(self) -> dict:
         return {"site": self.site, "wal_cutoff": self.wal_cutoff, "wal_expire": len(self.wal),
+                "wal_locked": self.wal_locked,
                 "wal_total": self.wal_total, "debris": self.debris, "errors": self.errors,
                 "in_progress": self.in_progress,
                 "backups": [{"backup_id": d.backup_id, "job": d.job, "action": d.action, "reasons": d.reasons}
@@ -88,11 +91,25 @@ def plan_site(policy, catalog, now: datetime, *, grace: timedelta = DEBRIS_GRACE
     backups = [to_backup(m, m.backup_id in pinned) for m in manifests]
     r.manifests = {m.backup_id: m for m in manifests}
     r.decisions = decide(backups, rules(policy, catalog.name), now)
+    lock = catalog.site.capabilities.object_lock
+    if lock is not None:
+        hold_locked(catalog, r, now)  # before the WAL cutoff: a base kept by its lock keeps its WAL
     r.wal_cutoff = wal_cutoff(backups, r.decisions)
-    wal = [(o.key, o.key.rsplit("/", 1)[-1]) for o in catalog.site.list(layout.wal_prefix(catalog.cluster))]
+    listing = list(catalog.site.list(layout.wal_prefix(catalog.cluster)))
+    wal = [(o.key, o.key.rsplit("/", 1)[-1]) for o in listing]
     r.wal_total = len(wal)
     doomed = set(wal_to_expire([n for _, n in wal], r.wal_cutoff))
     r.wal = sorted((k for k, n in wal if n in doomed), key=lambda k: k.rsplit("/", 1)[-1][8:])
+    if lock is not None and r.wal:
+        # A WAL file's lock runs from its upload (LastModified) for the site's retain period;
+        # the archive is cut oldest first, so stop at the first file still locked.
+        mtime = {o.key: o.mtime for o in listing}
+        for i, k in enumerate(r.wal):
+            if mtime[k] + lock.retain > now.timestamp():
+                r.wal_locked = len(r.wal) - i
+                r.wal_locked_until = mtime[k] + lock.retain
+                r.wal = r.wal[:i]
+                break
     # A backup in progress on any node (its marker at the site) looks like debris here: its files
     # have no manifest yet. While one is live, no debris is touched at this site.
     from .catalog.running import markers
@@ -106,6 +123,20 @@ def plan_site(policy, catalog, now: datetime, *, grace: timedelta = DEBRIS_GRACE
 def now_real() -> datetime:
     """Markers carry real times (like mtimes), whatever clock the tick was given."""
     return datetime.now(timezone.utc)
+
+
+def hold_locked(catalog, r: SiteExpiry, now: datetime) -> None:
+    """Keep every expired backup whose manifest (written last, so locked longest) is still
+    under its Object Lock: S3 would refuse the delete. A later run deletes it once the lock
+    has passed; the reason says until when."""
+    lock = catalog.site.capabilities.object_lock
+    for d in r.decisions:
+        if d.keep:
+            continue
+        until = catalog.site.locked_until(layout.manifest(catalog.cluster, d.backup_id))
+        if until is not None and until > now.timestamp():
+            when = datetime.fromtimestamp(until, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            d.add(True, f"expired, but locked until {when} (S3 Object Lock, {lock.mode}): a later run deletes it")
 
 
 def _old_debris(catalog, grace: timedelta) -> list[str]:

@@ -11,7 +11,7 @@ from ..errors import ClusterMismatch, ObjectNotFound, SiteError
 from ..sites.base import Site, get_bytes, get_or_none, put_bytes
 from . import layout
 from .formats import ClusterBinding, Manifest, SiteMarker, load_doc
-from .streams import VerifyingReader, decompressing, hash_stream
+from .streams import VerifyingReader, decompressing, decrypting, hash_stream
 
 log = logging.getLogger("pgvault.catalog")
 
@@ -112,8 +112,27 @@ class Catalog:
         """A reader of one artifact that raises IntegrityError at EOF if the bytes are not the manifest's."""
         a = m.artifact(name)
         raw = self.site.get(layout.artifact_key(self.cluster, m.backup_id, a))
-        v = VerifyingReader(raw, a.sha256, a.size, f"site {self.name!r}: {m.backup_id}/{name}")
+        what = f"site {self.name!r}: {m.backup_id}/{name}"
+        v = VerifyingReader(raw, a.sha256, a.size, what)
+        if a.encryption:
+            from ..crypt import keys
+
+            problem = keys.missing_key(a.recipients, f"backup {m.backup_id} ({name} at site {self.name!r})")
+            if problem:
+                raw.close()
+                raise problem
+            v = decrypting(v, keys.identities(), what)
         return decompressing(v, a.compression) if decompress else v
+
+    def key_problem(self, m: Manifest):
+        """Why the identities given cannot open this copy of backup ``m`` (None: they can, or it is clear)."""
+        from ..crypt import keys
+
+        for a in m.artifacts:
+            problem = keys.missing_key(a.recipients, f"backup {m.backup_id} at site {self.name!r}")
+            if problem:
+                return problem
+        return None
 
     def debris(self) -> list[str]:
         """Backup directories with no manifest, and unfinished writes."""

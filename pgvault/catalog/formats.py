@@ -46,6 +46,9 @@ class Artifact(Doc):
     key: str | None = Field(None, description="key relative to clusters/<cluster>/ when the artifact lives "
                                               "outside the backup directory (a base backup's tars in Barman's "
                                               "base/<barman id>/)")
+    encryption: str | None = Field(None, description="age when the stored bytes are encrypted (after compression)")
+    recipients: list[str] | None = Field(None, description="the age recipients (public keys) that open it; "
+                                  "an identity whose `age-keygen -y` is one of them decrypts it")
 
 
 class Manifest(Doc):

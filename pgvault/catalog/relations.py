@@ -22,7 +22,9 @@ from datetime import datetime, timedelta, timezone
 
 from .. import pg
 from ..catalog import layout
-from ..errors import PgvaultError, SiteError
+from ..crypt import age
+from ..crypt import keys as keys_mod
+from ..errors import KeyRequired, PgvaultError, SiteError
 from ..sites import open_sites
 from ..sites.base import get_bytes, put_bytes
 
@@ -110,11 +112,50 @@ def _sites(policy) -> dict:
     return open_sites(policy, names)
 
 
-def _latest(site, cluster: str) -> tuple[str, dict] | None:
+def _latest(site, cluster: str) -> tuple[str, dict | None] | None:
+    """The newest record at ``site``; its document is None when it is encrypted and this host
+    holds no identity that opens it (the usual case: the backup host has only public keys)."""
     keys = sorted(o.key for o in site.list(layout.relations_prefix(cluster)) if o.key.endswith(".json"))
     if not keys:
         return None
-    return keys[-1], json.loads(get_bytes(site, keys[-1]))
+    raw = get_bytes(site, keys[-1])
+    if age.is_age(raw) and not keys_mod.identities():
+        return keys[-1], None
+    return keys[-1], decode(raw, f"relation record {keys[-1]}")
+
+
+def decode(raw: bytes, what: str) -> dict:
+    """A stored record: JSON, or age-encrypted JSON opened with the identities given."""
+    if age.is_age(raw):
+        try:
+            raw = age.open_bytes(raw, keys_mod.identities())
+        except age.NoMatchingIdentity:
+            raise KeyRequired(f"{what} is encrypted and no identity given opens it",
+                              "pass the age identity file with --identity FILE or PGVAULT_IDENTITY") from None
+        except age.CorruptCiphertext as exc:
+            raise SiteError(f"{what} is damaged: {exc}", "another site may hold an intact copy") from None
+    return json.loads(raw)
+
+
+def _digest_file(policy):
+    from ..statedir import state_dir
+
+    return state_dir(policy.state_dir, policy.cluster.name) / "relations-stored.json"
+
+
+def _stored_digests(policy) -> dict:
+    """What this host last stored, per site: {site: [key, sha256 of the databases part]}. Lets
+    an unchanged record be skipped at a site whose records this host cannot decrypt."""
+    try:
+        return json.loads(_digest_file(policy).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _db_digest(doc: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(doc["databases"], sort_keys=True).encode()).hexdigest()
 
 
 def record_relations(policy, *, force: bool = False, conninfo: str | None = None) -> RecordResult:
@@ -127,17 +168,34 @@ def record_relations(policy, *, force: bool = False, conninfo: str | None = None
     data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     result = RecordResult(key=key, databases=len(doc["databases"]),
                           tables=sum(len(d["tables"]) for d in doc["databases"].values()))
+    digests = _stored_digests(policy)
+    mine = _db_digest(doc)
     for name, site in _sites(policy).items():
         try:
             if not force:
                 latest = _latest(site, policy.cluster.name)
-                if latest and latest[1].get("databases") == doc["databases"] and \
+                if latest and latest[1] is None:  # encrypted, no key here: what did this host store last?
+                    last = digests.get(name)
+                    if last and last[0] == latest[0] and last[1] == mine and \
+                            datetime.now(timezone.utc) - datetime.fromisoformat(last[2]) < REFRESH:
+                        continue
+                elif latest and latest[1].get("databases") == doc["databases"] and \
                         datetime.now(timezone.utc) - datetime.fromisoformat(latest[1]["time"]) < REFRESH:
                     continue
-            put_bytes(site, key, data)
+            rcpts = policy.recipients(name)
+            put_bytes(site, key, age.seal(data, list(rcpts)) if rcpts else data)
             result.stored_at.append(name)
+            digests[name] = [key, mine, doc["time"]]
         except PgvaultError as exc:
             result.failed[name] = exc.message
+    if result.stored_at and any(policy.recipients(n) for n in result.stored_at):
+        try:
+            from ..fsutil import mkdirs, write_atomic
+
+            mkdirs(_digest_file(policy).parent)
+            write_atomic(_digest_file(policy), json.dumps(digests).encode())
+        except (OSError, PgvaultError) as exc:  # a cache: without it the next record is stored again
+            log.debug("cannot save %s: %s", _digest_file(policy), exc)
     if result.failed and not result.stored_at:
         raise SiteError(f"relation history not stored: {result.failed}", "check that the sites are reachable")
     if not result.stored_at:
@@ -155,7 +213,9 @@ def load_history(policy, from_site: str | None = None) -> list[dict]:
             keys = sorted(o.key for o in site.list(layout.relations_prefix(policy.cluster.name))
                           if o.key.endswith(".json"))
             if keys:
-                return [json.loads(get_bytes(site, k)) for k in keys]
+                return [decode(get_bytes(site, k), f"site {name!r}: relation record {k}") for k in keys]
+        except KeyRequired:
+            raise
         except PgvaultError as exc:
             log.warning("site %s: relation history unreadable: %s", name, exc.message)
     return []

@@ -12,21 +12,26 @@ from ..errors import SiteError
 from . import layout
 from .catalog import Catalog
 from .formats import Artifact, Manifest
-from .streams import SUFFIX, Tee, pump
+from .streams import SUFFIX, SealedTee, Tee, pump
 
 log = logging.getLogger("pgvault.session")
 
 
 class BackupSession:
     def __init__(self, catalogs: dict[str, Catalog], backup_id: str,
-                 on_first_stream: Callable[[], None] | None = None):
+                 on_first_stream: Callable[[], None] | None = None,
+                 recipients: dict[str, tuple[str, ...]] | None = None):
         self.catalogs = dict(catalogs)
+        # Per site, the age recipients its artifacts are encrypted to (absent or () = clear).
+        self.recipients = {n: tuple(r) for n, r in (recipients or {}).items() if r}
         self.backup_id = backup_id
         self._on_first_stream = on_first_stream  # called once, when the first stream is flowing
         self.artifacts: list[Artifact] = []
         # Which sites hold each artifact (a stream may go to a subset of sites, e.g. an
         # incremental snapshot send whose base differs per site), and per-site manifest fields.
         self.holders: dict[int, set[str]] = {}  # index in artifacts -> sites
+        # An encrypted artifact's stored bytes differ per recipient set: index -> site -> Artifact.
+        self.per_site: dict[int, dict[str, Artifact]] = {}
         self.site_fields: dict[str, dict] = {}
         self.failed: dict[str, Exception] = {}
         self.committed: list[str] = []
@@ -77,7 +82,10 @@ class BackupSession:
             raise self._none_left()
         where = (lambda c: layout.cluster_key(c.cluster, key)) if key else \
             (lambda c: layout.artifact(c.cluster, self.backup_id, name))
-        tee = Tee({n: (c.site, where(c)) for n, c in targets.items()})
+        groups: dict[tuple, dict] = {}
+        for n, c in targets.items():
+            groups.setdefault(self.recipients.get(n, ()), {})[n] = (c.site, where(c))
+        tee = Tee(groups[()]) if list(groups) == [()] else SealedTee(groups)
         if self._on_first_stream is not None:
             hook, self._on_first_stream = self._on_first_stream, None
             hook()
@@ -94,8 +102,16 @@ class BackupSession:
         for n in list(targets):
             if n not in survivors and n in self.catalogs:
                 self._drop(n, SiteError("write failed"))
-        art = Artifact(name=name, size=tee.size, sha256=tee.sha.hexdigest(), raw_size=raw,
-                       compression=compression, kind=kind, database=database, key=key)
+        tees = {(): tee} if isinstance(tee, Tee) else tee.tees
+        arts = {}
+        for rcpts, t in tees.items():
+            extra = {"encryption": "age", "recipients": list(rcpts)} if rcpts else {}  # (clear: no fields)
+            a = Artifact(name=name, size=t.size, sha256=t.sha.hexdigest(), raw_size=raw,
+                         compression=compression, kind=kind, database=database, key=key, **extra)
+            arts.update({n: a for n in t.writers})
+        art = arts[survivors[0]]
+        if len(tees) > 1 or next(iter(tees)):
+            self.per_site[len(self.artifacts)] = arts
         self.holders[len(self.artifacts)] = set(survivors)
         self.artifacts.append(art)
         return art
@@ -105,7 +121,8 @@ class BackupSession:
         self.site_fields.setdefault(site, {}).update(fields)
 
     def _manifest_for(self, site: str, manifest: Manifest) -> Manifest:
-        arts = [a for i, a in enumerate(self.artifacts) if site in self.holders.get(i, ())]
+        arts = [self.per_site.get(i, {}).get(site, a) for i, a in enumerate(self.artifacts)
+                if site in self.holders.get(i, ())]
         update = {"artifacts": arts, "backup_id": self.backup_id, **self.site_fields.get(site, {})}
         if "facts" in update:
             update["facts"] = {**manifest.facts, **update["facts"]}

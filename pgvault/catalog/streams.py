@@ -1,5 +1,6 @@
-"""Stream wrappers above the Site contract, written once: hashing, compression, and a tee that
-writes one stream to several sites in one pass (a site that fails is dropped, not fatal)."""
+"""Stream wrappers above the Site contract, written once: hashing, compression, encryption
+(age, after compression), and a tee that writes one stream to several sites in one pass (a
+site that fails is dropped, not fatal)."""
 from __future__ import annotations
 
 import hashlib
@@ -98,6 +99,71 @@ class Tee:
                 pass
 
 
+class SealedTee:
+    """One compressed stream to groups of sites, each group with its own recipients (``()`` =
+    stored in clear). Each group gets its own ciphertext — age draws a fresh file key per
+    file — and so its own stored hash and size: ``tees[recipients]`` is that group's Tee.
+    Same interface as Tee (write, commit, abort, failed); a group whose sites all fail is
+    dropped, the stream goes on while one group survives."""
+
+    def __init__(self, groups: dict[tuple, dict[str, tuple[Site, str]]]):
+        from ..crypt.age import Sealer
+
+        self.tees: dict[tuple, Tee] = {}
+        self.sealers = {}
+        self._failed: dict[str, Exception] = {}
+        for rcpts, targets in groups.items():
+            try:
+                self.tees[rcpts] = Tee(targets)
+            except SiteError as exc:
+                self._failed.update({n: exc for n in targets})
+                continue
+            self.sealers[rcpts] = Sealer(list(rcpts)) if rcpts else None
+        if not self.tees:
+            detail = "; ".join(f"{n}: {getattr(e, 'message', e)}" for n, e in self._failed.items())
+            raise SiteError(f"every site failed: {detail}", "check the sites with pgvault check")
+
+    @property
+    def failed(self) -> dict[str, Exception]:
+        out = dict(self._failed)
+        for tee in self.tees.values():
+            out.update(tee.failed)
+        return out
+
+    def _each(self, fn) -> None:
+        for rcpts, tee in list(self.tees.items()):
+            try:
+                fn(rcpts, tee)
+            except SiteError as exc:  # every site of this group failed: the others go on
+                self._failed.update(tee.failed)
+                del self.tees[rcpts]
+                if not self.tees:
+                    raise exc
+        if not self.tees:
+            raise SiteError("every site failed", "check the sites with pgvault check")
+
+    def write(self, data: bytes) -> None:
+        def one(rcpts, tee):
+            sealer = self.sealers[rcpts]
+            tee.write(sealer.update(data) if sealer else data)
+        self._each(one)
+
+    def commit(self) -> list[str]:
+        survivors: list[str] = []
+
+        def one(rcpts, tee):
+            sealer = self.sealers[rcpts]
+            if sealer is not None:
+                tee.write(sealer.finish())
+            survivors.extend(tee.commit())
+        self._each(one)
+        return survivors
+
+    def abort(self) -> None:
+        for tee in self.tees.values():
+            tee.abort()
+
+
 class Compressor:
     """zstd (multi-threaded, with frame checksums) or pass-through."""
 
@@ -122,7 +188,7 @@ class Compressor:
 SUFFIX = {"zstd": ".zst", "lz4": ".lz4", "none": ""}
 
 
-def pump(source: BinaryIO, tee: Tee, compression: str = "zstd", level: int = 1, threads: int = 2,
+def pump(source: BinaryIO, tee: "Tee | SealedTee", compression: str = "zstd", level: int = 1, threads: int = 2,
          progress: Callable[[int], None] | None = None) -> int:
     """Copy ``source`` into ``tee`` compressing on the way; return the raw byte count.
     ``lz4``: one frame of independent blocks compressed on ``threads`` cores (lz4frame.py)."""
@@ -192,6 +258,55 @@ class VerifyingReader:
 
     def close(self):
         self.stream.close()
+
+
+class _Decrypting:
+    """The plaintext of an age stream; a chunk that fails authentication is an IntegrityError
+    (the copy at this site is damaged: the caller falls back to another site)."""
+
+    def __init__(self, stream: BinaryIO, identities: list[bytes], what: str):
+        from ..crypt import age
+
+        self._age = age
+        self.what = what
+        self.stream = stream
+        try:
+            self.opener = age.Opener(stream, identities)
+        except age.CorruptCiphertext as exc:
+            raise self._damaged(exc) from None
+        except age.NoMatchingIdentity:
+            from ..errors import KeyRequired
+
+            raise KeyRequired(f"{what}: none of the identities given opens it",
+                              "pass the identity of one of the recipients the manifest lists") from None
+
+    def _damaged(self, exc) -> IntegrityError:
+        return IntegrityError(f"{self.what}: the ciphertext is damaged ({exc})",
+                              "the copy at this site was altered; restore from another site (--from-site)")
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.opener.read(n)
+        except self._age.CorruptCiphertext as exc:
+            raise self._damaged(exc) from None
+
+    read1 = read
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self):
+        self.stream.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def decrypting(stream: BinaryIO, identities: list[bytes], what: str) -> BinaryIO:
+    return _Decrypting(stream, identities, what)
 
 
 def decompressing(stream: BinaryIO, compression: str) -> BinaryIO:

@@ -66,7 +66,17 @@ class LazyGroup(click.Group):
             # `pgvault check --policy FILE` reads as naturally as `pgvault --policy FILE check`.
             cmd.params.append(click.Option(["--policy", "-p", "sub_policy"], metavar="FILE", expose_value=False,
                                            callback=_set_policy, help="policy file (same as the global --policy)"))
+        if not any(p.name == "sub_identity" for p in cmd.params):
+            cmd.params.append(click.Option(["--identity", "sub_identity"], metavar="FILE", expose_value=False,
+                                           callback=_set_identity, help="age identity file (same as the global --identity)"))
         return cmd
+
+
+def _set_identity(_ctx, _param, value):
+    if value:
+        from ..crypt.keys import use_file
+
+        use_file(value)
 
 
 def _set_policy(ctx, _param, value):
@@ -105,6 +115,9 @@ def setup_logging(verbose: int, fmt: str) -> None:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--policy", "-p", "policy_file", envvar="PGVAULT_POLICY", metavar="FILE",
               help="policy file (default $PGVAULT_POLICY, then /etc/pgvault/policy.yaml)")
+@click.option("--identity", "identity_file", metavar="FILE", callback=_set_identity, expose_value=False,
+              help="age identity (private key) file to decrypt encrypted backups and WAL; or set $PGVAULT_IDENTITY "
+                   "to its path (never the key on a command line)")
 @click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="log line format on stderr")

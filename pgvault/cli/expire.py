@@ -55,6 +55,12 @@ def expire(ctx, dry_run, site, as_json, debris_grace):
             if r.wal_total:
                 cut = f"before {r.wal_cutoff} (oldest kept base)" if r.wal_cutoff else "none: no PITR base kept here"
                 click.echo(f"  WAL: {r.wal_total} file(s); expire {len(r.wal)}, {cut}")
+            if r.wal_locked:
+                from datetime import datetime, timezone
+
+                when = datetime.fromtimestamp(r.wal_locked_until, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                click.echo(f"  WAL: {r.wal_locked} more file(s) expired but locked until {when} (S3 Object Lock); "
+                           f"a later run deletes them")
             if r.debris:
                 click.echo(f"  debris: {len(r.debris)} object(s) to remove")
             for m in r.in_progress:

@@ -9,6 +9,7 @@ from typing import Annotated, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..crypt.config import Encryption
 from ..sites.local import LocalSiteConfig
 from ..sites.s3 import S3SiteConfig
 from .durations import parse_duration
@@ -322,6 +323,14 @@ class Policy(Strict):
     state_dir: str | None = Field(None, description="local cache and lock directory; default /var/lib/pgvault/<cluster>")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="thresholds of pgvault status/check")
     notify: Notify = Field(default_factory=Notify, description="where failures and broken objectives are reported")
+    encryption: Encryption | None = Field(None, description="encrypt everything holding data, at every site that has "
+                                          "no encryption of its own, to these age recipients (public keys)")
+
+    def recipients(self, site: str) -> tuple[str, ...]:
+        """The age recipients of what is written to ``site`` (its own, else the policy's; () = clear)."""
+        own = self.sites[site].encryption  # every site configuration has the field
+        enc = own or self.encryption
+        return tuple(enc.recipients) if enc else ()
 
     def site_names(self) -> list[str]:
         return list(self.sites)

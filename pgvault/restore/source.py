@@ -34,6 +34,7 @@ def find_backup(policy, backup_id: str, from_site: str | None, *, only: bool = F
         names = [from_site]
     out = []
     notes = []
+    key_problems = []
     for n, site in open_sites(policy, names).items():
         cat = Catalog(site, policy.cluster.name)
         try:
@@ -43,6 +44,11 @@ def find_backup(policy, backup_id: str, from_site: str | None, *, only: bool = F
         except PgvaultError as exc:
             notes.append(f"site {n!r}: {exc.message}")
             continue
+        problem = cat.key_problem(m)
+        if problem is not None:  # another site may hold a copy encrypted to a key we have
+            key_problems.append(problem)
+            notes.append(f"site {n!r}: {problem.message}")
+            continue
         bad = damaged(cat, m)
         if bad:
             notes.append(f"site {n!r}: copy of {backup_id} is damaged ({bad}); trying the next site")
@@ -51,6 +57,8 @@ def find_backup(policy, backup_id: str, from_site: str | None, *, only: bool = F
         break
     for note in notes:
         (warn or log.warning)(note)
+    if not out and key_problems:
+        raise key_problems[0]
     if not out:
         detail = ("; ".join(notes)) if notes else "no site holds it"
         raise PgvaultError(f"backup {backup_id} is not available intact at any site ({detail})",

@@ -80,11 +80,26 @@ class Capabilities:
     cheap_head: bool = False
     # ``list_temporaries`` sees in-flight and crashed writes.
     lists_temporaries: bool = False
-    # The store can copy an object without the bytes passing through pgvault, and keep objects
-    # immutable for a retention period. No driver offers a primitive for either yet: the fields
-    # exist so one can be added without sniffing. Always False today.
+    # The store can copy an object without the bytes passing through pgvault. No driver offers
+    # a primitive for it yet: the field exists so one can be added without sniffing.
     server_side_copy: bool = False
-    object_lock: bool = False
+    # Every object is written immutable until a retain-until date (S3 Object Lock): expiry asks
+    # ``locked_until(key)`` before deleting and never tries a locked object; `check` asks
+    # ``lock_enabled()`` of the bucket. None: objects are deletable at once.
+    object_lock: "LockTerms | None" = None
+
+
+# The write probe of `pgvault check` (``…/.probe-<random>``): written and deleted at once, so a
+# locking site writes it unlocked (a locked probe could not be deleted for the retain period).
+PROBE_MARK = "/.probe-"
+
+
+@dataclass(frozen=True)
+class LockTerms:
+    """How a site locks what it writes: ``mode`` governance|compliance, for ``retain`` seconds."""
+
+    mode: str
+    retain: float
 
 
 def overlaps(a: tuple, b: tuple) -> bool:
@@ -127,6 +142,11 @@ class Site(Protocol):
     def delete(self, key: str) -> None: ...
     def list_temporaries(self, prefix: str = "") -> list[str]: ...
     def describe(self) -> str: ...
+
+    # Only for a site whose capabilities declare ``object_lock``:
+    #   locked_until(key) -> float | None   the retain-until time (epoch seconds) of the
+    #                                       object's current version, None if unlocked or absent
+    #   lock_enabled() -> bool              the bucket has Object Lock enabled
     # ``callback()`` after every response the storage sends: a sign of life that lets a
     # read-only probe tell a slow, answering site from a partitioned one (sites/readonly.py).
     def on_response(self, callback) -> None: ...

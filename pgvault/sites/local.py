@@ -13,6 +13,8 @@ from typing import BinaryIO, ClassVar, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..crypt.config import Encryption
+
 from ..errors import ObjectNotFound, SiteError, SiteUnreachable
 from ..fsutil import TMP_PREFIX, WRITEBACK_EVERY, fsync_dir, start_writeback
 from .base import Capabilities, ObjectInfo, WriterMixin, path_parts
@@ -22,6 +24,8 @@ class LocalSiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["local"] = Field(description="a directory on this host (or a mounted file system)")
     path: str = Field(min_length=1, description="absolute path of the site's root directory")
+    encryption: Encryption | None = Field(None, description="encrypt what this site stores to these recipients "
+                                          "(replaces the policy's top-level encryption for this site)")
 
     # The key a policy error about this site's place points at (the overlap check).
     location_field: ClassVar[str] = "path"

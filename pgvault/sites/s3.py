@@ -7,17 +7,38 @@ so no partial object ever appears under the final key."""
 from __future__ import annotations
 
 import io
+import re
 import threading
+from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, ClassVar, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import ObjectNotFound, SiteError, SiteUnreachable
-from .base import BarmanCloud, Capabilities, ObjectInfo, WriterMixin, path_parts
+from ..crypt.config import Encryption
+
+from ..errors import ObjectLocked, ObjectNotFound, SiteError, SiteUnreachable
+from .base import PROBE_MARK, BarmanCloud, Capabilities, LockTerms, ObjectInfo, WriterMixin, path_parts
 
 PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS_IN_FLIGHT = 3
+
+
+class ObjectLock(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["governance", "compliance"] = Field(description="S3 Object Lock mode: governance (removable by a "
+                                                      "principal allowed to bypass it) or compliance (nobody can shorten it)")
+    retain: timedelta = Field(description="how long each object stays locked after it is written, e.g. 30d")
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _retain(cls, v):
+        if isinstance(v, timedelta):
+            return v
+        m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", str(v))
+        if not m:
+            raise ValueError(f"not a duration: {v!r} (use e.g. 12h, 30d, 2w)")
+        return timedelta(seconds=int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)])
 
 
 class S3SiteConfig(BaseModel):
@@ -31,6 +52,10 @@ class S3SiteConfig(BaseModel):
     connect_timeout: float = Field(5, gt=0, description="seconds to wait for a connection")
     read_timeout: float = Field(60, gt=0, description="seconds to wait for a response")
     max_attempts: int = Field(3, ge=1, le=20, description="attempts per request (boto3 standard retries)")
+    encryption: Encryption | None = Field(None, description="encrypt what this site stores to these recipients "
+                                          "(replaces the policy's top-level encryption for this site)")
+    object_lock: ObjectLock | None = Field(None, description="write every object with an S3 Object Lock retention "
+                                           "(the bucket must have Object Lock enabled)")
 
     def url(self) -> str:
         """s3://bucket/prefix as barman-cloud and humans write it."""
@@ -110,7 +135,15 @@ class _S3Writer(WriterMixin):
         self.done = False
 
     def _extra(self) -> dict:
-        return {"StorageClass": self.site.config.storage_class} if self.site.config.storage_class else {}
+        extra = {"StorageClass": self.site.config.storage_class} if self.site.config.storage_class else {}
+        lock = self.site.config.object_lock
+        if lock is not None and PROBE_MARK not in self.key:  # (check's probe: deleted at once, so never locked)
+            # Retain-until from the injectable clock (tests); S3 refuses a date in the past.
+            from ..clock import Clock
+
+            extra["ObjectLockMode"] = lock.mode.upper()
+            extra["ObjectLockRetainUntilDate"] = Clock.from_env().now() + lock.retain
+        return extra
 
     def _upload_part(self, number: int, data: bytes) -> None:
         try:
@@ -161,6 +194,14 @@ class _S3Writer(WriterMixin):
                                 Bucket=self.site.config.bucket, Key=self.key, UploadId=self.upload_id,
                                 MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n}
                                                            for n, e in sorted(self.parts.items())]})
+                lock = self._extra()
+                if "ObjectLockMode" in lock:
+                    # Set again on the completed object: some S3-compatible stores (moto among
+                    # them) drop the lock given at CreateMultipartUpload. The date is the same
+                    # or later, so this never shortens a lock (S3 refuses that in compliance).
+                    self.site._call("lock", self.site.client.put_object_retention, Bucket=self.site.config.bucket,
+                                    Key=self.key, Retention={"Mode": lock["ObjectLockMode"],
+                                                             "RetainUntilDate": lock["ObjectLockRetainUntilDate"]})
         except BaseException:
             self.abort()
             raise
@@ -182,6 +223,12 @@ class _S3Writer(WriterMixin):
                 pass
 
 
+def _iso(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class S3Site:
     def __init__(self, name: str, config: S3SiteConfig):
         self.name = name
@@ -191,7 +238,9 @@ class S3Site:
         self.capabilities = Capabilities(
             barman_cloud=BarmanCloud(config.url(), "aws-s3", config.endpoint_url,
                                      {"AWS_DEFAULT_REGION": config.region} if config.region else {}),
-            lists_temporaries=True)
+            lists_temporaries=True,
+            object_lock=LockTerms(config.object_lock.mode, config.object_lock.retain.total_seconds())
+            if config.object_lock else None)
 
     @property
     def client(self):
@@ -262,7 +311,44 @@ class S3Site:
             raise
 
     def delete(self, key: str) -> None:
-        self._call("delete", self.client.delete_object, Bucket=self.config.bucket, Key=self._key(key))
+        if self.config.object_lock is None:
+            self._call("delete", self.client.delete_object, Bucket=self.config.bucket, Key=self._key(key))
+            return
+        # An Object Lock bucket is versioned: a plain delete only adds a delete marker and the
+        # locked bytes stay. Delete the versions themselves; S3 refuses a locked one (and
+        # pgvault never asks to bypass governance mode).
+        resp = self._call("list versions", self.client.list_object_versions, Bucket=self.config.bucket,
+                          Prefix=self._key(key))
+        full = self._key(key)
+        for v in resp.get("Versions", []) + resp.get("DeleteMarkers", []):
+            if v["Key"] != full:
+                continue
+            try:
+                self._call("delete", self.client.delete_object, Bucket=self.config.bucket, Key=full,
+                           VersionId=v["VersionId"])
+            except SiteUnreachable as exc:  # AccessDenied: the version is locked
+                until = self.locked_until(key)
+                raise ObjectLocked(f"site {self.name!r}: {key} is locked"
+                                   + (f" until {_iso(until)}" if until else "") + f" ({exc.message})",
+                                   "expiry deletes it on a later run once its lock has passed") from None
+
+    def locked_until(self, key: str) -> float | None:
+        try:
+            resp = self._call("head", self.client.head_object, Bucket=self.config.bucket, Key=self._key(key))
+        except ObjectNotFound:
+            return None
+        until = resp.get("ObjectLockRetainUntilDate")
+        return until.timestamp() if until is not None else None
+
+    def lock_enabled(self) -> bool:
+        try:
+            resp = self._call("object lock configuration", self.client.get_object_lock_configuration,
+                              Bucket=self.config.bucket)
+        except SiteError as exc:
+            if "ObjectLockConfigurationNotFound" in exc.message:
+                return False
+            raise
+        return resp.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
 
     def on_response(self, callback) -> None:
         self.client.meta.events.register("after-call.s3", lambda **_kw: callback())

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
-from ..errors import ObjectNotFound, SiteError, SiteUnreachable
+from ..errors import ObjectLocked, ObjectNotFound, SiteError, SiteUnreachable
 from .base import Capabilities, ObjectInfo, Site, Writer, WriterMixin
 
 
@@ -60,6 +60,12 @@ class SiteWrapper:
     def on_response(self, callback) -> None:
         self.inner.on_response(callback)
 
+    def locked_until(self, key: str) -> float | None:
+        return self.inner.locked_until(key)
+
+    def lock_enabled(self) -> bool:
+        return self.inner.lock_enabled()
+
     def describe(self) -> str:
         return self.inner.describe()
 
@@ -85,7 +91,7 @@ class RetryingSite(SiteWrapper):
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn(*args)
-            except ObjectNotFound:
+            except (ObjectNotFound, ObjectLocked):  # answers, not outages
                 raise
             except SiteError:
                 if attempt == self.attempts:

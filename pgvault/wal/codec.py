@@ -41,14 +41,52 @@ def compress(data: bytes, compression: str) -> bytes:
     raise ValueError(f"unknown WAL compression {compression!r}")
 
 
+AGE_MAGIC = b"age-encryption.org/v1\n"  # (pgvault.crypt.age.MAGIC; not imported: wal-push's start-up budget)
+
+
+def is_sealed(data) -> bool:
+    """Stored bytes that are age-encrypted (the compressed file inside). Keys keep Barman's
+    names; no compressed or raw WAL file starts with this line."""
+    return bytes(data[: len(AGE_MAGIC)]) == AGE_MAGIC
+
+
+def seal(data: bytes, recipients) -> bytes:
+    """Encrypt a compressed WAL file to ``recipients`` (after compression: ciphertext does not compress)."""
+    from ..crypt import age
+
+    return age.seal(data, list(recipients))
+
+
+def unseal(data: bytes) -> bytes:
+    """The compressed file inside an age-encrypted one, opened with the identities this process
+    was given; KeyRequired without one that opens it, CorruptWal when the ciphertext is damaged."""
+    from ..crypt import age, keys
+    from ..errors import KeyRequired
+
+    ids = keys.identities()
+    if not ids:
+        raise KeyRequired("the WAL file is encrypted and no identity was given",
+                          f"pass the age identity file with --identity FILE or set {keys.ENV}")
+    try:
+        return age.open_bytes(data, ids)
+    except age.NoMatchingIdentity:
+        raise KeyRequired("the WAL file is encrypted and none of the identities given opens it",
+                          "pass the identity of one of the recipients the policy had when it was archived") from None
+    except age.CorruptCiphertext as exc:
+        raise CorruptWal(f"the ciphertext is damaged: {exc}") from None
+
+
 def decompress(data: bytes, compression: str) -> bytes:
-    """Decompress and check; raise CorruptWal when the bytes are damaged.
+    """Decompress and check (decrypting first if the stored bytes are encrypted); raise
+    CorruptWal when the bytes are damaged.
 
     >>> decompress(compress(b"x" * 100, "gzip")[:-3], "gzip")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     ...
     pgvault.wal.codec.CorruptWal: gzip data is damaged: incomplete or truncated stream
     """
+    if is_sealed(data):
+        data = unseal(data)
     try:
         if compression == "none":
             return data

@@ -146,8 +146,11 @@ def fetch(policy, name: str, dest: str | os.PathLike, *, from_site: str | None =
         from ..errors import UsageError
 
         raise UsageError(f"{name!r} is not a WAL file name", "restore_command must be 'pgvault wal-fetch %f %p'")
+    from ..errors import KeyRequired
+
     cluster = policy.cluster.name
     troubles: list[str] = []
+    key_problem: KeyRequired | None = None
     for sname in site_order(policy, from_site):
         site = (sites or {}).get(sname) or open_site(sname, policy.sites[sname])
         try:
@@ -167,6 +170,12 @@ def fetch(policy, name: str, dest: str | os.PathLike, *, from_site: str | None =
                     problem = verify(name, raw, sysid)
                 except ObjectNotFound:
                     continue
+                except KeyRequired as exc:  # another site may hold a copy encrypted to a key we have
+                    need = ", ".join(policy.recipients(sname)) or "the recipients of its time"
+                    key_problem = key_problem or KeyRequired(f"site {sname!r}: {name}: {exc.message} (the site's recipients: {need})",
+                                                             exc.hint)
+                    troubles.append(f"site {sname!r}: {key_problem.message}")
+                    continue
                 except codec.CorruptWal as exc:
                     problem = str(exc)
                 if problem:
@@ -182,6 +191,8 @@ def fetch(policy, name: str, dest: str | os.PathLike, *, from_site: str | None =
             msg = getattr(exc, "message", None) or str(exc)
             log.warning("site %r: %s; trying the next site", sname, msg)
             troubles.append(f"site {sname!r}: {msg}")
+    if key_problem is not None:
+        raise key_problem
     if troubles:
         raise WalUnavailable(f"no sound copy of {name} could be fetched:\n  " + "\n  ".join(troubles),
                              "recovery stops here unless another site holds the file; fix the site and retry")

@@ -45,11 +45,25 @@ class Item:
     spool_for: set = field(default_factory=set)   # sites that failed: owed through the spool
     late: bool = False  # a site's task still runs past the grace (it will read the bytes)
     quarantined: set = field(default_factory=set)  # sites that hold it under quarantine/, not in wals/
+    sealed: dict = field(default_factory=dict)  # recipients -> the blob encrypted to them (once per set)
+    seal_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def data(self) -> bytes:
         if self.blob is None and self.blob_future is not None:
             self.blob = self.blob_future.result()
         return self.blob
+
+    def stored_bytes(self, recipients: tuple) -> bytes:
+        """What a site with ``recipients`` stores: the blob, or the blob encrypted to them —
+        once per recipient set however many sites share it (two threads may race to seal it
+        first: both results are valid, one is kept)."""
+        if not recipients:
+            return self.data()
+        with self.seal_lock:  # sites sharing a recipient set wait for the first to seal it
+            out = self.sealed.get(recipients)
+            if out is None:
+                out = self.sealed[recipients] = codec.seal(self.data(), recipients)
+        return out
 
     def content(self, compression: str) -> bytes:
         if self.raw is None:
@@ -74,6 +88,18 @@ def stored_variants(site, cluster: str, name: str) -> list[str]:
         return [k for k in keys if site.head(k) is not None]
     base = layout.wal_key(cluster, name)
     return [o.key for o in site.list(base) if o.key in keys]
+
+
+def _import_crypto() -> None:
+    from ..crypt import age
+
+    age.warm()
+
+
+def _have_identity() -> bool:
+    from ..crypt import keys
+
+    return bool(keys.identities())
 
 
 def read_wal(path: Path):
@@ -101,6 +127,11 @@ class Archiver:
         self.compression = policy.wal.compression
         self.suffix = names.SUFFIXES[self.compression]
         self.sites = sites if sites is not None else open_sites(policy, policy.wal.sites)
+        self.recipients = {s: policy.recipients(s) for s in self.sites}
+        if any(self.recipients.values()):
+            # The crypto library takes longer to import than a segment takes to compress: do it
+            # while the first segment is read and compressed (zstd releases the GIL).
+            threading.Thread(target=_import_crypto, name="wal-crypto-import", daemon=True).start()
         if not self.sites:
             raise UsageError("no WAL sites configured", "list the sites that receive WAL under wal.sites in the policy")
         self.spool = spool or Spool(spool_dir(policy))
@@ -215,6 +246,14 @@ class Archiver:
 
             for key in existing:
                 other = get_bytes(site, key)
+                if codec.is_sealed(other) and not _have_identity():
+                    # The pushing host holds only public keys: it cannot compare an encrypted
+                    # copy. Re-archiving a file already stored (a crash between the upload and
+                    # PostgreSQL's .done) is the case that reaches here; WAL of another cluster
+                    # is refused earlier by the system identifier bound at the site.
+                    log.info("site %r already holds %s encrypted (%s); not compared (no identity here)",
+                             site.name, item.name, key)
+                    return "present"
                 try:
                     same = codec.decompress(other, names.split_stored(key.rsplit("/", 1)[1])[1]) == \
                         item.content(self.compression)
@@ -236,7 +275,8 @@ class Archiver:
                 return "quarantined"
         from ..sites.base import put_bytes
 
-        put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix), item.data())
+        put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix),
+                  item.stored_bytes(self.recipients.get(site.name, ())))
         return "stored"
 
     def _forks(self, site) -> "divergence.Forks":
@@ -255,7 +295,8 @@ class Archiver:
         with self._lock:
             if self._sender is None:
                 self._sender = divergence.sender(self._pgdata, self.policy)
-        key = divergence.quarantine(site, self.cluster, item.name, self.suffix, item.data(), raw, reason=reason,
+        key = divergence.quarantine(site, self.cluster, item.name, self.suffix,
+                                    item.stored_bytes(self.recipients.get(site.name, ())), raw, reason=reason,
                                     header=header, fork=fork, who=self._sender,
                                     segment_size=header.segment_size if header else 16 << 20, note=note)
         with self._lock:
@@ -266,9 +307,17 @@ class Archiver:
                     site.name, key, "" if reason == "conflict" else
                     "; this server is not the cluster's primary: stop it and pg_rewind or re-clone it")
 
-    def _prepare(self, path: Path, sysid: str) -> bytes:
+    def _prepare(self, path: Path, sysid: str, item: Item) -> bytes:
         raw, _hdr = self.load(path, sysid)
-        return codec.compress(raw, self.compression)
+        return self._compress(item, raw)
+
+    def _compress(self, item: Item, raw) -> bytes:
+        """Compress, then encrypt once per recipient set of the sites, in the compression
+        worker: the site threads only upload."""
+        blob = codec.compress(raw, self.compression)
+        for rcpts in {r for r in self.recipients.values() if r}:
+            item.sealed[rcpts] = codec.seal(blob, rcpts)
+        return blob
 
     def _site_task(self, sname: str, item: Item, bind: tuple) -> None:
         try:
@@ -278,6 +327,7 @@ class Archiver:
                 item.done_sites.add(sname)
                 if len(item.done_sites) == len(self.sites) and not item.spool_for:
                     item.blob = item.blob_future = None  # every site has it: free the memory
+                    item.sealed = {}
 
     def _ship_or_spool(self, sname: str, item: Item, bind: tuple, listing: set | None = None) -> None:
         try:
@@ -346,7 +396,7 @@ class Archiver:
                 raise UsageError(f"cannot tell which cluster {path.name} belongs to",
                                  "push a WAL segment first, or run `pgvault check` to bind the cluster at its sites")
             first = Item(path.name, path.name + self.suffix)
-            first.blob_future = cpool.submit(codec.compress, raw, self.compression)
+            first.blob_future = cpool.submit(self._compress, first, raw)
             del raw
             bind = (sysid, pg_major(hdr0, pgdata), hdr0.segment_size if hdr0 else 16 << 20)
             self._bind = bind
@@ -354,7 +404,7 @@ class Archiver:
             while True:
                 for p in todo:
                     it = Item(p.name, p.name + self.suffix)
-                    it.blob_future = cpool.submit(self._prepare, p, sysid)
+                    it.blob_future = cpool.submit(self._prepare, p, sysid, it)
                     round_items.append(it)
                 self._round(round_items, bind, n_sync, path.parent, requested=path.name)
                 items += round_items
@@ -408,11 +458,14 @@ class Archiver:
                     log.warning("%s", it.error.message)
             if not it.late:  # durable where it must be: the next batch needs the memory
                 it.blob = it.blob_future = None
+                it.sealed = {}
 
     def _local_copy(self, it: Item):
         """The committed file of ``it`` at a local site that stored it (for the spool to link)."""
         key = layout.wal_key(self.cluster, it.name, self.suffix)
         for sname, site in self.sites.items():
+            if self.recipients.get(sname):
+                continue  # its file is encrypted to its own recipients: the spool keeps the compressed blob
             if sname in it.stored_at and (root := site.capabilities.local_root) is not None:
                 return root / key
         return None
