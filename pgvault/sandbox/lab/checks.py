@@ -67,7 +67,7 @@ def windows(world, broken_ok: set[str] = frozenset()) -> Check:
     for s in doc.get("sites", []):
         u = s.get("unbroken")
         seen[s["site"]] = {"holes": s["holes"], "unbroken": u}
-        if s["site"] in broken_ok:
+        if s["site"] in broken_ok or s["site"] not in world.base_sites:   # no base there: no window
             continue
         if u is None:
             bad.append(f"{s['site']}: nothing restorable")
@@ -75,9 +75,9 @@ def windows(world, broken_ok: set[str] = frozenset()) -> Check:
             holes = [h for t in s["timelines"] for h in t["holes"]]
             bad.append(f"{s['site']}: {s['holes']} hole(s): " + "; ".join(
                 f"{h.get('start_time')} .. {h.get('end_time')} ({h.get('detail', h.get('cause', ''))})" for h in holes)[:400])
-    missing = sorted(set(world.wal_sites()) - set(seen))
+    missing = sorted(set(world.base_sites) - set(seen))
     bad += [f"{m}: could not be read" for m in missing]
-    return Check("every site's window is unbroken", not bad, "; ".join(bad) or ", ".join(
+    return Check("every base site's window is unbroken", not bad, "; ".join(bad) or ", ".join(
         f"{k}: unbroken {v['unbroken']['seconds']}s" for k, v in seen.items() if v["unbroken"]), evidence=seen)
 
 
@@ -223,7 +223,7 @@ def window_bounds(wdoc: dict, site: str) -> tuple[datetime, datetime] | None:
     return None
 
 
-def sampled_restores(world, ledger, sites: list[str], n: int, rng: random.Random) -> list[Check]:
+def sampled_restores(world, ledger, sites: list[str], n: int, rng: random.Random, newest: bool = False) -> list[Check]:
     """``n`` restore points per site, drawn from the lab's whole history after the first base
     (not from the site's window: a hole the lab did not expect must show up as lost rows)."""
     checks = []
@@ -232,14 +232,17 @@ def sampled_restores(world, ledger, sites: list[str], n: int, rng: random.Random
     if world.switched_at is not None:   # set by archived(): WAL up to then is archived
         hi = min(hi, world.switched_at)
     for site in sites:
-        for t in sample_points(ledger, lo, hi, n, rng):
-            checks.append(restore_at(world, ledger, site, t))
+        points = sample_points(ledger, lo, hi, n - 1 if newest else n, rng)
+        if newest:
+            points += sample_points(ledger, hi - timedelta(seconds=2), hi, 1, rng)
+        for t in points:
+            checks.append(restore_at(world, ledger, site, t, label="newest" if newest and t == points[-1] else ""))
     return checks
 
 
-def criterion(world, ledger, rng: random.Random, *, sites: list[str], samples: int,
+def criterion(world, ledger, rng: random.Random, *, sites: list[str], samples: int, newest: bool = False,
               broken_ok: set[str] = frozenset()) -> list[Check]:
     """The whole pass criterion after one scenario."""
     out = [archived(world), verify(world), windows(world, broken_ok)]
-    out += sampled_restores(world, ledger, sites, samples, rng)
+    out += sampled_restores(world, ledger, sites, samples, rng, newest)
     return out

@@ -81,7 +81,7 @@ class Ledger:
         while not self._stop.is_set():
             try:
                 if conn is None:
-                    conn = pg.connect(self.conninfo, connect_timeout=3)
+                    conn = pg.connect(self.conninfo)
                 with self._lock:
                     n = self.next_id
                     self.next_id += 1
@@ -106,7 +106,7 @@ class Ledger:
         while not self._stop.is_set():
             try:
                 if conn is None:
-                    conn = pg.connect(self.conninfo, connect_timeout=3)
+                    conn = pg.connect(self.conninfo)
                 i += 1
                 conn.execute("UPDATE lab_bulk SET v = v + 1, pad = md5(random()::text) || pad WHERE k %% 40 = %s",
                              (i % 40,))

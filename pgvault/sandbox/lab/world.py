@@ -27,7 +27,7 @@ from ... import pg, proc, sandbox
 from ..proxy import Proxy
 
 ROOT = Path(__file__).resolve().parents[3]   # the checkout (PYTHONPATH for the pgvault it runs)
-LOCAL_FS_SIZE = "160M"
+LOCAL_FS_SIZE = "400M"   # room for two or three bases (Barman keeps WAL uncompressed), not for many
 SANDBOX_ENV = "PGVAULT_SANDBOX"              # marks every process the lab starts (see cli/wal.py)
 LOSE_WAL_ENV = "PGVAULT_TEST_LOSE_WAL"       # test-only: the broken wal-push (docs/lab.md)
 REGIONS = {"eu": "eu-west-1", "us": "us-east-1"}
@@ -54,6 +54,7 @@ class Ran:
 class World:
     base: Path
     say: callable = print
+    base_sites: tuple = ("local", "eu", "us")   # --quick leaves out the local Barman server (18 s a base)
     primary: pg.Instance | None = None
     replica: pg.Instance | None = None
     moto: sandbox.Moto | None = None
@@ -111,7 +112,7 @@ class World:
         self.local_site = sandbox.owned_dir(self.local_fs / "site")
 
     def _replica(self) -> None:
-        path = self.base / "replica"
+        path = sandbox.owned_dir(self.base / "replica")
         sandbox.owned_dir(self.base / "replica-sock", 0o755)
         proc.run([str(Path(self.primary.bindir) / "pg_basebackup"), "-D", str(path), "-R", "-X", "stream",
                   "-c", "fast", "-d", self.primary.conninfo()], user=pg.run_user())
@@ -125,7 +126,7 @@ class World:
         for short, region in REGIONS.items():
             # Short timeouts: a partitioned region must cost seconds, not the defaults' minutes.
             sites[short] = {"type": "s3", "bucket": self.buckets[short], "region": region, "prefix": "lab",
-                            "endpoint_url": self.proxies[short].url, "connect_timeout": 2, "read_timeout": 6,
+                            "endpoint_url": self.proxies[short].url, "connect_timeout": 2, "read_timeout": 4,
                             "max_attempts": 1}
         doc = {
             "version": 1,
@@ -135,7 +136,7 @@ class World:
                     "slow_site_grace": "3s", "keep_going": "2s"},
             "jobs": {
                 "dump": {"method": "logical", "sites": ["local", "eu", "us"], "retain": {"count": 50}},
-                "base": {"method": "barman", "sites": ["local", "eu", "us"], "compression": "lz4",
+                "base": {"method": "barman", "sites": list(self.base_sites), "compression": "lz4",
                          "retain": {"count": 50}},
             },
             "objectives": {"rpo": "1m", "rto": "5m"},
