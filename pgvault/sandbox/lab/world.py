@@ -82,7 +82,7 @@ class World:
         self.state_dir = sandbox.owned_dir(self.base / "state")
         self.policy_file = self.base / "policy.yaml"
         self.primary = sandbox.new_instance(self.base, "primary", start=False, settings={
-            "archive_mode": "on", "archive_command": self.archive_command(), "archive_timeout": "4s",
+            "archive_mode": "on", "archive_command": self.archive_command(), "archive_timeout": "10s",
             "track_commit_timestamp": "on", "max_connections": 25, "superuser_reserved_connections": 3,
             "wal_keep_size": "256MB"})
         self.write_policy()
@@ -147,6 +147,12 @@ class World:
 
     def policy_doc(self) -> dict:
         return yaml.safe_load(self.policy_file.read_text())
+
+    def rpo_budget(self) -> float:
+        """objectives.rpo of the policy, in seconds."""
+        from ...policy.durations import parse_duration
+
+        return parse_duration(self.policy_doc()["objectives"]["rpo"]).total_seconds()
 
     def sites(self) -> list[str]:
         return list(self.policy_doc()["sites"])
