@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import pg
-from .catalog import layout
+from .catalog import layout, running
 from .catalog.catalog import Catalog, open_catalogs
 from .catalog.formats import Manifest
 from .catalog.session import BackupSession
@@ -56,10 +56,18 @@ def bind_all(catalogs: dict[str, Catalog], server: pg.ServerInfo) -> tuple[dict[
 def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = None) -> BackupResult:
     job = get_job(policy, job_name)
     method = get_method(job.method)
-    conn = pg.connect(policy.cluster.conninfo)
+    from .patroni import job_conninfo
+
+    # The node the job says (from: primary | standby | prefer-standby): Patroni's choice, or
+    # libpq's by target_session_attrs over a multi-host conninfo.
+    conninfo, chosen = job_conninfo(policy, job.from_)
+    if chosen:
+        log.info("job %s runs on %s (%s, chosen from Patroni's view for from: %s)", job_name, chosen.name,
+                 chosen.role, job.from_)
+    conn = pg.connect(conninfo)
     try:
         server = pg.server_info(conn)
-        ctx = BackupContext(policy, job_name, job, conn, server, progress)
+        ctx = BackupContext(policy, job_name, job, conn, server, progress, node_conninfo=conninfo)
         problems = method.check(ctx)
         if problems:
             raise PgvaultError(f"job {job_name!r} cannot run:\n  " + "\n  ".join(problems))
@@ -76,8 +84,10 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
         # The relation record (catalog reads and one small object per site) is taken while the
         # method's first stream flows (started then, so it does not hold the GIL while the dump
         # is being set up), off the critical path; it is complete before run_backup returns.
-        relations = threading.Thread(target=_record_relations, args=(policy,), name="pgvault-relations", daemon=True)
+        relations = threading.Thread(target=_record_relations, args=(policy, conninfo), name="pgvault-relations", daemon=True)
         session = BackupSession(catalogs, backup_id, on_first_stream=relations.start)
+        # Before the first artifact: from now on every node's expire leaves this backup's files alone.
+        running.begin(catalogs, backup_id, job_name, timeout=job.timeout, node=chosen.name if chosen else None)
         try:
             facts = method.backup(ctx, session)
             if not isinstance(facts, BackupFacts):  # the contract (methods/base.py), not a user error
@@ -95,23 +105,24 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
             session.abort()
             raise
         finally:
+            running.end(catalogs, backup_id)  # after the manifest (or the abort): never a gap between them
             if relations.ident is not None:
                 relations.join()
         if relations.ident is None:  # a method that streamed nothing
-            _record_relations(policy)
+            _record_relations(policy, conninfo=conninfo)
         failed.update({n: getattr(e, "message", str(e)) for n, e in session.failed.items()})
         return BackupResult(job_name, backup_id, manifest, session.committed, failed)
     finally:
         conn.close()
 
 
-def _record_relations(policy) -> None:
+def _record_relations(policy, conninfo: str | None = None) -> None:
     """Note which file each table lives in, so `pgvault find` can later recognise a TRUNCATE
     or DROP of it in the WAL (the file changes with the damage). Taken while the backup runs
     (a thread). Best effort: a backup is never failed by this."""
     from .catalog.relations import record_relations
 
     try:
-        record_relations(policy)
+        record_relations(policy, conninfo=conninfo)
     except Exception as exc:  # noqa: BLE001 - logged, never fatal
         log.warning("relation history not recorded: %s", getattr(exc, "message", exc))

@@ -36,6 +36,7 @@ class SiteExpiry:
     debris: list[str] = field(default_factory=list)       # keys to delete
     deleted: list[str] = field(default_factory=list)      # backup ids deleted
     errors: list[str] = field(default_factory=list)
+    in_progress: list[str] = field(default_factory=list)  # live in-progress markers (debris left alone)
 
     @property
     def expired(self) -> list[Decision]:
@@ -45,6 +46,8 @@ class SiteExpiry:
         kept = sum(d.keep for d in self.decisions)
         text = (f"site {self.site}: kept {kept}, expired {len(self.expired)} backup(s), "
                 f"{len(self.wal)} WAL file(s), {len(self.debris)} debris object(s)")
+        if self.in_progress:
+            text += f"; debris left alone: {len(self.in_progress)} backup(s) in progress ({'; '.join(self.in_progress)})"
         if self.errors:
             text += "; errors: " + "; ".join(self.errors)
         return text
@@ -52,6 +55,7 @@ class SiteExpiry:
     def to_doc(self) -> dict:
         return {"site": self.site, "wal_cutoff": self.wal_cutoff, "wal_expire": len(self.wal),
                 "wal_total": self.wal_total, "debris": self.debris, "errors": self.errors,
+                "in_progress": self.in_progress,
                 "backups": [{"backup_id": d.backup_id, "job": d.job, "action": d.action, "reasons": d.reasons}
                             for d in self.decisions]}
 
@@ -89,9 +93,19 @@ def plan_site(policy, catalog, now: datetime, *, grace: timedelta = DEBRIS_GRACE
     r.wal_total = len(wal)
     doomed = set(wal_to_expire([n for _, n in wal], r.wal_cutoff))
     r.wal = sorted((k for k, n in wal if n in doomed), key=lambda k: k.rsplit("/", 1)[-1][8:])
-    if not busy:
+    # A backup in progress on any node (its marker at the site) looks like debris here: its files
+    # have no manifest yet. While one is live, no debris is touched at this site.
+    from .catalog.running import markers
+
+    r.in_progress = [m.describe() for m in markers(catalog.site, catalog.cluster) if m.live(now_real())]
+    if not busy and not r.in_progress:
         r.debris = _old_debris(catalog, grace)
     return r
+
+
+def now_real() -> datetime:
+    """Markers carry real times (like mtimes), whatever clock the tick was given."""
+    return datetime.now(timezone.utc)
 
 
 def _old_debris(catalog, grace: timedelta) -> list[str]:

@@ -5,7 +5,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${PGVAULT_VENV:-/opt/pgvault/venv}
 APT_PKGS=(postgresql-15 btrfs-progs zfs-fuse zstd pgbackrest rsync chromium
-          python3-venv python3-dev util-linux procps iproute2 sudo)
+          python3-venv python3-dev util-linux procps iproute2 sudo
+          patroni etcd-server etcd-client)  # the HA tests' real Patroni cluster (pgvault/sandbox/ha.py)
 
 need_apt=()
 for p in "${APT_PKGS[@]}"; do

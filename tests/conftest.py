@@ -118,3 +118,71 @@ def world(workdir, pg):
 @pytest.fixture
 def s3world(workdir, pg, moto):
     return World(workdir, pg, moto)
+
+
+class HAWorld(World):
+    """A real Patroni cluster (etcd + 3 nodes, see pgvault.sandbox.ha) whose nodes archive
+    through `pgvault wal-push`, each node with its own policy file (policy-n1.yaml, ...) as
+    each host of a real cluster has its own: same sites and jobs, its own Patroni REST URL and
+    state directory. Sites: a (local) and eu (S3, eu-west-1)."""
+
+    def __init__(self, workdir: Path, moto, n: int = 3, **cluster_kw):
+        from pgvault.sandbox.ha import HACluster
+
+        super().__init__(workdir, None, moto)
+        self.ha = HACluster(workdir / "ha", n, policies={f"n{i}": workdir / f"policy-n{i}.yaml"
+                                                           for i in range(1, n + 1)}, **cluster_kw)
+        (workdir / "ha").mkdir(exist_ok=True)
+        os.chmod(workdir / "ha", 0o755)
+        self.local_site("a")
+        self.s3_site("eu", "eu-west-1")
+        self.wal = {"sites": ["a", "eu"]}
+
+    def policy_doc(self, node: str) -> dict:
+        n = self.ha.nodes[node]
+        doc = {"version": 1,
+               "cluster": {"name": self.cluster_name, "conninfo": self.ha.conninfo(),
+                           "pgdata": str(n.pgdata), "patroni": {"url": n.rest}},
+               "sites": self.sites, "wal": self.wal, "jobs": self.jobs,
+               "state_dir": str(sandbox.owned_dir(self.workdir / f"state-{node}", 0o755))}
+        doc.update(self.extra)
+        return doc
+
+    def write_policies(self) -> None:
+        for node in self.ha.nodes:
+            path = self.workdir / f"policy-{node}.yaml"
+            path.write_text(yaml.safe_dump(self.policy_doc(node), sort_keys=False))
+            os.chmod(path, 0o644)
+
+    def policy(self, **overrides) -> Path:  # the World API: node n1's policy
+        self.write_policies()
+        return self.workdir / "policy-n1.yaml"
+
+    def cli(self, *args, node: str = "n1", check: bool = True, env: dict | None = None, input: str | None = None):
+        env = dict(env or {}, PGVAULT_POLICY=str(self.workdir / f"policy-{node}.yaml"))
+        return super().cli(*args, check=check, env=env, input=input)
+
+    def start(self) -> "HAWorld":
+        self.write_policies()
+        self.ha.start()
+        return self
+
+    def stop(self) -> None:
+        self.ha.stop()
+
+
+def ha_world(moto, **cluster_kw):
+    """Context manager: an HAWorld in its own directory, torn down (processes, then files) on
+    exit, also when the test fails. For module-scoped fixtures."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        d = sandbox.workdir("pgvault-ha-")
+        w = HAWorld(d, moto, **cluster_kw)
+        try:
+            yield w
+        finally:
+            w.stop()
+            shutil.rmtree(d, ignore_errors=True)
+    return cm()

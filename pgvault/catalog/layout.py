@@ -9,6 +9,8 @@
     clusters/<cluster>/drills/<drill-id>.json
     clusters/<cluster>/relations/<id>.json                    (relation history, see find)
     clusters/<cluster>/pins/<backup-id>.json                  (a pin: retention keeps the backup)
+    clusters/<cluster>/running/<backup-id>.json               (a backup in progress, any node: expire keeps its files)
+    clusters/<cluster>/quarantine/<name>-<sha8>[.gz] + .json  (WAL kept out of the archive: divergent or conflicting)
 
 Barman's cloud layout is ``<url>/<server>/{base,wals}``; with url = ``<site>/clusters`` and
 server = the cluster name it lands exactly under ``clusters/<cluster>/``, so stock
@@ -96,6 +98,35 @@ def pin_key(cluster: str, backup_id: str) -> str:
     'clusters/main/pins/20261125T221530Z.json'
     """
     return f"clusters/{cluster}/pins/{backup_id}.json"
+
+
+def running_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/running/"
+
+
+def running_key(cluster: str, backup_id: str) -> str:
+    """The in-progress marker of a backup, written before its first artifact, removed after
+    its manifest (or its abort). Every node's expire honours it (see docs/ha.md).
+
+    >>> running_key("main", "20261125T221530Z")
+    'clusters/main/running/20261125T221530Z.json'
+    """
+    return f"clusters/{cluster}/running/{backup_id}.json"
+
+
+def quarantine_prefix(cluster: str) -> str:
+    return f"clusters/{cluster}/quarantine/"
+
+
+def quarantine_key(cluster: str, name: str, sha8: str, suffix: str = "") -> str:
+    """Where WAL kept out of the archive goes, by name and content (two zombies may send two
+    different files of one name), beside its evidence (``.json``). Outside ``wals/``: neither
+    recovery nor barman-cloud-wal-restore ever reads it.
+
+    >>> quarantine_key("main", "000000010000000000000007", "0a1b2c3d", ".gz")
+    'clusters/main/quarantine/000000010000000000000007-0a1b2c3d.gz'
+    """
+    return f"clusters/{cluster}/quarantine/{name}-{sha8}{suffix}"
 
 
 def relations_key(cluster: str, record_id: str) -> str:

@@ -11,14 +11,23 @@ from .output import emit_json, table
 @click.option("--dry-run", is_flag=True, help="show KEEP/EXPIRE and the reasons; delete nothing")
 @click.option("--site", help="only this site")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--debris-grace", default="6h", show_default=True,
+              help="remove debris (backup files without a manifest) only when older than this; never while a "
+                   "backup is in progress at the site on any node")
 @click.pass_context
-def expire(ctx, dry_run, site, as_json):
+def expire(ctx, dry_run, site, as_json, debris_grace):
     """Apply retention: list every backup at every site with KEEP or EXPIRE and why, then delete
     the expired ones (manifest first), the WAL no kept base needs, and old debris."""
     from ..tick.engine import Clock, busy_jobs, open_store
     from ..errors import UsageError
     from ..expire import expire_sites
 
+    from ..policy.durations import parse_duration
+
+    try:
+        grace = parse_duration(debris_grace)
+    except ValueError as exc:
+        raise UsageError(f"--debris-grace: {exc}", "a duration such as 0s, 30m, 6h") from None
     policy = load(ctx)
     if site and site not in policy.sites:
         raise UsageError(f"no site {site!r} in the policy", f"sites: {', '.join(policy.sites)}")
@@ -32,7 +41,7 @@ def expire(ctx, dry_run, site, as_json):
                            "try again when it has finished (its job's log says which)")
     try:
         results = expire_sites(policy, [site] if site else None, now=clock.now(), dry_run=dry_run,
-                               busy=busy_jobs(store))
+                               busy=busy_jobs(store), grace=grace)
     finally:
         lock.release()
     if as_json:
@@ -48,6 +57,8 @@ def expire(ctx, dry_run, site, as_json):
                 click.echo(f"  WAL: {r.wal_total} file(s); expire {len(r.wal)}, {cut}")
             if r.debris:
                 click.echo(f"  debris: {len(r.debris)} object(s) to remove")
+            for m in r.in_progress:
+                click.echo(f"  in progress (its files are left alone): {m}")
             for e in r.errors:
                 click.echo(f"  ERROR {e}")
             if not dry_run:

@@ -16,12 +16,13 @@ class BackupContext:
     server: ServerInfo
     progress: Callable[[str, int], None] | None = None
     facts: dict = field(default_factory=dict)
+    node_conninfo: str | None = None  # the node the job runs on (from:), when not the policy's conninfo
 
     def tool(self, name: str) -> str:
         return tool(name, self.server.major, self.policy.cluster.bin_dir)
 
     def conninfo(self, dbname: str | None = None) -> str:
-        ci = self.policy.cluster.conninfo
+        ci = self.node_conninfo or self.policy.cluster.conninfo
         if dbname is None:
             return ci
         from psycopg.conninfo import make_conninfo

@@ -29,11 +29,22 @@ def _duration(v):
     return parse_duration(v)
 
 
+class Patroni(Strict):
+    url: str = Field(pattern=r"^https?://[^\s]+$",
+                     description="this host's Patroni REST API (e.g. http://127.0.0.1:8008): GET /patroni names this node, "
+                                 "/cluster lists the members and their roles; pgvault never decides the leader itself")
+    timeout: timedelta = Field(timedelta(seconds=5), description="give up on the Patroni REST API after this long")
+
+    _d = field_validator("timeout", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+
 class Cluster(Strict):
     name: str = Field(pattern=NAME, description="the cluster's name at every site (bound to its system identifier)")
     conninfo: str = Field(description="libpq connection string to the cluster (no password: use ~/.pgpass or PGPASSWORD)")
     pgdata: str | None = Field(None, description="the data directory (needed by snapshot methods and checks)")
     bin_dir: str | None = Field(None, description="PostgreSQL bin directory; default /usr/lib/postgresql/<major>/bin")
+    patroni: Patroni | None = Field(None, description="the cluster is run by Patroni: which node runs each job is decided "
+                                    "from Patroni's view (see docs/ha.md)")
 
     @field_validator("conninfo")
     @classmethod
@@ -78,6 +89,9 @@ class JobBase(Strict):
     retain: Retain = Field(default_factory=Retain, description="retention at every site of the job")
     retain_at: dict[str, Retain] = Field(default_factory=dict, description="per-site retention overriding `retain`")
     timeout: timedelta | None = Field(None, description="abort the job when it runs longer than this")
+    from_: Literal["primary", "standby", "prefer-standby"] = Field(
+        "primary", alias="from", description="which node of an HA cluster the job runs on and connects to: the primary, a "
+                                             "standby (fails when none is up), or a standby when one is up else the primary")
 
     _c = field_validator("schedule")(classmethod(lambda cls, v: None if v is None else cron(v)))
     _t = field_validator("timeout", mode="before")(classmethod(lambda cls, v: None if v is None else _duration(v)))

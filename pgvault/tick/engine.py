@@ -148,11 +148,21 @@ def tick(policy, clock: Clock, *, dry_run: bool = False, wait: bool = True, stor
     now = clock.now()
     report = TickReport(now)
     children = []
+    gate = None
+    if policy.cluster.patroni is not None:
+        from .ha import Gate
+
+        gate = Gate(policy, store, rebuild_states)
     for item, d, st in plan(policy, store, now, save=not dry_run):
         st_never = st.last is None
         if not d.due:
             report.lines.append(Line(item.name, "idle", d.reason(st_never)))
             continue
+        if gate is not None:
+            d, st, elsewhere = gate.decide(item, d, st, now, save=not dry_run)
+            if elsewhere is not None:
+                report.lines.append(Line(item.name, *elsewhere))
+                continue
         holder = store.lock(item.name).held()
         if holder is not None:  # a hint only; the child's flock is what counts
             report.lines.append(Line(item.name, "skipped", _holder_text(holder) + "; " + d.reason(st_never)))
