@@ -11,27 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
 from ... import pg, proc, sandbox
 from . import checks
-from .checks import Check
-
-
-@dataclass
-class Outcome:
-    checks: list[Check] = field(default_factory=list)
-    timings: dict = field(default_factory=dict)     # detect_seconds, rto_seconds, rpo_seconds, ...
-    notes: list[str] = field(default_factory=list)
-    broken_ok: set = field(default_factory=set)     # sites whose window this scenario may break
-    final: bool = False                              # the world is gone afterwards (host lost)
-
-    def check(self, name: str, ok: bool, detail: str, **evidence) -> None:
-        self.checks.append(Check(name, bool(ok), detail, evidence=evidence))
+from .outcome import Outcome
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -328,10 +316,6 @@ def host_lost(lab) -> Outcome:
     return out
 
 
-def _not_available(lab) -> Outcome:
-    raise NotImplementedError("not available in this build")
-
-
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -341,7 +325,16 @@ class Scenario:
     why_not: str = ""
 
 
-HA_MISSING = "needs the Patroni + etcd harness (issue 14, pgvault/sandbox/ha.py), not merged into this branch yet"
+def _ha(name: str):
+    def run(lab):
+        from . import ha
+
+        return getattr(ha, name)(lab)
+    return run
+
+
+HA_OK = bool(shutil.which("patroni") and shutil.which("etcd"))
+HA_MISSING = "needs patroni and etcd on this host (apt-get install patroni etcd-server etcd-client; scripts/setup.sh does)"
 
 SCENARIOS = {s.name: s for s in [
     Scenario("steady", "no fault: the load runs, then the criterion", steady),
@@ -354,10 +347,12 @@ SCENARIOS = {s.name: s for s in [
     Scenario("truncate", "an accidental TRUNCATE, found and undone", truncate),
     Scenario("drop-table", "an accidental DROP TABLE, found and undone", drop_table),
     Scenario("drop-database", "an accidental DROP DATABASE, found and undone", drop_database),
-    Scenario("switchover", "a switchover under load", _not_available, False, HA_MISSING),
-    Scenario("failover", "a failover under load", _not_available, False, HA_MISSING),
-    Scenario("paused-leader", "a paused leader", _not_available, False, HA_MISSING),
-    Scenario("zombie-primary", "a zombie old primary", _not_available, False, HA_MISSING),
+    Scenario("switchover", "a switchover under load (Patroni)", _ha("switchover"), HA_OK, HA_MISSING),
+    Scenario("failover", "a failover under load: kill -9 of the leader (Patroni)", _ha("failover"), HA_OK, HA_MISSING),
+    Scenario("paused-leader", "a paused leader: SIGSTOP of the whole node (Patroni)", _ha("paused_leader"), HA_OK,
+             HA_MISSING),
+    Scenario("zombie-primary", "a zombie old primary: Patroni frozen, PostgreSQL serving (Patroni)",
+             _ha("zombie_primary"), HA_OK, HA_MISSING),
     Scenario("host-lost", "the host lost: restore from a remote region alone", host_lost),
 ]}
 

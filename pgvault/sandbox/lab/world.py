@@ -54,7 +54,7 @@ class Ran:
 class World:
     base: Path
     say: callable = print
-    base_sites: tuple = ("local", "eu", "us")   # --quick leaves out the local Barman server (18 s a base)
+    base_sites: tuple = ("local", "eu")   # sites of the base job; --quick keeps eu alone (lab/run.py)
     primary: pg.Instance | None = None
     replica: pg.Instance | None = None
     moto: sandbox.Moto | None = None
@@ -65,6 +65,7 @@ class World:
     local_site: Path | None = None
     state_dir: Path | None = None
     commands: list = field(default_factory=list)
+    on_teardown: list = field(default_factory=list)   # parts built later (the HA cluster) stop first
     first_segment: str = ""                  # the first WAL segment the lab archived
     first_base_time: datetime | None = None  # the first base backup's consistency point
     switched_at: datetime | None = None      # WAL written before this is archived (checks.archived)
@@ -210,6 +211,11 @@ class World:
         if self._torn_down:
             return
         self._torn_down = True
+        for stop in reversed(self.on_teardown):
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - the rest must still be torn down
+                self.say(f"teardown: {exc!r}")
         for pidfile in list(self.base.rglob("postmaster.pid")):
             pg.Instance(pidfile.parent, 0).stop("immediate")
         for p in self.proxies.values():
