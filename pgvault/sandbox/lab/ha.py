@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 import yaml
 
-from ... import proc, sandbox
+from ... import pg, proc, sandbox
 from . import checks
 from .checks import Check
 from .ledger import Ledger
@@ -86,7 +86,16 @@ class HaPart:
 
     def account_failover_loss(self, leader: str) -> list[int]:
         """Rows acknowledged but absent from the new leader: lost by the failover itself."""
-        present = {int(x) for x in self.cluster.psql("SELECT id FROM lab_ledger", leader, "lab").split()}
+        # Whoever leads now (the cluster may still be settling after the old leader came back).
+        rw = self.cluster.conninfo(dbname="lab", target_session_attrs="read-write")
+
+        def read():
+            try:
+                with pg.connect(rw) as conn:
+                    return {r[0] for r in pg.query(conn, "SELECT id FROM lab_ledger")}
+            except Exception:  # noqa: BLE001 - no leader accepting writes yet
+                return None
+        present = proc.wait_until(read, 120, "a leader that answers", interval=1)
         with self.ledger._lock:
             gone = {i: t for i, t in self.ledger.acked.items() if i not in present}
             for i in gone:
@@ -103,7 +112,7 @@ class HaPart:
             proc.wait_until(lambda: seg in checks.stored_segments_of(self.lab.world, self.policies[leader], "eu")
                             and seg in checks.stored_segments_of(self.lab.world, self.policies[leader], "local")
                             and seg in checks.stored_segments_of(self.lab.world, self.policies[leader], "us"),
-                            90, f"{seg} at every site", interval=0.5)
+                            150, f"{seg} at every site", interval=0.5)
         except Exception:  # noqa: BLE001
             ok = False
         out.append(Check("the leader's newest archived segment is at every site", ok, f"{seg} (leader {leader})"))

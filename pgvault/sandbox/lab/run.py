@@ -115,7 +115,7 @@ class Lab:
         try:
             out = sc.run(self)
         except Exception as exc:  # noqa: BLE001 - a scenario that blew up is a failed scenario, with why
-            out = Outcome()
+            out = Outcome(skip_criterion=sc.ha)   # the HA cluster's criterion is the scenario's own
             out.check("the scenario ran to its end", False, f"{exc!r}\n{traceback.format_exc()[-1500:]}")
         if not out.final and not out.skip_criterion:
             site = self.restore_sites[self._turn % len(self.restore_sites)]

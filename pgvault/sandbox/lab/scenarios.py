@@ -323,6 +323,7 @@ class Scenario:
     run: callable
     available: bool = True
     why_not: str = ""
+    ha: bool = False
 
 
 def _ha(name: str):
@@ -347,12 +348,12 @@ SCENARIOS = {s.name: s for s in [
     Scenario("truncate", "an accidental TRUNCATE, found and undone", truncate),
     Scenario("drop-table", "an accidental DROP TABLE, found and undone", drop_table),
     Scenario("drop-database", "an accidental DROP DATABASE, found and undone", drop_database),
-    Scenario("switchover", "a switchover under load (Patroni)", _ha("switchover"), HA_OK, HA_MISSING),
-    Scenario("failover", "a failover under load: kill -9 of the leader (Patroni)", _ha("failover"), HA_OK, HA_MISSING),
+    Scenario("switchover", "a switchover under load (Patroni)", _ha("switchover"), HA_OK, HA_MISSING, True),
+    Scenario("failover", "a failover under load: kill -9 of the leader (Patroni)", _ha("failover"), HA_OK, HA_MISSING, True),
     Scenario("paused-leader", "a paused leader: SIGSTOP of the whole node (Patroni)", _ha("paused_leader"), HA_OK,
-             HA_MISSING),
+             HA_MISSING, True),
     Scenario("zombie-primary", "a zombie old primary: Patroni frozen, PostgreSQL serving (Patroni)",
-             _ha("zombie_primary"), HA_OK, HA_MISSING),
+             _ha("zombie_primary"), HA_OK, HA_MISSING, True),
     Scenario("host-lost", "the host lost: restore from a remote region alone", host_lost),
 ]}
 
