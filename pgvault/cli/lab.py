@@ -25,9 +25,8 @@ def lab():
               help="where junit.xml, lab.json and lab.html go")
 @click.option("--quick", is_flag=True, help="a few representative scenarios (what CI runs)")
 @click.option("--samples", type=click.IntRange(1, 20), default=None, help="restore points checked after each scenario")
-@click.option("--keep", is_flag=True, help="keep the sandbox (stopped is not guaranteed) for inspection")
 @click.option("--list", "list_only", is_flag=True, help="list the scenarios and exit")
-def run_cmd(scenarios, report_dir, quick, samples, keep, list_only):
+def run_cmd(scenarios, report_dir, quick, samples, list_only):
     """Build the lab, replay SCENARIO... (default: all; --quick: a subset), write reports."""
     from ..sandbox.lab.scenarios import QUICK, SCENARIOS
 
@@ -41,7 +40,7 @@ def run_cmd(scenarios, report_dir, quick, samples, keep, list_only):
 
     from ..sandbox.lab.run import run
 
-    return run(list(scenarios), report_dir=Path(report_dir).resolve(), quick=quick, say=click.echo, keep=keep,
+    return run(list(scenarios), report_dir=Path(report_dir).resolve(), quick=quick, say=click.echo,
                samples=samples)
 
 

@@ -144,7 +144,7 @@ def _order(names: list[str]) -> list[str]:
     return [n for n in names if n != "host-lost"] + (["host-lost"] if "host-lost" in names else [])
 
 
-def run(names: list[str] | None, *, report_dir: Path, quick: bool = False, say=print, keep: bool = False,
+def run(names: list[str] | None, *, report_dir: Path, quick: bool = False, say=print,
         samples: int | None = None, soak_minutes: float | None = None, seed: int = 0) -> int:
     if soak_minutes is not None:
         say(f"seed {seed}")
@@ -187,10 +187,7 @@ def run(names: list[str] | None, *, report_dir: Path, quick: bool = False, say=p
     finally:
         if lab:
             lab.ledger.stop()
-        if not keep:
-            world.teardown()
-        else:
-            say(f"(lab kept in {world.base})")
+        world.teardown()
     results = lab.results if lab else []
     doc = report.document(results, seed=seed if soak_minutes is not None else None, soak_minutes=soak_minutes,
                           seconds=time.monotonic() - t0, interrupted=interrupted, commands=world.commands,
