@@ -25,6 +25,7 @@ COMMANDS = {
     "drill": "pgvault.cli.drill:drill",
     "status": "pgvault.cli.status:status",
     "demo": "pgvault.cli.demo:demo",
+    "lab": "pgvault.cli.lab:lab",
     "wal-push": "pgvault.cli.wal:wal_push",
     "wal-fetch": "pgvault.cli.wal:wal_fetch",
     "wal-ship": "pgvault.cli.wal:wal_ship",

@@ -14,6 +14,12 @@ from . import load
 @click.pass_context
 def wal_push(ctx, path, batch):
     """Archive one WAL file to every WAL site (archive_command = 'pgvault wal-push %p')."""
+    import os
+
+    if os.environ.get("PGVAULT_SANDBOX") == "1" and os.environ.get("PGVAULT_TEST_LOSE_WAL") == "1":
+        # Test-only, and only inside the sandbox (both variables): report success without
+        # storing anything, so `pgvault lab` can show its verdicts fail (docs/lab.md).
+        return 0
     from ..wal.push import Archiver
 
     result = Archiver(load(ctx)).push(path, batch=batch)
