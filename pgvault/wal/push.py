@@ -270,7 +270,9 @@ class Archiver:
                 "check `pgvault wal-status` and the cluster's history before removing anything")
         if names.kind(item.name) == "segment":
             fork = self._forks(site).fork(names.parse_segment(item.name)[0])
-            if divergence.past_fork(item.name, fork, bind[2]):
+            # ``bind`` may be lazy (a spooled file binds from its own header): resolve it only
+            # when a newer timeline forked this one.
+            if fork is not None and divergence.past_fork(item.name, fork, (bind() if callable(bind) else bind)[2]):
                 self._quarantine(site, item, "divergent", fork)
                 return "quarantined"
         from ..sites.base import put_bytes
