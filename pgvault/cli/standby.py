@@ -15,6 +15,7 @@ def standby():
     \b
     pgvault standby create NAME     pg_basebackup into the job's pgdata, delay, slot, start
     pgvault standby show NAME       its delay, pause state and LSN lag now
+    pgvault standby resume NAME     restart it with its own (delayed) configuration, unpaused
     Use one with: pgvault restore --before-truncate TABLE --via-standby NAME --copy-back-to CONNINFO
     """
 
@@ -70,3 +71,19 @@ def show_cmd(ctx, name, as_json):
                f"{job.delay.total_seconds():.0f}s), {human_size(f['lsn_lag_bytes'])} behind the primary, "
                f"replayed to {f['replay_lsn']}, received to {f['receive_lsn'] or '-'}")
     return 0
+
+
+@standby.command("resume")
+@click.argument("name")
+@click.pass_context
+def resume_cmd(ctx, name):
+    """Restart standby NAME with its own delayed configuration and wait until it replays, unpaused
+    (after an interrupted undo, or a pause by hand). Never promotes it."""
+    from ..restore.standby import resume
+
+    r = resume(load(ctx), name)
+    if r.get("ok"):
+        click.echo(f"standby {name}: replaying again, delayed {r['apply_delay_seconds']:.0f}s, {r['pause_state']}")
+        return 0
+    click.echo(f"standby {name}: NOT back to its configuration: {r}", err=True)
+    return 1

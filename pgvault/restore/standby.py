@@ -318,3 +318,16 @@ def revert(job, inst, *, restarted: bool, paused: bool, timeout: float = 600) ->
         out.update(ok=False, error=exc.message)
     return out
 
+
+
+def resume(policy, name: str, timeout: float = 600) -> dict:
+    """`pgvault standby resume NAME`: give the standby its own configuration back — what the
+    undo's revert does — after an undo that could not (pgvault killed with SIGKILL, the host
+    rebooted mid-undo) or a pause by hand: restart it without overrides and wait until it
+    replays again, unpaused. Never promotes."""
+    job = get_standby(policy, name)
+    local_pgdata(name, job)
+    if job.patroni_member:
+        raise UsageError(f"standby {name!r} is Patroni member {job.patroni_member!r}", "restart it through Patroni")
+    with _uninterruptible():
+        return revert(job, instance(job), restarted=True, paused=False, timeout=timeout)

@@ -35,6 +35,11 @@ METRICS = {
                                               "recoverable interval of a timeline at a site"),
     "pgvault_recovery_window_end_seconds": ("gauge", "End (last commit in the archived WAL) of that interval"),
     "pgvault_recovery_window_holes": ("gauge", "Holes (missing WAL, bases whose WAL is gone) in a site's recoverability window"),
+    "pgvault_standby_up": ("gauge", "1 when the delayed standby answered over SQL and is in recovery"),
+    "pgvault_standby_delay_seconds": ("gauge", "now - the commit time of the last transaction the standby applied"),
+    "pgvault_standby_promised_delay_seconds": ("gauge", "The delay the policy promises for the standby"),
+    "pgvault_standby_paused": ("gauge", "1 when the standby's replay is paused (or a pause is requested)"),
+    "pgvault_standby_lsn_lag_bytes": ("gauge", "The primary's current LSN minus the standby's replay LSN"),
 }
 
 
@@ -71,8 +76,8 @@ def samples(doc: dict) -> list[tuple[str, dict, float]]:
     ]
     for name, s in doc["facts"]["sites"].items():
         out.append(("pgvault_site_up", {**c, "site": name}, 1 if s["reachable"] else 0))
-    for group in ("infrastructure", "jobs", "wal", "drills", "objective_checks"):
-        for i in doc[group]:
+    for group in ("infrastructure", "jobs", "standbys", "wal", "drills", "objective_checks"):
+        for i in doc.get(group, []):
             out.append(("pgvault_item_state", {**c, "kind": i["kind"], "name": i["name"], "site": i["site"] or ""}, i["code"]))
     for j in doc["jobs"]:
         if not j["site"]:
@@ -100,6 +105,15 @@ def samples(doc: dict) -> list[tuple[str, dict, float]]:
                 ("pgvault_drill_rto_seconds", lab, d.get("rto_seconds")),
                 ("pgvault_drill_rpo_seconds", lab, d.get("rpo_seconds"))]
     out += window_samples(doc, c)
+    for x in doc.get("standbys", []):
+        lab = {**c, "standby": x["name"]}
+        f = (doc["facts"].get("standbys") or {}).get(x["name"], {})
+        out += [("pgvault_standby_up", lab, 1 if f.get("reachable") and f.get("in_recovery") else 0),
+                ("pgvault_standby_promised_delay_seconds", lab, x.get("promised_seconds"))]
+        if f.get("reachable"):
+            out += [("pgvault_standby_delay_seconds", lab, x.get("delay_seconds")),
+                    ("pgvault_standby_paused", lab, 1 if x.get("paused") else 0),
+                    ("pgvault_standby_lsn_lag_bytes", lab, x.get("lsn_lag_bytes"))]
     for o in doc["objective_checks"]:
         if o["kind"] != "objective":
             continue

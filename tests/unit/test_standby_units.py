@@ -68,3 +68,22 @@ def test_status_judges_a_standby_against_its_promise(over, state, words):
     (item,) = standby_items(None, facts(**over))
     assert (item["kind"], item["name"], item["state"]) == ("standby", "undo", state)
     assert words in item["message"], item["message"]
+
+
+def test_prometheus_metrics_of_a_standby():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pgvault.status.prometheus import render
+
+    f = facts(paused=True, pause_state="paused")
+    items = standby_items(None, f)
+    doc = {"cluster": "main", "code": 2, "collected_at": "2026-11-25T12:00:05+00:00",
+           "facts": {"cluster": {"reachable": True}, "sites": {}, **f}, "infrastructure": [], "jobs": [],
+           "standbys": items, "wal": [], "drills": [], "objective_checks": []}
+    got = {(s.name, s.labels.get("standby", s.labels.get("name"))): s.value
+           for fam in text_string_to_metric_families(render(doc)) for s in fam.samples}
+    assert got[("pgvault_standby_up", "undo")] == 1 and got[("pgvault_standby_paused", "undo")] == 1
+    assert got[("pgvault_standby_delay_seconds", "undo")] == 3605
+    assert got[("pgvault_standby_promised_delay_seconds", "undo")] == 3600
+    assert got[("pgvault_standby_lsn_lag_bytes", "undo")] == 256
+    assert got[("pgvault_item_state", "undo")] == 2
