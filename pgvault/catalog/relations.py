@@ -148,7 +148,7 @@ def _stored_digests(policy) -> dict:
     an unchanged record be skipped at a site whose records this host cannot decrypt."""
     try:
         return json.loads(_digest_file(policy).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, PgvaultError):  # a cache: without it the record is stored again
         return {}
 
 
@@ -168,7 +168,8 @@ def record_relations(policy, *, force: bool = False, conninfo: str | None = None
     data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     result = RecordResult(key=key, databases=len(doc["databases"]),
                           tables=sum(len(d["tables"]) for d in doc["databases"].values()))
-    digests = _stored_digests(policy)
+    encrypted = any(policy.recipients(n) for n in policy.sites)
+    digests = _stored_digests(policy) if encrypted else {}
     mine = _db_digest(doc)
     for name, site in _sites(policy).items():
         try:

