@@ -134,8 +134,11 @@ pg1-socket-path={inst.socket_dir}
 
         def pgvault_backup(job):
             iofile = work / f"io-{job}.txt"
-            code = ("import atexit, runpy, sys\n"
-                    f"atexit.register(lambda: open({str(iofile)!r}, 'w').write(open('/proc/self/io').read()))\n"
+            # the CLI leaves through os._exit (no atexit): note /proc/self/io just before it
+            code = ("import os, runpy, sys\n"
+                    "_exit = os._exit\n"
+                    f"def noted(code):\n    open({str(iofile)!r}, 'w').write(open('/proc/self/io').read())\n    _exit(code)\n"
+                    "os._exit = noted\n"
                     f"sys.argv = ['pgvault', 'backup', {job!r}]\n"
                     "runpy.run_module('pgvault', run_name='__main__')\n")
 
