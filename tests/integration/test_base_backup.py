@@ -4,7 +4,8 @@ two S3 sites (two moto buckets). Three bases in a row with WAL recycled between 
 second-backup regression), then: stock barman-cloud-backup-list / barman-cloud-restore from
 each S3 site, stock tar from the local one, PITR from every site with rows compared, the
 manifest's per-file list and per-site bytes, a site failing mid-upload (the others commit), a
-kill -9 mid-backup, a corrupt page (file + block), a role without permission."""
+kill -9 mid-backup, a corrupt page (file + block), a role without permission; and, on an
+instance of its own, wal_level = minimal."""
 from __future__ import annotations
 
 import json
@@ -261,3 +262,19 @@ def test_a_corrupt_page_is_reported_with_file_and_block(scene):
         assert listed(w, "a") == before
     finally:
         inst.psql("DROP TABLE victim")
+
+
+def test_wal_level_minimal_is_refused_before_any_work_with_the_hint(workdir):
+    from tests.conftest import World
+
+    inst = sandbox.new_instance(workdir, "minimal", settings={"wal_level": "minimal", "max_wal_senders": 0})
+    try:
+        w = World(workdir, inst)
+        site = w.local_site("a")
+        w.jobs["base"] = {"method": "barman", "sites": ["a"]}
+        w.policy(state_dir=str(sandbox.owned_dir(workdir / "state")))
+        cp = w.cli("backup", "base", check=False)
+        assert cp.returncode != 0 and "wal_level is minimal" in cp.stderr and "wal_level = replica" in cp.stderr
+        assert "Traceback" not in cp.stderr and not (site / "clusters/main/base").exists()
+    finally:
+        inst.stop("immediate")
