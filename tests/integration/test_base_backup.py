@@ -278,3 +278,38 @@ def test_wal_level_minimal_is_refused_before_any_work_with_the_hint(workdir):
         assert "Traceback" not in cp.stderr and not (site / "clusters/main/base").exists()
     finally:
         inst.stop("immediate")
+
+
+def test_a_base_from_a_hot_standby(scene):
+    """The engine takes a conninfo: pointed at a streaming standby (pg_backup_stop there cannot
+    wait for archiving), it takes a base that stock tar lays down with PostgreSQL's own
+    "BACKUP FROM: standby" label."""
+    from pgvault.backup import run_backup
+    from pgvault.policy import load_policy
+
+    w = scene
+    sdir, port = w.workdir / "standby", pg.free_port()
+    sandbox.owned_dir(sdir)
+    proc_argv = ["/usr/lib/postgresql/15/bin/pg_basebackup", "-D", str(sdir), "-R", "-X", "stream", "-c", "fast",
+                 "-d", w.pg.conninfo(), "--tablespace-mapping", f"{w.ts}={w.workdir / 'standby-ts'}"]
+    sandbox.owned_dir(w.workdir / "standby-ts")
+    subprocess.run(proc_argv, check=True, capture_output=True, user="postgres")
+    standby = pg.Instance(sdir, port, socket_dir=sandbox.owned_dir(w.workdir / "standby-sock", 0o755))
+    standby.start()
+    try:
+        assert standby.psql("SELECT pg_is_in_recovery()").strip() == "t"
+        policy = load_policy(str(w.workdir / "policy.yaml"))
+        policy = policy.model_copy(update={"cluster": policy.cluster.model_copy(
+            update={"conninfo": standby.conninfo(), "pgdata": str(sdir)})})
+        w.pg.psql("SELECT pg_switch_wal()")          # give the standby's restartpoint something to start from
+        r = run_backup(policy, "base")
+        assert not r.partial and r.manifest.facts["base"]["from_standby"] is True
+        barman_id = r.manifest.facts["base"]["barman_id"]
+        out = w.workdir / "from-standby"
+        out.mkdir()
+        src = w.workdir / "site-a/clusters/main/base" / barman_id / "data.tar.lz4"
+        subprocess.run(f"lz4 -dc {src} | tar -x -C {out}", shell=True, check=True)
+        assert "BACKUP FROM: standby" in (out / "backup_label").read_text()
+        w.bases.append(r.backup_id)
+    finally:
+        standby.stop("immediate")
