@@ -4,7 +4,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${PGVAULT_VENV:-/opt/pgvault/venv}
-APT_PKGS=(postgresql-15 btrfs-progs zfs-fuse zstd pgbackrest rsync chromium
+APT_PKGS=(postgresql-15 btrfs-progs zfs-fuse zstd lz4 pgbackrest rsync chromium
           python3-venv python3-dev util-linux procps iproute2 sudo
           patroni etcd-server etcd-client  # the HA tests' real Patroni cluster (pgvault/sandbox/ha.py)
           age gnupg)   # age: the stock CLI the encryption tests and README use; gnupg: bench/encryption_choice.py

@@ -59,11 +59,19 @@ class ParallelLz4:
         if not self.started:
             self.started = True
             self.emit(header())
+        # Big pieces become blocks as they are (no copy); small ones (tar headers, small
+        # files) are gathered. A block may be any size up to BLOCK.
+        if len(self.buf) + len(data) > BLOCK and self.buf:
+            self._submit(bytes(self.buf))
+            self.buf.clear()
+        if len(data) >= BLOCK // 4:
+            if self.buf:
+                self._submit(bytes(self.buf))
+                self.buf.clear()
+            for i in range(0, len(data), BLOCK):
+                self._submit(data[i:i + BLOCK] if len(data) > BLOCK else data)
+            return
         self.buf += data
-        while len(self.buf) >= BLOCK:
-            chunk = bytes(self.buf[:BLOCK])
-            del self.buf[:BLOCK]
-            self._submit(chunk)
 
     def _submit(self, chunk: bytes) -> None:
         self.pending.append(self.pool.submit(block, chunk))

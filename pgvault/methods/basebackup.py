@@ -117,41 +117,39 @@ def take_base(conninfo: str, session, *, cluster: str, label: str, fast: bool = 
         begin_time = datetime.now(timezone.utc)
         start_lsn = pg.backup_start(conn, label, fast)
         check_from = parse_lsn(start_lsn) if (checksums_on and verify_pages) else None
+        # A failure from here on needs nothing undone on the server: the session's end (finally,
+        # below) ends a non-exclusive backup, and the caller's session.abort() removes what
+        # reached the sites.
         trees = []
         suffix = ".tar"
-        try:
-            for name, oid, loc in spaces:
-                if loc.startswith("pg_tblspc/") or not loc:
-                    continue                       # an in-place tablespace is inside PGDATA's tar
-                tree = TreeTar(loc, str(oid), check_from=check_from, prefix=version_dir)
-                session.add_stream(f"{oid}{suffix}", tree, compression=compression, threads=threads,
-                                   kind=f"tablespace {name}", at=at)
-                trees.append(tree)
-            stopped: dict = {}
+        for name, oid, loc in spaces:
+            if loc.startswith("pg_tblspc/") or not loc:
+                continue                       # an in-place tablespace is inside PGDATA's tar
+            tree = TreeTar(loc, str(oid), check_from=check_from, prefix=version_dir)
+            session.add_stream(f"{oid}{suffix}", tree, compression=compression, threads=threads,
+                               kind=f"tablespace {name}", at=at)
+            trees.append(tree)
+        stopped: dict = {}
 
-            def stop_then_label() -> list[tuple[str, bytes]]:
-                # Every file has been read: end the backup in the same session. A standby
-                # cannot wait for archiving (pg_backup_stop returns at once there).
-                lsn, labelfile, _spcmap = pg.backup_stop(conn, wait_for_archive=not info.in_recovery)
-                stopped.update(lsn=lsn, label=labelfile, time=datetime.now(timezone.utc))
-                # tablespace_map stays out of the tar: barman-cloud-restore relocates tablespaces
-                # with pg_tblspc symlinks, and PostgreSQL would re-point them to the original
-                # locations from the map on start (docs/base-backups.md).
-                return [("backup_label", labelfile.encode())]
+        def stop_then_label() -> list[tuple[str, bytes]]:
+            # Every file has been read: end the backup in the same session. A standby
+            # cannot wait for archiving (pg_backup_stop returns at once there).
+            lsn, labelfile, _spcmap = pg.backup_stop(conn, wait_for_archive=not info.in_recovery)
+            stopped.update(lsn=lsn, label=labelfile, time=datetime.now(timezone.utc))
+            # tablespace_map stays out of the tar: barman-cloud-restore relocates tablespaces
+            # with pg_tblspc symlinks, and PostgreSQL would re-point them to the original
+            # locations from the map on start (docs/base-backups.md).
+            return [("backup_label", labelfile.encode())]
 
-            # tablespace links, and tablespaces that live inside PGDATA (a restored cluster's
-            # tablespaces/<oid>): each is in its own tar, never twice
-            links = frozenset([f"pg_tblspc/{oid}" for _n, oid, loc in spaces if loc and not loc.startswith("pg_tblspc/")]
-                              + [loc[len(root) + 1:] for _n, _o, loc in spaces if loc.startswith(root.rstrip("/") + "/")])
-            data = TreeTar(root, "data", check_from=check_from, skip=links, last=("global/pg_control",),
-                           tail=stop_then_label)
-            session.add_stream(f"data{suffix}", data, compression=compression, threads=threads,
-                               kind="PGDATA", at=at)
-            trees.append(data)
-        except BaseException:
-            # Nothing to undo on the server: closing the session (finally, below) ends a
-            # non-exclusive backup; the session's abort removes what reached the sites.
-            raise
+        # tablespace links, and tablespaces that live inside PGDATA (a restored cluster's
+        # tablespaces/<oid>): each is in its own tar, never twice
+        links = frozenset([f"pg_tblspc/{oid}" for _n, oid, loc in spaces if loc and not loc.startswith("pg_tblspc/")]
+                          + [loc[len(root) + 1:] for _n, _o, loc in spaces if loc.startswith(root.rstrip("/") + "/")])
+        data = TreeTar(root, "data", check_from=check_from, skip=links, last=("global/pg_control",),
+                       tail=stop_then_label)
+        session.add_stream(f"data{suffix}", data, compression=compression, threads=threads,
+                           kind="PGDATA", at=at)
+        trees.append(data)
         label_text = stopped["label"]
         timeline = int(label_field(label_text, "START TIMELINE") or info.timeline)
         stop_lsn = stopped["lsn"]

@@ -16,6 +16,8 @@ import hashlib
 import os
 import stat
 import tarfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Callable, Iterator
@@ -52,6 +54,32 @@ def excluded(rel: str, is_dir: bool) -> bool:
     return name in EXCLUDED_FILES or fnmatch(name, "t[0-9]*_[0-9]*")
 
 
+class Hasher:
+    """Per-file sha256 on a thread of its own (hashlib releases the GIL): the reading thread
+    hands each piece over and moves on. At most ``depth`` pieces wait, so memory stays bounded
+    when hashing is the slower side."""
+
+    def __init__(self, depth: int = 8):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="pgvault-sha")
+        self.room = threading.BoundedSemaphore(depth)
+
+    def update(self, sha, data: bytes) -> None:
+        self.room.acquire()
+        self.pool.submit(self._update, sha, data)
+
+    def _update(self, sha, data: bytes) -> None:
+        try:
+            sha.update(data)
+        finally:
+            self.room.release()
+
+    def hexdigest(self, sha) -> Future:
+        return self.pool.submit(sha.hexdigest)     # after every update submitted before it
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
 @dataclass
 class BadPage:
     file: str                  # relative to the tar's root
@@ -80,6 +108,7 @@ class TreeTar:
     bytes_read: int = 0
 
     def __post_init__(self):
+        self._hasher = Hasher()
         self._gen = self._entries()
 
     def read(self, n: int = -1) -> bytes:
@@ -130,11 +159,17 @@ class TreeTar:
                 info.size = st.st_size
                 yield info.tobuf(tarfile.GNU_FORMAT)
                 yield from self._file(rel, st.st_size)
-        for rel, data in (self.tail() if self.tail else []):
-            info = tarfile.TarInfo(rel)
-            info.size, info.mode = len(data), 0o600
-            yield info.tobuf(tarfile.GNU_FORMAT)
-            yield from self._pad(data, rel)
+        try:
+            for rel, data in (self.tail() if self.tail else []):
+                info = tarfile.TarInfo(rel)
+                info.size, info.mode = len(data), 0o600
+                yield info.tobuf(tarfile.GNU_FORMAT)
+                yield from self._pad(data, rel)
+        finally:
+            self._hasher.close()
+        for entry in self.files.values():
+            if isinstance(entry["sha256"], Future):
+                entry["sha256"] = entry["sha256"].result()
         yield b"\0" * (2 * tarfile.BLOCKSIZE)
 
     def _pad(self, data: bytes, rel: str) -> Iterator[bytes]:
@@ -159,7 +194,7 @@ class TreeTar:
                     break
                 if checked and len(data) >= pagecheck.BLCKSZ:
                     self._check(fh, rel, data, first_block + sent // pagecheck.BLCKSZ, sent)
-                sha.update(data)
+                self._hasher.update(sha, data)
                 sent += len(data)
                 self.bytes_read += len(data)
                 yield data
@@ -168,9 +203,9 @@ class TreeTar:
                 fh.close()
         if sent < size:                          # shrunk meanwhile (truncated relation)
             zeros = b"\0" * (size - sent)
-            sha.update(zeros)
+            self._hasher.update(sha, zeros)
             yield zeros
-        self.files[rel] = {"size": size, "sha256": sha.hexdigest()}
+        self.files[rel] = {"size": size, "sha256": self._hasher.hexdigest(sha)}
         if size % tarfile.BLOCKSIZE:
             yield b"\0" * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE)
 

@@ -4,7 +4,8 @@ two S3 sites (two moto buckets). Three bases in a row with WAL recycled between 
 second-backup regression), then: stock barman-cloud-backup-list / barman-cloud-restore from
 each S3 site, stock tar from the local one, PITR from every site with rows compared, the
 manifest's per-file list and per-site bytes, a site failing mid-upload (the others commit), a
-kill -9 mid-backup, a corrupt page (file + block), a role without permission."""
+kill -9 mid-backup, a corrupt page (file + block), a role without permission; and, on an
+instance of its own, wal_level = minimal."""
 from __future__ import annotations
 
 import json
@@ -261,3 +262,54 @@ def test_a_corrupt_page_is_reported_with_file_and_block(scene):
         assert listed(w, "a") == before
     finally:
         inst.psql("DROP TABLE victim")
+
+
+def test_wal_level_minimal_is_refused_before_any_work_with_the_hint(workdir):
+    from tests.conftest import World
+
+    inst = sandbox.new_instance(workdir, "minimal", settings={"wal_level": "minimal", "max_wal_senders": 0})
+    try:
+        w = World(workdir, inst)
+        site = w.local_site("a")
+        w.jobs["base"] = {"method": "barman", "sites": ["a"]}
+        w.policy(state_dir=str(sandbox.owned_dir(workdir / "state")))
+        cp = w.cli("backup", "base", check=False)
+        assert cp.returncode != 0 and "wal_level is minimal" in cp.stderr and "wal_level = replica" in cp.stderr
+        assert "Traceback" not in cp.stderr and not (site / "clusters/main/base").exists()
+    finally:
+        inst.stop("immediate")
+
+
+def test_a_base_from_a_hot_standby(scene):
+    """The engine takes a conninfo: pointed at a streaming standby (pg_backup_stop there cannot
+    wait for archiving), it takes a base that stock tar lays down with PostgreSQL's own
+    "BACKUP FROM: standby" label."""
+    from pgvault.backup import run_backup
+    from pgvault.policy import load_policy
+
+    w = scene
+    sdir, port = w.workdir / "standby", pg.free_port()
+    sandbox.owned_dir(sdir)
+    proc_argv = ["/usr/lib/postgresql/15/bin/pg_basebackup", "-D", str(sdir), "-R", "-X", "stream", "-c", "fast",
+                 "-d", w.pg.conninfo(), "--tablespace-mapping", f"{w.ts}={w.workdir / 'standby-ts'}"]
+    sandbox.owned_dir(w.workdir / "standby-ts")
+    subprocess.run(proc_argv, check=True, capture_output=True, user="postgres")
+    standby = pg.Instance(sdir, port, socket_dir=sandbox.owned_dir(w.workdir / "standby-sock", 0o755))
+    standby.start()
+    try:
+        assert standby.psql("SELECT pg_is_in_recovery()").strip() == "t"
+        policy = load_policy(str(w.workdir / "policy.yaml"))
+        policy = policy.model_copy(update={"cluster": policy.cluster.model_copy(
+            update={"conninfo": standby.conninfo(), "pgdata": str(sdir)})})
+        w.pg.psql("SELECT pg_switch_wal()")          # give the standby's restartpoint something to start from
+        r = run_backup(policy, "base")
+        assert not r.partial and r.manifest.facts["base"]["from_standby"] is True
+        barman_id = r.manifest.facts["base"]["barman_id"]
+        out = w.workdir / "from-standby"
+        out.mkdir()
+        src = w.workdir / "site-a/clusters/main/base" / barman_id / "data.tar.lz4"
+        subprocess.run(f"lz4 -dc {src} | tar -x -C {out}", shell=True, check=True)
+        assert "BACKUP FROM: standby" in (out / "backup_label").read_text()
+        w.bases.append(r.backup_id)
+    finally:
+        standby.stop("immediate")
