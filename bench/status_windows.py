@@ -13,7 +13,6 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,30 +22,30 @@ from status import Scene, _status
 
 
 def export(commit: str, into: Path) -> Path:
+    into.mkdir()
     subprocess.run(f"git -C {ROOT} archive {commit} | tar -x -C {into}", shell=True, check=True)
     return into
 
 
 def main(base: str = "7d0400a", rounds: int = 7, n_local: int = 20000, n_s3: int = 3000) -> None:
     sc = Scene(n_local, n_s3)
-    with tempfile.TemporaryDirectory(prefix="pgvault-bench-base-") as d:
-        old = export(base, Path(d))
+    try:
+        old = export(base, sc.work / "base-checkout")    # removed with the scene's workdir
         prom = sc.work / "pgvault.prom"
         cases = {f"status --json, base {base}": (old, ()), "status --json, this checkout": (ROOT, ()),
                  f"status --prometheus, base {base}": (old, ("--prometheus", str(prom))),
                  "status --prometheus, this checkout": (ROOT, ("--prometheus", str(prom)))}
-        try:
-            for root, extra in cases.values():           # warm: caches (page cache, windows end times)
+        for root, extra in cases.values():               # warm: caches (page cache, windows end times)
+            _status(sc.env, *extra, root=root)
+        runs: dict[str, list[float]] = {k: [] for k in cases}
+        for _ in range(rounds):
+            for name, (root, extra) in cases.items():
+                subprocess.run(["sync"], check=True)
+                t0 = time.perf_counter()
                 _status(sc.env, *extra, root=root)
-            runs: dict[str, list[float]] = {k: [] for k in cases}
-            for _ in range(rounds):
-                for name, (root, extra) in cases.items():
-                    subprocess.run(["sync"], check=True)
-                    t0 = time.perf_counter()
-                    _status(sc.env, *extra, root=root)
-                    runs[name].append(time.perf_counter() - t0)
-        finally:
-            sc.close()
+                runs[name].append(time.perf_counter() - t0)
+    finally:
+        sc.close()
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"# bench/status_windows.py {base} {rounds} {n_local} {n_s3}: {rounds} interleaved rounds, medians")
     print(f"{'case':44} {'median s':>9}  runs")

@@ -237,12 +237,22 @@ def test_wal_fetch_decrypts_and_pitr_from_an_encrypted_snapshot_reaches_the_targ
     assert out.stat().st_size == 16 << 20
 
 
-def test_barman_refuses_an_encrypted_site_instead_of_writing_it_in_clear(scene):
+def test_a_base_backup_at_an_encrypted_site_is_sealed_and_opens_with_the_stock_cli(scene):
+    # The base engine streams its tars through the same sealed path as every other artifact:
+    # nothing lands in clear at an encrypted site, and age + lz4 + tar open it by hand (README).
     s = scene
-    cp = s.w.cli("backup", "base", check=False)
-    assert cp.returncode != 0 and "Traceback" not in cp.stderr
-    assert "site 'a' is encrypted" in cp.stderr and "in clear" in cp.stderr, cp.stderr
-    assert not list((_site_a(s) / "backups").glob("*/barman*"))
+    s.w.cli("backup", "base")
+    docs = [json.loads(p.read_text()) for p in (_site_a(s) / "backups").glob("*/manifest.json")]
+    m = next(d for d in docs if d["method"] == "barman")
+    tars = [a for a in m["artifacts"] if a["name"].startswith("data.tar")]
+    assert len(tars) == 1 and tars[0]["encryption"] == "age" and tars[0]["recipients"] == [s.r1]
+    sealed = _site_a(s) / tars[0]["key"]
+    assert sealed.read_bytes()[:22] == b"age-encryption.org/v1\n"
+    names = subprocess.run(f"age -d -i {s.k1} {sealed} | lz4 -dc | tar -t", shell=True, check=True,
+                           capture_output=True, text=True).stdout.split()
+    assert "backup_label" in names and "PG_VERSION" in names and "global/pg_control" in names
+    cp = subprocess.run(f"age -d -i {s.k2} {sealed}", shell=True, capture_output=True)
+    assert cp.returncode != 0                          # another key opens nothing
 
 
 def test_rotation_new_backups_use_new_keys_and_check_reports_old_ones(scene):

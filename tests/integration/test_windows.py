@@ -165,8 +165,7 @@ def test_at_inside_at_the_edges_and_outside(scene):
 
 def test_a_site_that_never_got_some_wal(scene):
     """Site late was out of wal.sites while between[1] was archived: a hole exactly there at
-    late only; --at and restore --to-time --plan answer per site (inside the hole, at its edges);
-    the drill run from late is shown on the interval it proved."""
+    late only; --at and restore --to-time --plan answer per site (inside the hole, at its edges)."""
     w = scene
     gone = w.between[1]
     doc = windows(w)
