@@ -231,13 +231,20 @@ class Archiver:
                 "check `pgvault wal-status` and the cluster's history before removing anything")
         if names.kind(item.name) == "segment":
             fork = self._forks(site).fork(names.parse_segment(item.name)[0])
-            if divergence.past_fork(item.name, fork, bind[2]):
+            # (``bind`` may be a callable not yet called: the segment size comes from the header.)
+            if fork is not None and divergence.past_fork(item.name, fork, self._segment_size(item)):
                 self._quarantine(site, item, "divergent", fork)
                 return "quarantined"
         from ..sites.base import put_bytes
 
         put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix), item.data())
         return "stored"
+
+    def _segment_size(self, item: Item) -> int:
+        try:
+            return names.parse_header(item.content(self.compression)).segment_size
+        except ValueError:
+            return 16 << 20
 
     def _forks(self, site) -> "divergence.Forks":
         with self._lock:
