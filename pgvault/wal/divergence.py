@@ -107,17 +107,23 @@ class Forks:
         self._probed_from: int | None = None
 
     def _read(self, tli: int) -> str | None:
+        """The history file of ``tli`` at the site, or None: one request where a head is not
+        cheap (a LIST of its name, any compression suffix), a stat per suffix where it is."""
         from ..sites.base import get_bytes
+        from . import codec
 
-        for suffix in names.SUFFIXES.values():
-            key = layout.wal_key(self.cluster, f"{tli:08X}.history", suffix)
+        name = f"{tli:08X}.history"
+        variants = {layout.wal_key(self.cluster, name, x): x for x in names.SUFFIXES.values()}
+        if self.site.capabilities.cheap_head:
+            found = [k for k in variants if self.site.head(k) is not None]
+        else:
+            found = [o.key for o in self.site.list(layout.wal_key(self.cluster, name)) if o.key in variants]
+        for key in found:
             try:
                 data = get_bytes(self.site, key)
             except ObjectNotFound:
                 continue
-            from . import codec
-
-            return codec.decompress(data, names.BY_SUFFIX.get(suffix, "none")).decode("ascii", "replace")
+            return codec.decompress(data, names.BY_SUFFIX.get(variants[key], "none")).decode("ascii", "replace")
         return None
 
     def fork(self, timeline: int) -> Fork | None:
