@@ -233,8 +233,11 @@ class Archiver:
             fork = self._forks(site).fork(names.parse_segment(item.name)[0])
             # (``bind`` may be a callable not yet called: the segment size comes from the header.)
             if fork is not None and divergence.past_fork(item.name, fork, self._segment_size(item)):
-                self._quarantine(site, item, "divergent", fork)
-                return "quarantined"
+                hdr = names.parse_header(item.content(self.compression))
+                if divergence.written_past(item.content(self.compression), fork, hdr.segment_size,
+                                           hdr.block_size, hdr.magic):
+                    self._quarantine(site, item, "divergent", fork)
+                    return "quarantined"
         from ..sites.base import put_bytes
 
         put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix), item.data())
