@@ -238,7 +238,7 @@ def test_expire_on_a_replica_leaves_the_leaders_running_backup_alone(hw):
         hold.close()
     out = backup.communicate(timeout=300)[0]
     assert backup.returncode == 0, out
-    bid = out.strip().splitlines()[-1]
+    bid = __import__("re").search(r"\d{8}T\d{6}Z", out.strip().splitlines()[-1]).group(0)
     assert bid in [m["backup_id"] for m in manifests(hw, "a", "dump-primary")]
     assert not site_keys(hw, "a", "running")
     hw.cli("verify")
