@@ -345,7 +345,14 @@ class HACluster:
             if not name or name == other_than:
                 return None
             status, _ = _http_json(self.nodes[name].rest + "/primary")
-            return name if status == 200 else None
+            if status != 200:
+                return None
+            # Patroni names the leader as it asks for the promotion; PostgreSQL ends recovery later.
+            try:
+                with pg.connect(self.nodes[name].conninfo()) as conn:
+                    return None if pg.scalar(conn, "SELECT pg_is_in_recovery()") else name
+            except Exception:
+                return None
         return wait_until(ready, timeout, f"a Patroni leader{' other than ' + other_than if other_than else ''}",
                           interval=0.2)
 
