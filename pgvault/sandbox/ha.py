@@ -324,10 +324,16 @@ class HACluster:
                       if m.get("role") in ("replica", "sync_standby") and m.get("state") in ("running", "streaming"))
 
     def timeline(self, name: str | None = None) -> int:
-        """The leader's (or the named node's) current timeline, read from PostgreSQL."""
+        """The leader's (or the named node's) current timeline, read from PostgreSQL: on a
+        primary the timeline of the WAL it writes (pg_control_checkpoint() keeps the old one
+        until the first checkpoint after a promotion), on a replica the one it receives."""
         node = self.nodes[name or self._need_leader()]
         with pg.connect(node.conninfo()) as conn:
-            return int(pg.scalar(conn, "SELECT timeline_id FROM pg_control_checkpoint()"))
+            return int(pg.scalar(conn, """
+                SELECT CASE WHEN pg_is_in_recovery()
+                       THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
+                                     (SELECT timeline_id FROM pg_control_checkpoint()))
+                       ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"""))
 
     def _need_leader(self) -> str:
         return wait_until(self.leader, 60, "a Patroni leader", interval=0.2)
@@ -339,7 +345,14 @@ class HACluster:
             if not name or name == other_than:
                 return None
             status, _ = _http_json(self.nodes[name].rest + "/primary")
-            return name if status == 200 else None
+            if status != 200:
+                return None
+            # Patroni names the leader as it asks for the promotion; PostgreSQL ends recovery later.
+            try:
+                with pg.connect(self.nodes[name].conninfo()) as conn:
+                    return None if pg.scalar(conn, "SELECT pg_is_in_recovery()") else name
+            except Exception:
+                return None
         return wait_until(ready, timeout, f"a Patroni leader{' other than ' + other_than if other_than else ''}",
                           interval=0.2)
 

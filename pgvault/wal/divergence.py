@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -97,6 +98,35 @@ def past_fork(name: str, fork: Fork | None, segment_size: int = 16 << 20) -> boo
     return tli == fork.timeline and (segno + 1) * segment_size > fork.switchpoint
 
 
+SHORT_HEADER = struct.Struct("<HHIQ")  # xlp_magic, xlp_info, xlp_tli, xlp_pageaddr
+
+
+def written_past(raw: bytes, fork: Fork, segment_size: int, block_size: int, magic: int) -> bool:
+    """Does this segment hold WAL its timeline wrote past the fork? The first page at or after
+    the switchpoint must then carry a valid header for its own address on that timeline. A
+    standby with archive_mode=always archives the segment it was receiving when it switched
+    timelines under its full name: past the switchpoint that file holds zeros or the stale
+    pages of a recycled segment (another address), never such a header — it is not divergent.
+    (WAL a zombie wrote only within the switchpoint's own page is not seen: see docs/ha.md.)
+
+    >>> seg, page = 16 << 20, 8192
+    >>> raw = bytearray(seg); f = Fork(1, 5 * seg + 3 * page + 100, 2)
+    >>> SHORT_HEADER.pack_into(raw, 0, 0xD110, 2, 1, 5 * seg)
+    >>> written_past(bytes(raw), f, seg, page, 0xD110)
+    False
+    >>> SHORT_HEADER.pack_into(raw, 4 * page, 0xD110, 0, 1, 5 * seg + 4 * page)
+    >>> written_past(bytes(raw), f, seg, page, 0xD110)
+    True
+    """
+    base = (int.from_bytes(raw[8:16], "little") // segment_size) * segment_size  # this segment's address
+    # The first page boundary at or after the switchpoint (0: the whole segment lies past it).
+    page = 0 if fork.switchpoint <= base else -(-(fork.switchpoint - base) // block_size) * block_size
+    if page + SHORT_HEADER.size > len(raw):
+        return False
+    m, _info, tli, addr = SHORT_HEADER.unpack_from(raw, page)
+    return m == magic and tli == fork.timeline and addr == base + page
+
+
 class Forks:
     """The history files above a timeline at one site, read once per pusher (a push, a drain)."""
 
@@ -107,17 +137,23 @@ class Forks:
         self._probed_from: int | None = None
 
     def _read(self, tli: int) -> str | None:
+        """The history file of ``tli`` at the site, or None: one request where a head is not
+        cheap (a LIST of its name, any compression suffix), a stat per suffix where it is."""
         from ..sites.base import get_bytes
+        from . import codec
 
-        for suffix in names.SUFFIXES.values():
-            key = layout.wal_key(self.cluster, f"{tli:08X}.history", suffix)
+        name = f"{tli:08X}.history"
+        variants = {layout.wal_key(self.cluster, name, x): x for x in names.SUFFIXES.values()}
+        if self.site.capabilities.cheap_head:
+            found = [k for k in variants if self.site.head(k) is not None]
+        else:
+            found = [o.key for o in self.site.list(layout.wal_key(self.cluster, name)) if o.key in variants]
+        for key in found:
             try:
                 data = get_bytes(self.site, key)
             except ObjectNotFound:
                 continue
-            from . import codec
-
-            return codec.decompress(data, names.BY_SUFFIX.get(suffix, "none")).decode("ascii", "replace")
+            return codec.decompress(data, names.BY_SUFFIX.get(variants[key], "none")).decode("ascii", "replace")
         return None
 
     def fork(self, timeline: int) -> Fork | None:

@@ -270,16 +270,24 @@ class Archiver:
                 "check `pgvault wal-status` and the cluster's history before removing anything")
         if names.kind(item.name) == "segment":
             fork = self._forks(site).fork(names.parse_segment(item.name)[0])
-            # ``bind`` may be lazy (a spooled file binds from its own header): resolve it only
-            # when a newer timeline forked this one.
-            if fork is not None and divergence.past_fork(item.name, fork, (bind() if callable(bind) else bind)[2]):
-                self._quarantine(site, item, "divergent", fork)
-                return "quarantined"
+            # (``bind`` may be a callable not yet called: the segment size comes from the header.)
+            if fork is not None and divergence.past_fork(item.name, fork, self._segment_size(item)):
+                hdr = names.parse_header(item.content(self.compression))
+                if divergence.written_past(item.content(self.compression), fork, hdr.segment_size,
+                                           hdr.block_size, hdr.magic):
+                    self._quarantine(site, item, "divergent", fork)
+                    return "quarantined"
         from ..sites.base import put_bytes
 
         put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix),
                   item.stored_bytes(self.recipients.get(site.name, ())))
         return "stored"
+
+    def _segment_size(self, item: Item) -> int:
+        try:
+            return names.parse_header(item.content(self.compression)).segment_size
+        except ValueError:
+            return 16 << 20
 
     def _forks(self, site) -> "divergence.Forks":
         with self._lock:
