@@ -129,7 +129,7 @@ def _switch_and_wait(world, timeout: float) -> str:
 
 
 @_timed
-def archived(world, *, drain_timeout: float = 60) -> Check:
+def archived(world, *, drain_timeout: float = 120) -> Check:
     world.switched_at = datetime.fromisoformat(world.sql("SELECT now()"))
     try:
         _switch_and_wait(world, 60)
