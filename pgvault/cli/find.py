@@ -142,6 +142,8 @@ def hand_back(result, found, port, *, as_json=False, copy_back_to=None):
         if best.kind != "MASS DELETE":
             copyback.end_recovery(src)
             result.plan["before_truncate"]["side_instance"] = "promoted after pausing, to read the table"
+            if best.kind == copyback.DROP_DATABASE and copyback.revalidate_database(src, found.database):
+                result.plan["before_truncate"]["side_instance"] += "; the database DROP DATABASE had marked invalid was made connectable there"
         copyback.run(cb)
         result.plan["before_truncate"]["copied_back_to"] = True
         if not as_json:

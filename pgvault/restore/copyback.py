@@ -85,6 +85,26 @@ def end_recovery(conninfo: str, timeout: float = 120) -> None:
         conn.close()
 
 
+def revalidate_database(conninfo: str, database: str) -> bool:
+    """On the promoted side instance, make a database that DROP DATABASE had begun to drop
+    connectable again; True if it had to.
+
+    Since PostgreSQL 15.4 (and 11.21, 12.16, 13.12, 14.9), DROP DATABASE first marks the
+    database invalid (``datconnlimit = -2``, an in-place catalog update WAL-logged *before* the
+    ``Database DROP`` record), so that an interrupted drop cannot leave a half-removed database
+    usable. A side instance stopped just before the DROP record therefore holds every file of
+    the database and refuses connections to it ("cannot connect to invalid database"). The
+    side instance is a disposable copy that never archives: undoing the mark there is safe.
+    Found by `pgvault lab` (drop-database scenario)."""
+    conn = pg.connect(conninfo, dbname="postgres")
+    try:
+        rows = pg.query(conn, "UPDATE pg_database SET datconnlimit = -1 WHERE datname = %s AND datconnlimit = -2 "
+                              "RETURNING datname", (database,))
+        return bool(rows)
+    finally:
+        conn.close()
+
+
 def run(cb: CopyBack) -> None:
     """Run the dump and the load; the dump file is private and removed afterwards."""
     d = Path(tempfile.mkdtemp(prefix="pgvault-copyback-"))

@@ -23,10 +23,14 @@ def lab(*args, env=None):
                           env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})), timeout=900)
 
 
-def nothing_left() -> None:
+def nothing_left(stdout: str) -> None:
+    """This run's world (named on the lab's first line) is gone: no process, mount or file."""
+    import re
+
+    base = re.search(r"lab world in (\S+) ", stdout).group(1)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     mounts = open("/proc/mounts").read()
-    assert "pgvault-lab-" not in ps and "pgvault-lab-" not in mounts
+    assert base not in ps and base not in mounts and not os.path.exists(base)
 
 
 def test_quick_lab_passes_every_scenario_and_keeps_its_reports():
@@ -53,7 +57,7 @@ def test_quick_lab_passes_every_scenario_and_keeps_its_reports():
     assert not suite.findall(".//failure") and not suite.findall(".//skipped")
     page = (reports / "lab.html").read_text()
     assert page.count("data-verdict='passed'") == 2
-    nothing_left()
+    nothing_left(cp.stdout)
 
 
 def test_a_wal_push_that_stores_nothing_fails_the_lab_naming_the_lost_rows(tmp_path):
@@ -74,7 +78,7 @@ def test_a_wal_push_that_stores_nothing_fails_the_lab_naming_the_lost_rows(tmp_p
     failure = ET.parse(tmp_path / "junit.xml").getroot().find(".//failure")
     assert "rows (ids" in failure.text and "LOST" in failure.text
     assert "FAIL restore to" in cp.stdout
-    nothing_left()
+    nothing_left(cp.stdout)
 
 
 def _echo_one(c: socket.socket) -> None:

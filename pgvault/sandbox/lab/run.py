@@ -78,11 +78,20 @@ class Lab:
             self.say(f"  {ran.shown()}: exit {ran.code} in {ran.seconds:.1f}s")
             if ran.code != 0:
                 raise RuntimeError(f"the lab's first {job} backup failed: {ran.tail()}")
-        starts = [datetime.fromisoformat(s["unbroken"]["start_time"]) for s in checks.windows_doc(w)["sites"]
-                  if s["site"] in w.base_sites and s.get("unbroken") and s["unbroken"]["start_time"]]
-        if len(starts) != len(w.base_sites):
-            raise RuntimeError("after the first base backup, not every base site has a restorable window")
-        w.first_base_time = max(starts)
+        # A base is restorable once the WAL up to its end is at its site; under load the spool
+        # may still owe it there for a while.
+        checks._switch_and_wait(w, 90)
+
+        def starts():
+            got = [datetime.fromisoformat(s["unbroken"]["start_time"]) for s in checks.windows_doc(w)["sites"]
+                   if s["site"] in w.base_sites and s.get("unbroken") and s["unbroken"]["start_time"]]
+            return got if len(got) == len(w.base_sites) else None
+        try:
+            found = proc.wait_until(starts, 180, "a restorable window at every base site", interval=2)
+        except TimeoutError:
+            raise RuntimeError("after the first base backup, not every base site has a restorable window "
+                               f"(within 3 minutes): {checks.windows_doc(w)}") from None
+        w.first_base_time = max(found)
         if os.environ.get(LOSE_WAL_ENV) == "1":
             self._lose_wal()
 

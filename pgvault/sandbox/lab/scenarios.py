@@ -33,6 +33,15 @@ def _backups(lab, job: str) -> dict[str, int]:
     return out
 
 
+def _temporaries(lab, site: str) -> list[str]:
+    """pgvault's in-flight or crashed writes at ``site`` (what verify and expire call debris)."""
+    from ...policy import load_policy
+    from ...sites import open_site
+
+    pol = load_policy(str(lab.world.policy_file))
+    return open_site(site, pol.sites[site]).list_temporaries()
+
+
 def _fill(path: Path) -> Path:
     """Fill the file system holding ``path`` to the last few blocks."""
     st = os.statvfs(path)
@@ -71,8 +80,9 @@ def _job(lab, job: str, expect_fail_sites: set[str], out: Outcome, label: str):
     before = _backups(lab, job)
     ran = lab.world.pgvault("backup", job)
     after = _backups(lab, job)
-    gained = {s for s in lab.world.sites() if after.get(s, 0) > before.get(s, 0)}
-    want = set(lab.world.sites()) - expect_fail_sites
+    sites = set(lab.world.policy_doc()["jobs"][job]["sites"])
+    gained = {s for s in sites if after.get(s, 0) > before.get(s, 0)}
+    want = sites - expect_fail_sites
     if expect_fail_sites:
         named = all(f"'{s}'" in ran.err + ran.out or s in ran.err for s in expect_fail_sites)
         out.check(f"{label}: the backup fails at {', '.join(sorted(expect_fail_sites))} and says so",
@@ -101,8 +111,14 @@ def disk_full_base(lab) -> Outcome:
     try:
         ran = _job(lab, "base", {"local"}, out, "base backup with site local full")
         out.timings["detect_seconds"] = round(ran.seconds, 2)
-        debris = [p for p in lab.world.local_site.rglob("*.tmp*")]
-        out.check("no half-written backup at the full site", not debris, f"temporaries: {debris[:3]}")
+        debris = _temporaries(lab, "local")
+        out.check("no half-written pgvault write at the full site", not debris, f"temporaries: {debris[:3]}")
+        barman_left = [str(p.relative_to(lab.world.local_site)) for p in lab.world.local_site.rglob("*.tmp")
+                       if "/barman/" in str(p)]
+        if barman_left:
+            # Barman's own bookkeeping in its home at the site, not a pgvault artifact (verify
+            # does not count it); recorded, not judged.
+            out.notes.append(f"Barman left {barman_left[:3]} at the full site")
     finally:
         filler.unlink()
     _load_for(lab, 2)
@@ -235,6 +251,11 @@ def _victim(lab, database: str, table: str) -> str:
         w.sql(f"CREATE DATABASE {database}", "postgres")
     w.sql(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, note text); "
           f"INSERT INTO {table} SELECT g, md5(g::text) FROM generate_series(1, 700) g", database)
+    # What the tick does every minute (docs/find.md): without a relation record from before the
+    # damage, a dropped database's tables cannot be named (the first soak found exactly that).
+    ran = w.pgvault("relations")
+    if ran.code != 0:
+        lab.note(f"pgvault relations exited {ran.code}: {ran.tail(200)}")
     _wait_archived_now(lab)
     return w.sql(VICTIM_SQL.format(t=table), database)
 

@@ -127,7 +127,7 @@ class World:
         for short, region in REGIONS.items():
             # Short timeouts: a partitioned region must cost seconds, not the defaults' minutes.
             sites[short] = {"type": "s3", "bucket": self.buckets[short], "region": region, "prefix": "lab",
-                            "endpoint_url": self.proxies[short].url, "connect_timeout": 2, "read_timeout": 4,
+                            "endpoint_url": self.proxies[short].url, "connect_timeout": 2, "read_timeout": 6,
                             "max_attempts": 1}
         doc = {
             "version": 1,
