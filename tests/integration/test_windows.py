@@ -347,10 +347,20 @@ def test_all_clusters_at_one_site(scene):
         shutil.rmtree(dst, ignore_errors=True)
 
 
+def quarantined(w, name: str) -> list[dict]:
+    from pgvault.policy import load_policy
+    from pgvault.sites import open_site
+    from pgvault.wal.divergence import read_evidence
+
+    pol = load_policy(str(w.workdir / "policy.yaml"))
+    return read_evidence(open_site(name, pol.sites[name]), "main")
+
+
 def test_two_timelines_after_a_promotion(scene):
     """Last in the module (it adds a timeline for good): restore the newest point, let the
     restored cluster promote and archive (timeline 2) while the old primary goes on writing
-    timeline 1 — a fork. Timeline 1 is split at the switch; timeline 2 starts there."""
+    timeline 1 — a fork, and a zombie: its WAL past the fork is quarantined, so timeline 1 ends
+    at the switch; timeline 2 starts there."""
     from pgvault import pg as pgmod
     from pgvault.lsn import parse_lsn
 
@@ -368,16 +378,22 @@ def test_two_timelines_after_a_promotion(scene):
         switch_and_wait(w, inst)
     finally:
         inst.stop("fast")
-    w.pg.psql("INSERT INTO t VALUES (100)")           # the old primary goes on: timeline 1 continues
-    switch_and_wait(w, w.pg)
+    # The old primary goes on writing timeline 1 past the fork (a zombie): wal-push keeps those
+    # segments out of the archive recovery reads, in quarantine/ with evidence (docs/ha.md).
+    w.pg.psql("INSERT INTO t VALUES (100)")
+    zombie = w.pg.psql("SELECT pg_walfile_name(pg_switch_wal())").strip()
+    for name in ("a", "eu"):
+        sandbox.wait_until(lambda: any(d["name"] == zombie and d["reason"] == "divergent"
+                                       for d in quarantined(w, name)), 90, f"{zombie} quarantined at {name}")
+        assert zombie not in archived(w, name)
     for name in ("a", "eu"):
         s = site(windows(w), name)
         t1, t2 = s["timelines"]
         assert (t1["timeline"], t2["timeline"], t2["parent"]) == (1, 2, 1)
         switch = t2["switch_lsn"]
         assert t1["forks"] == [{"timeline": 2, "lsn": switch}]
-        assert [i["start_kind"] for i in t1["intervals"]] == ["base", "fork"]
-        assert t1["intervals"][0]["end_lsn"] == switch == t1["intervals"][1]["start_lsn"]
+        assert [i["start_kind"] for i in t1["intervals"]] == ["base"]   # nothing of timeline 1 past the fork
+        assert t1["intervals"][0]["end_lsn"] == switch
         (iv2,) = t2["intervals"]
         assert iv2["start_kind"] == "switch" and iv2["start_lsn"] == switch and iv2["bases"] == [w.b1, w.b2]
         assert parse_lsn(iv2["end_lsn"]) > parse_lsn(switch) and s["holes"] == 0
