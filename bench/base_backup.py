@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from pgvault import pg, proc, sandbox  # noqa: E402
+from pgvault.crypt import age  # noqa: E402
 
 BIN = "/usr/lib/postgresql/15/bin"
 OUT = ROOT / "bench/results/base_backup.txt"
@@ -89,7 +90,10 @@ pg1-socket-path={inst.socket_dir}
     for region, b in buckets.values():
         moto.create_bucket(b, region)
     local = sandbox.owned_dir(work / "site-local")
-    sites = {"local": {"type": "local", "path": str(local)}}
+    sites = {"local": {"type": "local", "path": str(local)},
+             # the same local site with encryption at rest (issue 15: base backup <= 1.1 x clear)
+             "local-enc": {"type": "local", "path": str(sandbox.owned_dir(work / "site-local-enc")),
+                           "encryption": {"recipients": [age.generate()[1]]}}}
     for n in ("s3", "s3-eu", "s3-us"):
         region, b = buckets[n]
         sites[n] = {"type": "s3", "bucket": b, "region": region, "prefix": "pg", "endpoint_url": moto.url}
@@ -97,6 +101,7 @@ pg1-socket-path={inst.socket_dir}
         "version": 1, "cluster": {"name": "main", "conninfo": inst.conninfo(), "pgdata": str(inst.pgdata)},
         "sites": sites, "state_dir": str(sandbox.owned_dir(work / "state")),
         "jobs": {"one-local": {"method": "barman", "sites": ["local"]},
+                 "one-local-enc": {"method": "barman", "sites": ["local-enc"]},
                  "one-s3": {"method": "barman", "sites": ["s3"]},
                  "three": {"method": "barman", "sites": ["local", "s3-eu", "s3-us"]}}}, sort_keys=False))
     os.chmod(policy, 0o644)
@@ -165,6 +170,7 @@ pg1-socket-path={inst.socket_dir}
         cases = [("pgBackRest full (lz4, process-max 2, local repo)", pgbackrest_backup),
                  ("barman-cloud-backup --lz4 -J 2 to moto", barman_cloud_backup),
                  ("pgvault [local]", pgvault_backup("one-local")),
+                 ("pgvault [local, encrypted]", pgvault_backup("one-local-enc")),
                  ("pgvault [s3]", pgvault_backup("one-s3")),
                  ("pgvault [local, s3-eu, s3-us]", pgvault_backup("three"))]
         for r in range(args.rounds):
@@ -256,6 +262,8 @@ pg1-socket-path={inst.socket_dir}
         three = statistics.median(times["pgvault [local, s3-eu, s3-us]"])
         say(f"\nratios: pgvault three sites / pgBackRest one local repo = {three / pgb:.2f} (goal <= 1.0); "
             f"pgvault [local] / pgBackRest = {statistics.median(times['pgvault [local]']) / pgb:.2f}; "
+            f"pgvault [local, encrypted] / [local] = "
+            f"{statistics.median(times['pgvault [local, encrypted]']) / statistics.median(times['pgvault [local]']):.2f} (goal <= 1.1); "
             f"pgvault [s3] / barman-cloud-backup = {statistics.median(times['pgvault [s3]']) / statistics.median(times[cases[1][0]]):.2f}; "
             f"pgvault lay-down [local] / pgBackRest restore = "
             f"{statistics.median(times['pgvault lay-down from [local]']) / statistics.median(times[rcases[0][0]]):.2f} (goal <= 1.0)")
