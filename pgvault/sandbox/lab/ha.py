@@ -175,24 +175,25 @@ def _finish(lab, out, old: str, new: str, t0: float, what: str) -> None:
     out.checks += ha.criterion()
 
 
-def switchover(lab):
+def _change_leader(lab, act, what: str, *, detect: bool = False) -> tuple[Outcome, HaPart]:
+    """Under load, have the cluster change leaders by ``act(cluster) -> (old, new)`` and judge it."""
     out = Outcome(skip_criterion=True)
     ha = _part(lab)
     _under_load(lab, 3)
     t0 = time.monotonic()
-    old, new = ha.cluster.switchover()
-    _finish(lab, out, old, new, t0, "switchover")
-    return out
+    old, new = act(ha.cluster)
+    if detect:
+        out.timings["detect_seconds"] = round(time.monotonic() - t0, 2)
+    _finish(lab, out, old, new, t0, what)
+    return out, ha
+
+
+def switchover(lab):
+    return _change_leader(lab, lambda c: c.switchover(), "switchover")[0]
 
 
 def failover(lab):
-    out = Outcome(skip_criterion=True)
-    ha = _part(lab)
-    _under_load(lab, 3)
-    t0 = time.monotonic()
-    old, new = ha.cluster.kill9_leader()
-    out.timings["detect_seconds"] = round(time.monotonic() - t0, 2)
-    _finish(lab, out, old, new, t0, "kill -9 of the leader")
+    out, ha = _change_leader(lab, lambda c: c.kill9_leader(), "kill -9 of the leader", detect=True)
     ha.cluster.wait_streaming(timeout=180)   # the old leader rejoins (pg_rewind) before the next scenario
     return out
 
