@@ -23,8 +23,7 @@ from pathlib import Path
 from .. import proc
 from ..catalog.catalog import Catalog
 from ..catalog.formats import Manifest
-from ..catalog import layout
-from ..catalog.streams import VerifyingReader, decompressing
+from ..catalog.streams import decompressing
 from ..errors import IntegrityError, ObjectNotFound, PgvaultError, SiteError
 from ..sites import open_sites
 from .source import site_order
@@ -47,17 +46,18 @@ def tar_targets(m: Manifest, dest: Path) -> list[tuple[object, Path]]:
 
 def _extract(cat: Catalog, m: Manifest, art, where: Path) -> None:
     where.mkdir(parents=True, exist_ok=True, mode=0o700)
-    raw = cat.site.get(layout.artifact_key(cat.cluster, m.backup_id, art))
-    verified = VerifyingReader(raw, art.sha256, art.size, f"site {cat.name!r}: {art.key}")
+    # Through the catalog's one reader: sha256 of the stored bytes, and age decryption when the
+    # site seals its artifacts (issue 15) — the stored bytes are then not lz4 but an age file.
+    stored = cat.open_artifact(m, art.name, decompress=False)
     try:
-        proc.feed([["tar", "-x", "-C", str(where)]], decompressing(verified, art.compression),
+        proc.feed([["tar", "-x", "-C", str(where)]], decompressing(stored, art.compression),
                   hint="the base's tar could not be extracted; see the message above")
         # tar and lz4 may stop before the object's last byte: the hash covers all of it
-        while verified.read(1 << 20):
+        while stored.read(1 << 20):
             pass
     finally:
         try:
-            raw.close()
+            stored.close()
         except Exception:
             pass
 

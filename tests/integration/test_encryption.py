@@ -253,6 +253,17 @@ def test_a_base_backup_at_an_encrypted_site_is_sealed_and_opens_with_the_stock_c
     assert "backup_label" in names and "PG_VERSION" in names and "global/pg_control" in names
     cp = subprocess.run(f"age -d -i {s.k2} {sealed}", shell=True, capture_output=True)
     assert cp.returncode != 0                          # another key opens nothing
+    # and pgvault's own round trip: the sealed base laid down, its WAL fetched and decrypted
+    dest, port = s.wd / "pitr-base", pg.free_port()
+    want = counts(s.inst, "app")
+    plan = json.loads(s.w.cli("restore", "--latest", "--from-site", "a", "--target-dir", str(dest), "--port",
+                              str(port), "--start", "--json", "--identity", str(s.k1)).stdout)
+    assert plan["plan"]["base"]["backup_id"] == m["backup_id"]
+    restored = pg.Instance(dest, port, socket_dir=dest)
+    try:
+        assert counts(restored, "app") == want
+    finally:
+        restored.stop()
 
 
 def test_rotation_new_backups_use_new_keys_and_check_reports_old_ones(scene):
