@@ -80,6 +80,12 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
             taken.update(cat.backup_ids())
             taken.update(p.rstrip("/").rsplit("/", 1)[-1] for p in cat.debris() if p.endswith("/"))
         backup_id = layout.new_backup_id(now, taken)
+        # Before the first artifact: from now on every node's expire leaves this backup's files
+        # alone, and no other job takes the same id (same second, another node).
+        node = chosen.name if chosen else None
+        while not running.claim(catalogs, backup_id, job_name, timeout=job.timeout, node=node):
+            taken.add(backup_id)
+            backup_id = layout.new_backup_id(now, taken)
         started = datetime.now(timezone.utc)
         # The relation record (catalog reads and one small object per site) is taken while the
         # method's first stream flows (started then, so it does not hold the GIL while the dump
@@ -87,8 +93,6 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
         relations = threading.Thread(target=_record_relations, args=(policy, conninfo), name="pgvault-relations", daemon=True)
         session = BackupSession(catalogs, backup_id, on_first_stream=relations.start,
                                 recipients={n: policy.recipients(n) for n in catalogs})
-        # Before the first artifact: from now on every node's expire leaves this backup's files alone.
-        running.begin(catalogs, backup_id, job_name, timeout=job.timeout, node=chosen.name if chosen else None)
         try:
             facts = method.backup(ctx, session)
             if not isinstance(facts, BackupFacts):  # the contract (methods/base.py), not a user error

@@ -56,6 +56,31 @@ def begin(catalogs: dict, backup_id: str, job: str, *, timeout: timedelta | None
             log.warning("site %s: in-progress marker of %s not written: %s", name, backup_id, exc.message)
 
 
+def claim(catalogs: dict, backup_id: str, job: str, **kw) -> bool:
+    """Take ``backup_id`` for this process: False when another job (on any node) holds a marker
+    for it, or overwrote ours meanwhile — two jobs starting in the same second on two nodes
+    would otherwise write one backup directory. The caller then tries the next id."""
+    from ..sites.base import get_or_none
+
+    for cat in catalogs.values():
+        try:
+            if cat.site.head(layout.running_key(cat.cluster, backup_id)) is not None:
+                return False
+        except (PgvaultError, OSError):
+            pass
+    begin(catalogs, backup_id, job, **kw)
+    for cat in catalogs.values():
+        try:
+            raw = get_or_none(cat.site, layout.running_key(cat.cluster, backup_id))
+        except (PgvaultError, OSError):
+            continue
+        if raw is None:
+            continue
+        d = json.loads(raw)
+        return (d.get("host"), d.get("pid"), d.get("job")) == (os.uname().nodename, os.getpid(), job)
+    return True
+
+
 def end(catalogs: dict, backup_id: str) -> None:
     for name, cat in catalogs.items():
         try:
