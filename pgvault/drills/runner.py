@@ -7,16 +7,16 @@ duration of a run, so Ctrl-C, a CI timeout's SIGTERM or a failing restore all le
 postmaster and no scratch directory behind."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from .. import signals
+from ..signals import Interrupted
 from ..errors import PgvaultError
 from ..policy.durations import format_duration
 from .checks import CheckContext, CheckResult, run_canary, run_check
@@ -27,7 +27,7 @@ from .sources import DrillRun, adapter_for, sites_for, source_method
 log = logging.getLogger("pgvault.drills")
 
 
-class DrillInterrupted(KeyboardInterrupt):
+class DrillInterrupted(Interrupted):
     """SIGTERM or SIGHUP during a drill run (Ctrl-C is a KeyboardInterrupt already)."""
 
 
@@ -64,40 +64,6 @@ class DrillResult:
     @property
     def case_name(self) -> str:
         return f"{self.drill} @ {self.site}"
-
-
-@contextlib.contextmanager
-def signals_raise():
-    """Turn SIGTERM and SIGHUP into DrillInterrupted so every ``finally`` runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise DrillInterrupted(f"signal {signal.Signals(signum).name}")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def signals_deferred():
-    """Hold SIGINT/SIGTERM/SIGHUP while a teardown runs; yields the list of signals received."""
-    pending: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield pending
-        return
-    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
-           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield pending
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def plan(policy, drills: list[Drill]) -> list[tuple[Drill, str]]:
@@ -150,7 +116,7 @@ def run_one(policy, drill: Drill, site: str, *, scratch_root=None, canary=None, 
         result.failure = f"unexpected error (a bug in pgvault): {type(exc).__name__}: {exc}"
     finally:
         if scratch is not None:
-            with signals_deferred() as pending:
+            with signals.deferred() as pending:
                 result.teardown = scratch.destroy()
             if not result.teardown.ok and not result.failure:
                 result.failure = f"teardown failed: {result.teardown.detail}"
@@ -206,7 +172,7 @@ def run_drills(policy, names: list[str] | None = None, report_dir: str | Path | 
             on_result(r)
 
     try:
-        with signals_raise():
+        with signals.raising(DrillInterrupted):
             for drill in drills:
                 sites = sites_for(policy, drill)
                 try:

@@ -104,7 +104,7 @@ def wait_for_wal(policy, site: str, wal_file: str, timeout: float = WAL_TIMEOUT)
     down, that may mean the spool. Wait (bounded) until this site holds the canary's segment."""
     from ..proc import wait_until
     from ..sites import open_site
-    from ..wal.push import stored_variants
+    from ..wal.item import stored_variants
 
     s = open_site(site, policy.sites[site])
     try:

@@ -26,16 +26,13 @@ Phases, each timed:
 The RTO is from the command's start to the end of the copy; the revert is timed separately."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import pg, proc
+from .. import pg, proc, signals
 from ..errors import DatabaseError, PgvaultError, UsageError
 from ..lsn import format_lsn, parse_lsn
 from ..methods.standby import get_standby, local_pgdata, probe
@@ -81,36 +78,6 @@ def first_record_lsn(bindir: str, wal_dir: str, timeline: int, start_lsn: str, x
     cp = proc.run(argv, check=False)
     m = _REC.search(cp.stdout if isinstance(cp.stdout, str) else cp.stdout.decode(errors="replace"))
     return format_lsn(parse_lsn(m.group(2))) if m else None
-
-
-@contextlib.contextmanager
-def _interrupts_as_exceptions():
-    """SIGTERM raises like SIGINT does, so the revert in ``finally`` runs for both."""
-    def raise_interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only; its caller owns them there
-        return
-    old = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextlib.contextmanager
-def _uninterruptible():
-    """While the standby's own configuration is being restored, a second Ctrl-C must not cut it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def wal_dirs(policy, job) -> list[str]:
@@ -196,7 +163,7 @@ def undo_damage(policy, name: str, damage: Damage, copy_back_to, *, t0: float | 
     bindir = pg.bin_dir(None, policy.cluster.bin_dir)
     restarted = paused = False
     result = None
-    with _interrupts_as_exceptions():
+    with signals.raising():
         try:
             t1 = time.monotonic()
             with pg.connect(job.conninfo) as conn:
@@ -251,7 +218,7 @@ def undo_damage(policy, name: str, damage: Damage, copy_back_to, *, t0: float | 
             return result
         finally:
             t4 = time.monotonic()
-            with _uninterruptible():
+            with signals.deferred():
                 reverted = revert(job, inst, restarted=restarted, paused=paused, timeout=timeout)
             if result is not None:
                 result.reverted = reverted
@@ -329,5 +296,5 @@ def resume(policy, name: str, timeout: float = 600) -> dict:
     local_pgdata(name, job)
     if job.patroni_member:
         raise UsageError(f"standby {name!r} is Patroni member {job.patroni_member!r}", "restart it through Patroni")
-    with _uninterruptible():
+    with signals.deferred():
         return revert(job, instance(job), restarted=True, paused=False, timeout=timeout)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import ObjectNotFound, PgvaultError, SiteError
 from . import codec, names
-from .push import stored_variants
+from .item import stored_variants
 
 log = logging.getLogger("pgvault.wal")
 

@@ -9,18 +9,17 @@ re-checks a ``.ready`` file before archiving it and skips one already marked don
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..catalog import layout
 from ..errors import ClusterMismatch, PgvaultError, SiteError, UsageError
 from . import WalConflict, codec, divergence, names, pgdata_of, spool_dir
 from .pgwal import control_sysid, is_segment, mark_done, pg_major, ready_neighbours
+from .item import Item, PushResult, read_wal, stored_variants
 from .spool import Spool
 from .workers import DaemonPool
 
@@ -28,66 +27,6 @@ log = logging.getLogger("pgvault.wal")
 
 DRAIN_PER_PUSH = 64
 SHIP_WORKERS = 4     # requests in flight per site while shipping a backlog
-
-
-@dataclass
-class Item:
-    """One WAL file on its way: raw bytes, compressed blob, and what each site did with it."""
-
-    name: str
-    stored: str
-    blob_future: Future | None = None
-    blob: bytes | None = None
-    raw: bytes | None = None
-    error: PgvaultError | None = None
-    done_sites: set = field(default_factory=set)  # sites whose task for it has finished
-    stored_at: set = field(default_factory=set)   # sites that hold it now
-    spool_for: set = field(default_factory=set)   # sites that failed: owed through the spool
-    late: bool = False  # a site's task still runs past the grace (it will read the bytes)
-    quarantined: set = field(default_factory=set)  # sites that hold it under quarantine/, not in wals/
-    sealed: dict = field(default_factory=dict)  # recipients -> the blob encrypted to them (once per set)
-    seal_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def data(self) -> bytes:
-        if self.blob is None and self.blob_future is not None:
-            self.blob = self.blob_future.result()
-        return self.blob
-
-    def stored_bytes(self, recipients: tuple) -> bytes:
-        """What a site with ``recipients`` stores: the blob, or the blob encrypted to them —
-        once per recipient set however many sites share it (two threads may race to seal it
-        first: both results are valid, one is kept)."""
-        if not recipients:
-            return self.data()
-        with self.seal_lock:  # sites sharing a recipient set wait for the first to seal it
-            out = self.sealed.get(recipients)
-            if out is None:
-                out = self.sealed[recipients] = codec.seal(self.data(), recipients)
-        return out
-
-    def content(self, compression: str) -> bytes:
-        if self.raw is None:
-            self.raw = codec.decompress(self.data(), compression)
-        return self.raw
-
-
-@dataclass
-class PushResult:
-    items: list[Item]
-    drained: dict[str, int]
-
-    @property
-    def requested(self) -> Item:
-        return self.items[0]
-
-
-def stored_variants(site, cluster: str, name: str) -> list[str]:
-    """Keys under which ``site`` already holds ``name`` (any compression suffix)."""
-    keys = [layout.wal_key(cluster, name, s) for s in names.SUFFIXES.values()]
-    if site.capabilities.cheap_head:  # a stat per variant is cheaper than walking the directory
-        return [k for k in keys if site.head(k) is not None]
-    base = layout.wal_key(cluster, name)
-    return [o.key for o in site.list(base) if o.key in keys]
 
 
 def _import_crypto() -> None:
@@ -100,22 +39,6 @@ def _have_identity() -> bool:
     from ..crypt import keys
 
     return bool(keys.identities())
-
-
-def read_wal(path: Path):
-    """The file's bytes: a segment is mapped (read-only, populated from the page cache in one
-    call) rather than read — copying 16 MiB into fresh memory cost a quarter of the CPU of
-    compressing it (see docs/wal-archiving.md, "Performance"). PostgreSQL never rewrites or
-    truncates a segment waiting to be archived; the mapping goes with the last reference."""
-    if not names.has_header(path.name):
-        return path.read_bytes()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if os.fstat(fd).st_size < (1 << 20):
-            return os.read(fd, 1 << 20)  # too short to be a segment: load() says why
-        return mmap.mmap(fd, 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
 
 
 class Archiver:

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2] / "pgvault"
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = [
     {"errors", ""},                                                   # "" = the package's __init__
-    {"lsn", "clock", "fsutil", "proc", "pg", "statedir", "patroni", "crypt"},
+    {"lsn", "clock", "fsutil", "proc", "pg", "statedir", "patroni", "crypt", "signals"},
     {"sites"},
     {"policy"},
     {"catalog"},
