@@ -139,9 +139,11 @@ class SiteWindow:
         return [i for t in self.timelines for i in t.intervals]
 
     def newest(self) -> Interval | None:
-        """The interval holding the newest restorable point (the one a `--latest` restore reaches)."""
+        """The interval holding the newest restorable point: the one a `--latest` restore reaches,
+        which follows the highest timeline (recovery_target_timeline = latest), not the latest
+        end time (after a switchover, the abandoned parent's last segment may end later)."""
         ivs = self.intervals()
-        return max(ivs, key=lambda i: (i.end_time is not None, i.end_time or 0, i.timeline, i.end_lsn)) if ivs else None
+        return max(ivs, key=lambda i: (i.timeline, i.end_lsn)) if ivs else None
 
     def unbroken(self) -> Interval | None:
         """The newest interval, widened back over fork splits (a fork does not break recoverability):

@@ -171,6 +171,11 @@ class Forks:
             self._probed_from = timeline
         return fork_of(timeline, self._histories)
 
+    @property
+    def histories(self) -> dict[int, str]:
+        """The history files read so far, by timeline (what the last ``fork`` saw)."""
+        return dict(self._histories)
+
 
 def sender(pgdata, policy) -> dict:
     """Who is sending: host, data directory, port (postmaster.pid) and Patroni member name."""
@@ -214,7 +219,7 @@ def quarantine(site, cluster: str, name: str, stored_suffix: str, blob: bytes, r
            "timeline": header.timeline if header else None,
            "lsn_range": [format_lsn(start), format_lsn(end)] if start is not None else None,
            "fork": None if fork is None else {"history": fork.history, "switchpoint": format_lsn(fork.switchpoint),
-                                             "new_timeline": fork.new_timeline},
+                                             "timeline": fork.timeline, "new_timeline": fork.new_timeline},
            "sender": who, "received_at": datetime.now(timezone.utc).isoformat()}
     put_bytes(site, key, blob)  # bytes first, evidence last: evidence never points at nothing
     put_bytes(site, evidence_key, (json.dumps(doc, indent=2) + "\n").encode())
@@ -239,6 +244,13 @@ def remedy(doc: dict) -> str:
     """What the operator does about one piece of evidence (status/check name it)."""
     who = doc.get("sender") or {}
     node = who.get("node") or f"the PostgreSQL on {who.get('host')} (data directory {who.get('pgdata')}, port {who.get('port')})"
+    if doc.get("reason") == "abandoned-timeline":
+        fork = doc.get("fork") or {}
+        return (f"the cluster went back to timeline {fork.get('timeline')} (leader "
+                f"{who.get('retired_by_leader') or '?'}) after timeline {doc.get('timeline')} had forked from it: "
+                f"{doc['name']} and the rest of that branch are kept in quarantine/, out of the archive; the node that "
+                f"led timeline {doc.get('timeline')} must be re-cloned or rewound (`patronictl reinit`), and commits "
+                f"clients saw on that branch recovered from quarantine/ before removing the evidence")
     if doc.get("reason") == "conflict":
         return (f"{node} archived {doc['name']} with content different from the archive's copy: two clusters or two "
                 f"primaries share this archive; stop the wrong one, then rewind or re-clone it")
@@ -246,3 +258,114 @@ def remedy(doc: dict) -> str:
             f"{(doc.get('fork') or {}).get('switchpoint')} ({(doc.get('fork') or {}).get('history')}); stop it, then "
             f"pg_rewind it (or re-clone it) to follow the leader; its quarantined WAL may hold commits clients saw: "
             f"recover them from quarantine/ before removing the evidence")
+
+
+# -- when the cluster goes back to the timeline a history says was abandoned (docs/ha.md)
+
+def live_timeline(policy, timeout: float = 3.0) -> int | None:
+    """The timeline the cluster's leader writes on now, when two sources agree on it: Patroni's
+    view names a running leader with its timeline, and that leader, asked over SQL, is out of
+    recovery and inserting WAL on the same timeline. None when either is missing or they
+    differ (then a segment past a fork is quarantined, the safe default)."""
+    cfg = policy.cluster.patroni
+    if cfg is None:
+        return None
+    from .. import pg
+    from ..patroni import member_conninfo, view
+
+    try:
+        leader = view(cfg.url, min(timeout, cfg.timeout.total_seconds())).leader()
+        if leader is None or leader.timeline is None:
+            return None
+        with pg.connect(member_conninfo(policy.cluster.conninfo, leader), connect_timeout=max(1, int(timeout))) as conn:
+            row = pg.query(conn, "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL "
+                                 "ELSE pg_walfile_name(pg_current_wal_lsn()) END")[0]
+    except Exception as exc:  # noqa: BLE001 - any doubt means "not known": quarantine stays the answer
+        log.info("live timeline not known (%s): a segment past a fork stays quarantined", exc)
+        return None
+    if row[0] or not row[1]:
+        return None
+    tli = int(str(row[1])[:8], 16)
+    return tli if tli == leader.timeline else None
+
+
+def _object_timeline(filename: str) -> int | None:
+    """The timeline a stored WAL-archive file belongs to (segment, .partial, .backup, .history)."""
+    name, _suffix = names.split_stored(filename)
+    try:
+        return int(name[:8], 16)
+    except ValueError:
+        return None
+
+
+def _delete(site, key: str) -> None:
+    """Delete, or say why not: an Object Lock site keeps a locked file (then recovery with
+    ``latest`` at that site still sees the dead branch: docs/ha.md)."""
+    try:
+        site.delete(key)
+    except ObjectNotFound:
+        pass
+    except PgvaultError as exc:
+        log.warning("site %r: could not remove %s (%s): it stays beside its copy in quarantine/", site.name, key, exc)
+
+
+def retire_branches(site, cluster: str, timeline: int, histories: dict[int, str], *, leader: str | None,
+                    who: dict) -> dict:
+    """The cluster's leader runs on ``timeline`` again (Patroni gave the old leader the key back
+    after a replica had promoted): every timeline above it at this site is a dead branch. Its
+    files leave wals/ for quarantine/ (reason ``abandoned-timeline``, with evidence) so that
+    recovery with ``recovery_target_timeline = latest`` follows the live timeline, and the live
+    timeline's own segments quarantined as divergent because of those forks go back to wals/.
+    Bytes are copied before anything is deleted. Returns {"retired": [...], "reinstated": [...]}."""
+    import hashlib as _h
+
+    from ..sites.base import get_bytes, put_bytes
+
+    out = {"retired": [], "reinstated": []}
+    forks = {tli: next((Fork(p, sw, tli) for p, sw, _r in parse_history(text) if p == timeline), None)
+             for tli, text in histories.items() if tli > timeline}
+    for obj in list(site.list(layout.wal_prefix(cluster))):
+        fname = obj.key.rsplit("/", 1)[1]
+        tli = _object_timeline(fname)
+        if tli is None or tli <= timeline:
+            continue
+        name, comp = names.split_stored(fname)
+        suffix = names.SUFFIXES[comp]
+        try:
+            blob = get_bytes(site, obj.key)
+        except ObjectNotFound:
+            continue  # another node retired it meanwhile (every node pushes with archive_mode = always)
+        sha = _h.sha256(blob).hexdigest()
+        key = layout.quarantine_key(cluster, name, sha[:8], suffix)
+        fork = forks.get(tli) or next((f for f in forks.values() if f is not None), None)
+        doc = {"version": 1, "name": name, "reason": "abandoned-timeline", "sha256": sha, "stored": key,
+               "note": f"timeline {tli} was abandoned: the cluster's leader runs on timeline {timeline} again",
+               "system_identifier": None, "timeline": tli, "lsn_range": None,
+               "fork": None if fork is None else {"history": fork.history, "switchpoint": format_lsn(fork.switchpoint),
+                                                 "timeline": timeline, "new_timeline": fork.new_timeline},
+               "sender": dict(who, retired_by_leader=leader), "received_at": datetime.now(timezone.utc).isoformat()}
+        put_bytes(site, key, blob)
+        put_bytes(site, layout.quarantine_key(cluster, name, sha[:8], ".json"), (json.dumps(doc, indent=2) + "\n").encode())
+        _delete(site, obj.key)
+        out["retired"].append(name)
+    for doc in read_evidence(site, cluster):
+        fork = doc.get("fork") or {}
+        if doc.get("reason") != "divergent" or _object_timeline(doc.get("name") or "") != timeline or \
+                (fork.get("new_timeline") or 0) <= timeline or not doc.get("stored"):
+            continue
+        stored = doc["stored"]
+        suffix = names.SUFFIXES[names.split_stored(stored.rsplit("/", 1)[1])[1]]
+        target = layout.wal_key(cluster, doc["name"], suffix)
+        try:
+            if site.head(target) is None:
+                put_bytes(site, target, get_bytes(site, stored))
+        except ObjectNotFound:
+            continue  # another node put it back meanwhile
+        _delete(site, layout.quarantine_key(cluster, doc["name"], doc["sha256"][:8], ".json"))  # evidence first
+        _delete(site, stored)
+        out["reinstated"].append(doc["name"])
+    if out["retired"] or out["reinstated"]:
+        log.warning("site %r: timeline %d is live again (leader %s): retired %d file(s) of abandoned timelines to "
+                    "quarantine/, put back %d of timeline %d", site.name, timeline, leader or "?",
+                    len(out["retired"]), len(out["reinstated"]), timeline)
+    return out

@@ -68,6 +68,8 @@ class Archiver:
         self.before_deliver = None  # the background shipper's hook: yield to a running wal-push
         self._fork_cache: dict[str, divergence.Forks] = {}  # per site: histories above a timeline
         self._sender: dict | None = None  # who sends (evidence of a quarantine), found on first need
+        self._live: int | None = None  # the leader's timeline (Patroni + SQL agree), asked once, on first need
+        self._live_asked = False
         self._pgdata: Path | None = None
 
     # -- identity: the system identifier every pushed file must carry
@@ -198,8 +200,14 @@ class Archiver:
                 hdr = names.parse_header(item.content(self.compression))
                 if divergence.written_past(item.content(self.compression), fork, hdr.segment_size,
                                            hdr.block_size, hdr.magic):
-                    self._quarantine(site, item, "divergent", fork)
-                    return "quarantined"
+                    if self._live_timeline() != fork.timeline:
+                        self._quarantine(site, item, "divergent", fork)
+                        return "quarantined"
+                    # The leader runs on this timeline: the history's branch is the dead one.
+                    divergence.retire_branches(site, self.cluster, fork.timeline, self._forks(site).histories,
+                                               leader=self._who().get("node"), who=self._who())
+                    with self._lock:
+                        self._fork_cache.pop(site.name, None)
         from ..sites.base import put_bytes
 
         put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix),
@@ -218,6 +226,18 @@ class Archiver:
                 self._fork_cache[site.name] = divergence.Forks(site, self.cluster)
             return self._fork_cache[site.name]
 
+    def _live_timeline(self) -> int | None:
+        with self._lock:
+            if not self._live_asked:
+                self._live, self._live_asked = divergence.live_timeline(self.policy), True
+            return self._live
+
+    def _who(self) -> dict:
+        with self._lock:
+            if self._sender is None:
+                self._sender = divergence.sender(self._pgdata, self.policy)
+            return self._sender
+
     def _quarantine(self, site, item: Item, reason: str, fork, note: str = "") -> None:
         """Keep ``item`` at ``site`` under quarantine/ with evidence of who sent it; never in wals/."""
         raw = item.content(self.compression)
@@ -225,12 +245,9 @@ class Archiver:
             header = names.parse_header(raw) if names.has_header(item.name) else None
         except ValueError:
             header = None
-        with self._lock:
-            if self._sender is None:
-                self._sender = divergence.sender(self._pgdata, self.policy)
         key = divergence.quarantine(site, self.cluster, item.name, self.suffix,
                                     item.stored_bytes(self.recipients.get(site.name, ())), raw, reason=reason,
-                                    header=header, fork=fork, who=self._sender,
+                                    header=header, fork=fork, who=self._who(),
                                     segment_size=header.segment_size if header else 16 << 20, note=note)
         with self._lock:
             item.quarantined.add(site.name)

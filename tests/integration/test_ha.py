@@ -273,3 +273,45 @@ def test_zombie_primary_is_quarantined_and_named(hw):
                    user="postgres", capture_output=True)
     ha.restart_patroni(zombie)
     ha.wait_streaming(timeout=180)
+
+
+def _plant(hw, site: str, name: str, data: bytes) -> None:
+    """Put a file at a site's WAL archive directly (the fixture's own site description)."""
+    cfg = hw.sites[site]
+    if cfg["type"] == "local":
+        p = Path(cfg["path"], "clusters/main/wals", name)
+        p.write_bytes(data)
+        p.chmod(0o640)
+    else:
+        hw.moto.client(cfg["region"]).put_object(Bucket=cfg["bucket"], Key=f"{cfg['prefix']}/clusters/main/wals/{name}",
+                                                 Body=data)
+
+
+def test_a_branch_the_cluster_abandoned_is_retired_not_its_live_timeline(hw):
+    """Patroni gave the old leader the key back after a replica had promoted (seen in `pgvault lab`
+    with Patroni 3.0.2): the archive holds a history naming the live timeline as abandoned. The
+    leader's next segments are the cluster; the history's branch is the dead one."""
+    ha = hw.ha
+    ha.wait_streaming()
+    leader = ha.wait_leader()
+    tl = ha.timeline(leader)
+    lsn = ha.psql("SELECT pg_current_wal_lsn()", leader).strip()
+    dead = f"{tl + 1:08X}.history"
+    history = "".join(f"{t}\t0/1000000\tno recovery target specified\n" for t in range(1, tl)) + \
+        f"{tl}\t{lsn}\tno recovery target specified\n"
+    for s in ("a", "eu"):
+        _plant(hw, s, dead, history.encode())
+    ha.psql("INSERT INTO orders (id) SELECT g FROM generate_series(2000000, 2000100) g", leader, "app")
+    seg = switch(hw)
+    at_every_site(hw, seg)  # stored, not quarantined as past the planted fork
+    for s in ("a", "eu"):
+        assert dead not in wal_names(hw, s)
+    assert any(dead in k for k in site_keys(hw, "eu", "quarantine"))
+    docs = [json.loads(Path(k).read_text()) for k in site_keys(hw, "a", "quarantine") if k.endswith(".json")]
+    retired = [d for d in docs if d["reason"] == "abandoned-timeline"]
+    assert [d["name"] for d in retired] == [dead], docs
+    assert retired[0]["fork"]["timeline"] == tl and retired[0]["sender"]["retired_by_leader"] == leader
+    assert not [d for d in docs if d["reason"] == "divergent" and d["name"] == seg]
+    cp = hw.cli("check", node=leader, check=False)
+    assert "abandoned" in cp.stdout and "re-cloned" in cp.stdout, cp.stdout
+    no_gaps(hw)

@@ -22,11 +22,11 @@ from .scenarios import QUICK, SCENARIOS, SOAKABLE
 from .world import LOSE_WAL_ENV, World, tidy
 
 LEDGER_RATE = 20.0
-# A barman-cloud base costs about 14 s per site here, a Barman server at the local site 19 s:
-# the quick lab keeps one base site (eu) and still archives WAL and dumps to all three.
+# A base is pgvault's own engine (one read of PGDATA, streamed to every site of the job: about
+# 4 s to local + eu here); the quick lab still keeps one base site (eu) to stay inside CI's
+# budget, and archives WAL and dumps to all three.
 QUICK_BASE_SITES = ("eu",)
-# The full lab: a Barman server at local and barman-cloud at eu (us holds dumps and WAL only),
-# so a base costs ~33 s, not ~47 s, and the lab stays within its 10 minutes.
+# The full lab: bases at local and eu (us holds dumps and WAL only).
 FULL_BASE_SITES = ("local", "eu")
 
 
