@@ -262,11 +262,12 @@ def remedy(doc: dict) -> str:
 
 # -- when the cluster goes back to the timeline a history says was abandoned (docs/ha.md)
 
-def live_timeline(policy, timeout: float = 3.0) -> int | None:
-    """The timeline the cluster's leader writes on now, when two sources agree on it: Patroni's
-    view names a running leader with its timeline, and that leader, asked over SQL, is out of
-    recovery and inserting WAL on the same timeline. None when either is missing or they
-    differ (then a segment past a fork is quarantined, the safe default)."""
+def live_timeline(policy, timeout: float = 3.0) -> tuple[int, str] | None:
+    """(timeline, leader's member name): the timeline the cluster's leader writes on now, when
+    two sources agree on it: Patroni's view names a running leader with its timeline, and that
+    leader, asked over SQL, is out of recovery and inserting WAL on the same timeline. None when
+    either is missing or they differ (then a segment past a fork is quarantined, the safe
+    default)."""
     cfg = policy.cluster.patroni
     if cfg is None:
         return None
@@ -286,7 +287,7 @@ def live_timeline(policy, timeout: float = 3.0) -> int | None:
     if row[0] or not row[1]:
         return None
     tli = int(str(row[1])[:8], 16)
-    return tli if tli == leader.timeline else None
+    return (tli, leader.name) if tli == leader.timeline else None
 
 
 def _object_timeline(filename: str) -> int | None:

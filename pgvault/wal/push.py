@@ -68,7 +68,7 @@ class Archiver:
         self.before_deliver = None  # the background shipper's hook: yield to a running wal-push
         self._fork_cache: dict[str, divergence.Forks] = {}  # per site: histories above a timeline
         self._sender: dict | None = None  # who sends (evidence of a quarantine), found on first need
-        self._live: int | None = None  # the leader's timeline (Patroni + SQL agree), asked once, on first need
+        self._live: tuple | None = None  # (timeline, leader) when Patroni and SQL agree; asked once, on first need
         self._live_asked = False
         self._pgdata: Path | None = None
 
@@ -200,12 +200,13 @@ class Archiver:
                 hdr = names.parse_header(item.content(self.compression))
                 if divergence.written_past(item.content(self.compression), fork, hdr.segment_size,
                                            hdr.block_size, hdr.magic):
-                    if self._live_timeline() != fork.timeline:
+                    live = self._live_timeline()
+                    if live is None or live[0] != fork.timeline:
                         self._quarantine(site, item, "divergent", fork)
                         return "quarantined"
                     # The leader runs on this timeline: the history's branch is the dead one.
                     divergence.retire_branches(site, self.cluster, fork.timeline, self._forks(site).histories,
-                                               leader=self._who().get("node"), who=self._who())
+                                               leader=live[1], who=self._who())
                     with self._lock:
                         self._fork_cache.pop(site.name, None)
         from ..sites.base import put_bytes
@@ -226,7 +227,7 @@ class Archiver:
                 self._fork_cache[site.name] = divergence.Forks(site, self.cluster)
             return self._fork_cache[site.name]
 
-    def _live_timeline(self) -> int | None:
+    def _live_timeline(self) -> tuple | None:
         with self._lock:
             if not self._live_asked:
                 self._live, self._live_asked = divergence.live_timeline(self.policy), True
