@@ -184,7 +184,7 @@ class Archiver:
                         item.content(self.compression)
                 except codec.CorruptWal:
                     same = False
-                if same:
+                if same or self._same_before_fork(site, item, other, key):
                     return "present"
             # Kept as evidence (the archive's copy stays what recovery reads): see divergence.py.
             self._quarantine(site, item, "conflict", None, note=f"the archive holds {existing[0]}")
@@ -214,6 +214,35 @@ class Archiver:
         put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix),
                   item.stored_bytes(self.recipients.get(site.name, ())))
         return "stored"
+
+    def _same_before_fork(self, site, item: Item, other: bytes, key: str) -> bool:
+        """A standby (archive_mode = always) that was receiving a segment when its timeline
+        ended archives its copy under the full name: the WAL up to the switchpoint, then stale
+        bytes. The archive may already hold the old primary's copy of that segment, which holds
+        real WAL past the switchpoint (sent before the new timeline's history reached the
+        site). Both are the cluster's history up to the switchpoint, and recovery of the new
+        timeline reads neither past it (it takes the new timeline's file for that segment).
+        The standby's copy is then the archive's, not a conflict: refusing it would name an
+        innocent node in a split-brain alarm and wedge its archiver on that one file."""
+        if names.kind(item.name) != "segment":
+            return False
+        fork = self._forks(site).fork(names.parse_segment(item.name)[0])
+        mine = item.content(self.compression)
+        try:
+            hdr = names.parse_header(mine)
+            theirs = codec.decompress(other, names.split_stored(key.rsplit("/", 1)[1])[1])
+        except (ValueError, codec.CorruptWal):
+            return False
+        if fork is None or not divergence.past_fork(item.name, fork, hdr.segment_size):
+            return False
+        start = names.parse_segment(item.name, hdr.segment_size)[1] * hdr.segment_size
+        cut = fork.switchpoint - start
+        if not 0 < cut < hdr.segment_size or mine[:cut] != theirs[:cut] or \
+                divergence.written_past(mine, fork, hdr.segment_size, hdr.block_size, hdr.magic):
+            return False
+        log.info("%s: the archive's copy differs from this one only past the fork (%s): this node's copy "
+                 "ends its timeline there; the archive's stays", item.name, fork.describe())
+        return True
 
     def _segment_size(self, item: Item) -> int:
         try:

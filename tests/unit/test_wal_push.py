@@ -356,3 +356,31 @@ def test_check_calls_a_young_backlog_in_flight_and_an_old_one_lag(tmp_path, pg_w
     os.utime(marker, (old, old))
     b_line = {r.name: r for r in check_wal(pol)}["wal b"]
     assert b_line.state == WARNING and "lagging" in b_line.message and "1 spooled" in b_line.message
+
+
+def test_a_standbys_copy_that_differs_only_past_the_fork_is_the_archives(tmp_path, pg_wal):
+    """archive_mode = always: the old primary's segment (real WAL past the switchpoint, archived
+    before the new timeline's history) is in the archive; the standby that was receiving it
+    when it switched timelines sends its copy (the same WAL up to the switchpoint, then
+    stale bytes). Not a conflict. A copy that differs before the switchpoint still is."""
+    from pgvault.wal import divergence
+
+    a = tmp_path / "a"
+    pol = make_policy(tmp_path, {"a": a})
+    switchpoint = 5 * SEG + 3 * 8192 + 100
+    cut = switchpoint - 5 * SEG
+    primary = bytearray(segment(5))
+    divergence.SHORT_HEADER.pack_into(primary, 4 * 8192, 0xD110, 0, 1, 5 * SEG + 4 * 8192)
+    f = put_wal(pg_wal, 5, bytes(primary), ready=False)
+    assert Archiver(pol).push(f).requested.error is None
+    before = stored(a, 5).read_bytes()
+    (a / "clusters/main/wals/00000002.history").write_text(f"1\t0/{switchpoint:X}\tno recovery target specified\n")
+
+    f.write_bytes(bytes(primary[:cut]) + bytes(SEG - cut))          # the standby's copy
+    assert Archiver(pol).push(f).requested.error is None
+    assert stored(a, 5).read_bytes() == before
+    assert not (a / "clusters/main/quarantine").exists()
+
+    f.write_bytes(bytes(primary[:cut - 50]) + b"z" * 50 + bytes(SEG - cut))   # differs before it
+    assert isinstance(Archiver(pol).push(f).requested.error, WalConflict)
+    assert stored(a, 5).read_bytes() == before

@@ -140,7 +140,7 @@ class HaPart:
                                    f"{h.get('detail', '')}" for h in holes)[:1200],
                          evidence={"timelines": s.get("timelines")}))
         hi = datetime.fromisoformat(self.cluster.psql("SELECT now()", leader).strip()) - timedelta(seconds=12)
-        lo = hi - timedelta(seconds=3)
+        lo = hi - timedelta(seconds=20)  # wide enough to hold commits when the leader was frozen for a while
         if u and u.get("start_time"):  # a point before the window's start has no base to restore from
             lo = max(lo, datetime.fromisoformat(u["start_time"]) + timedelta(seconds=1))
         pts = checks.sample_points(self.ledger, lo, hi, 1, self.lab.sample_rng) if lo < hi else []
@@ -168,15 +168,16 @@ def _under_load(lab, seconds: float) -> None:
         pass
 
 
-def _finish(lab, out, old: str, new: str, t0: float, what: str) -> None:
+def _finish(lab, out, old: str, new: str, t0: float, what: str,
+            why: str = "lost by the failover itself (async replication)") -> None:
     ha = lab.ha
     out.timings["failover_seconds"] = round(time.monotonic() - t0, 2)
     _under_load(lab, 4)
     gone = ha.account_failover_loss(new)
     out.timings["rpo_rows_lost_by_failover"] = len(gone)
     out.check(f"{what}: {old} -> {new}, the load goes on", ha.ledger.count() > 0 and old != new,
-              f"leader {new} on timeline {ha.cluster.timeline()}; {len(gone)} acknowledged row(s) lost by the "
-              f"failover itself (async replication): {ha.ledger.describe(gone) if gone else 'none'}")
+              f"leader {ha.cluster.leader()} on timeline {ha.cluster.timeline()}; {len(gone)} acknowledged row(s) "
+              f"{why}: {ha.ledger.describe(gone) if gone else 'none'}")
     out.notes.append(f"ledger errors while it happened: {len(ha.ledger.errors)}")
     out.checks += ha.criterion()
 
@@ -270,6 +271,16 @@ def zombie_primary(lab):
         _under_load(lab, 3)
     finally:
         ha.cluster.resume(old)
-    _finish(lab, out, old, new, t0, "zombie old primary")
+    _finish(lab, out, old, new, t0, "zombie old primary",
+            why=f"acknowledged by the zombie {old} after {new} was promoted (split brain), absent from the cluster "
+                f"now: their WAL is what pgvault keeps out of the archive")
+    # The zombie's WAL past the fork is kept out of the archive and named: quarantined as divergent,
+    # or, when Patroni gave the zombie the key back, the promoted branch retired (docs/ha.md).
+    ran = ha.pgvault("check", node=ha.cluster.leader())
+    port = ha.cluster.nodes[old].pg_port   # a frozen Patroni cannot say its name: host:port then
+    named = "split brain" in ran.out and (old in ran.out or f":{port}" in ran.out or "abandoned" in ran.out)
+    out.check("the divergent WAL is kept out of the archive, the node named (check: CRITICAL split brain)",
+              named and ran.code == 2, f"exit {ran.code}: " + " | ".join(
+                  line.strip() for line in ran.out.splitlines() if "split brain" in line)[:600])
     _rejoin(lab, out)
     return out
