@@ -171,7 +171,8 @@ def record_relations(policy, *, force: bool = False, conninfo: str | None = None
     encrypted = any(policy.recipients(n) for n in policy.sites)
     digests = _stored_digests(policy) if encrypted else {}
     mine = _db_digest(doc)
-    for name, site in _sites(policy).items():
+    def one(name: str, site) -> str | None:
+        """Store the record at one site unless it holds the same; "stored", None, or the error."""
         try:
             if not force:
                 latest = _latest(site, policy.cluster.name)
@@ -179,16 +180,28 @@ def record_relations(policy, *, force: bool = False, conninfo: str | None = None
                     last = digests.get(name)
                     if last and last[0] == latest[0] and last[1] == mine and \
                             datetime.now(timezone.utc) - datetime.fromisoformat(last[2]) < REFRESH:
-                        continue
+                        return None
                 elif latest and latest[1].get("databases") == doc["databases"] and \
                         datetime.now(timezone.utc) - datetime.fromisoformat(latest[1]["time"]) < REFRESH:
-                    continue
+                    return None
             rcpts = policy.recipients(name)
             put_bytes(site, key, age.seal(data, list(rcpts)) if rcpts else data)
+            return "stored"
+        except PgvaultError as exc:
+            return exc.message
+
+    # Every site at once: an unreachable one costs its timeout once, beside the others.
+    from concurrent.futures import ThreadPoolExecutor
+
+    sites = _sites(policy)
+    with ThreadPoolExecutor(max_workers=max(1, len(sites)), thread_name_prefix="pgvault-relations") as pool:
+        answers = dict(zip(sites, pool.map(one, sites, sites.values())))
+    for name, answer in answers.items():
+        if answer == "stored":
             result.stored_at.append(name)
             digests[name] = [key, mine, doc["time"]]
-        except PgvaultError as exc:
-            result.failed[name] = exc.message
+        elif answer is not None:
+            result.failed[name] = answer
     if result.stored_at and any(policy.recipients(n) for n in result.stored_at):
         try:
             from ..fsutil import mkdirs, write_atomic

@@ -143,7 +143,10 @@ class SiteWindow:
         which follows the highest timeline (recovery_target_timeline = latest), not the latest
         end time (after a switchover, the abandoned parent's last segment may end later)."""
         ivs = self.intervals()
-        return max(ivs, key=lambda i: (i.timeline, i.end_lsn)) if ivs else None
+        # Recovery finds the newest timeline by its history file: a timeline above 1 without one
+        # (a demoted node's segments of a retired branch) is never followed.
+        known = {t.timeline for t in self.timelines if t.parent is not None or t.timeline == 1}
+        return max(ivs, key=lambda i: (i.timeline in known or not known, i.timeline, i.end_lsn)) if ivs else None
 
     def unbroken(self) -> Interval | None:
         """The newest interval, widened back over fork splits (a fork does not break recoverability):

@@ -356,20 +356,30 @@ class HACluster:
         return wait_until(ready, timeout, f"a Patroni leader{' other than ' + other_than if other_than else ''}",
                           interval=0.2)
 
+    def streaming(self) -> set[str] | None:
+        """The nodes streaming from the leader now, by its pg_stat_replication (None: no leader
+        answers). Patroni may call a node "running" replica that streams from nobody (a
+        demoted leader ahead on a dead timeline: "highest timeline of the primary is behind")."""
+        leader = self.leader()
+        if not leader:
+            return None
+        try:
+            with pg.connect(self.nodes[leader].conninfo()) as conn:
+                rows = pg.query(conn, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+        except Exception:
+            return None
+        return {r[0] for r in rows}
+
     def wait_streaming(self, names: list[str] | None = None, timeout: float = 180) -> None:
         """Until every named node (default: every node but the leader) streams from the leader."""
         def ok():
             leader = self.leader()
-            if not leader:
+            got = self.streaming()
+            if not leader or got is None:
                 return False
             want = set(names or [n for n in self.nodes if n != leader])
-            try:
-                with pg.connect(self.nodes[leader].conninfo()) as conn:
-                    rows = pg.query(conn, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
-            except Exception:
-                return False
             # Patroni's own view too: tick and the tests choose replicas from it.
-            return want <= {r[0] for r in rows} and want <= set(self.replicas())
+            return want <= got and want <= set(self.replicas())
         wait_until(ok, timeout, "every replica to stream from the leader", interval=0.3)
 
     # -- connections

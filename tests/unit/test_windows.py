@@ -196,3 +196,18 @@ def test_drills_are_placed_on_the_interval_holding_the_point_they_restored():
     # --at answers carry the drills that proved the interval holding the point.
     ans = W.at_time(w, archive([2, 3, 4, 6, 7, 8, 9, 10]), second.end_time)
     assert ans.restorable and [d["id"] for d in ans.as_dict()["drills"]] == ["base-1", "pitr-2"]
+
+
+def test_newest_follows_the_highest_timeline_with_a_history_not_the_latest_end_or_an_orphan():
+    # After a switchover the old primary's last segment of timeline 1 ends later than timeline 2
+    # has got to; and a demoted node's timeline 3 of a retired branch has segments, no history.
+    hist = {2: [(1, 6 * SEG + 0x100)]}
+    a = archive(range(2, 8), tli=1, histories=hist)
+    archive([6], tli=2, arch=a)
+    archive([7, 8], tli=3, arch=a)
+    for s in range(2, 8):
+        a.stored_at[(1, s)] = T0 + timedelta(minutes=s + 30)   # timeline 1's copies stored late
+    w = W.compute("a", [base("b1", 2)], a)
+    n = w.newest()
+    assert n.timeline == 2 and n.end_lsn == 7 * SEG
+    assert w.unbroken().timeline == 2

@@ -207,7 +207,8 @@ def _rejoin(lab, out: Outcome) -> None:
     except Exception:  # noqa: BLE001 - judged below, after the re-clone
         pass
     leader = c.wait_leader(120)
-    stuck = [n for n in c.nodes if n != leader and n not in c.replicas()]
+    streaming = c.streaming() or set()
+    stuck = [n for n in c.nodes if n != leader and (n not in streaming or n not in c.replicas())]
     for n in stuck:
         try:
             c.patronictl("reinit", c.scope, n, "--force", timeout=240)

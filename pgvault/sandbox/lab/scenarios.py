@@ -379,6 +379,8 @@ SCENARIOS = {s.name: s for s in [
 ]}
 
 QUICK = ["partition-eu", "host-lost"]
-# What a soak draws from: faults the world survives (host-lost ends it, so it comes last).
+# What a soak draws from: faults the world survives (host-lost ends it, so it comes last),
+# the Patroni cluster's among them (built by the first one drawn, kept to the end).
 SOAKABLE = ["disk-full-base", "disk-full-wal", "max-connections", "latency-eu", "partition-eu",
-            "partition-remote", "truncate", "drop-table", "drop-database"]
+            "partition-remote", "truncate", "drop-table", "drop-database",
+            "switchover", "failover", "paused-leader", "zombie-primary"]
