@@ -264,20 +264,40 @@ def remedy(doc: dict) -> str:
 
 def live_timeline(policy, timeout: float = 3.0) -> tuple[int, str] | None:
     """(timeline, leader's member name): the timeline the cluster's leader writes on now, when
-    two sources agree on it: Patroni's view names a running leader with its timeline, and that
-    leader, asked over SQL, is out of recovery and inserting WAL on the same timeline. None when
-    either is missing or they differ (then a segment past a fork is quarantined, the safe
-    default)."""
+    the sources agree on it. Every member's Patroni is asked (``/cluster`` through each
+    member's own REST API): a majority must answer and every answer must name the same
+    running leader on the same timeline — one Patroni's view may be stale (a node resumed
+    from SIGSTOP serves its cached view, in which it still leads, until its next loop). Then
+    that leader, asked over SQL, must be out of recovery and inserting WAL on that timeline.
+    None when any of it is missing or differs (then a segment past a fork is quarantined, the
+    safe default)."""
     cfg = policy.cluster.patroni
     if cfg is None:
         return None
+    from concurrent.futures import ThreadPoolExecutor
+
     from .. import pg
     from ..patroni import member_conninfo, view
 
-    try:
-        leader = view(cfg.url, min(timeout, cfg.timeout.total_seconds())).leader()
-        if leader is None or leader.timeline is None:
+    wait = min(timeout, cfg.timeout.total_seconds())
+
+    def leader_of(url: str):
+        try:
+            m = view(url, wait).leader()
+        except PgvaultError:
             return None
+        return (m.name, m.timeline) if m is not None and m.timeline is not None else ("?", None)
+
+    try:
+        members = view(cfg.url, wait).members
+        urls = sorted({m.api_url.rsplit("/patroni", 1)[0] for m in members if m.api_url})
+        with ThreadPoolExecutor(max_workers=max(1, len(urls)), thread_name_prefix="pgvault-live") as pool:
+            answers = [a for a in pool.map(leader_of, urls) if a is not None]
+        if not members or len(answers) < len(members) // 2 + 1 or len(set(answers)) != 1 or answers[0][1] is None:
+            log.info("live timeline not known: the members' Patroni answered %s", answers)
+            return None
+        name, tli_patroni = answers[0]
+        leader = next(m for m in members if m.name == name)
         with pg.connect(member_conninfo(policy.cluster.conninfo, leader), connect_timeout=max(1, int(timeout))) as conn:
             row = pg.query(conn, "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL "
                                  "ELSE pg_walfile_name(pg_current_wal_lsn()) END")[0]
@@ -287,7 +307,7 @@ def live_timeline(policy, timeout: float = 3.0) -> tuple[int, str] | None:
     if row[0] or not row[1]:
         return None
     tli = int(str(row[1])[:8], 16)
-    return (tli, leader.name) if tli == leader.timeline else None
+    return (tli, name) if tli == tli_patroni else None
 
 
 def _object_timeline(filename: str) -> int | None:

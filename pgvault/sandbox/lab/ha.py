@@ -201,8 +201,8 @@ def _rejoin(lab, out: Outcome) -> None:
     but which pg_rewind calls "same timeline") is re-cloned the way an operator would:
     ``patronictl reinit``."""
     c = lab.ha.cluster
-    try:   # pg_rewind and a restart take seconds here; a node not back within 45 s is stuck
-        c.wait_streaming(timeout=45)
+    try:   # pg_rewind and a restart take seconds here (failover: ~10 s); a node not back in 30 s is stuck
+        c.wait_streaming(timeout=30)
         return
     except Exception:  # noqa: BLE001 - judged below, after the re-clone
         pass
