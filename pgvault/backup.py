@@ -104,7 +104,9 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
         # The relation record (catalog reads and one small object per site) is taken while the
         # method's first stream flows (started then, so it does not hold the GIL while the dump
         # is being set up), off the critical path; it is complete before run_backup returns.
-        relations = threading.Thread(target=_record_relations, args=(policy, conninfo), name="pgvault-relations", daemon=True)
+        # Sites that just failed to answer are not asked again for it (each would cost its timeout).
+        relations = threading.Thread(target=_record_relations, args=(policy, conninfo, set(failed)),
+                                     name="pgvault-relations", daemon=True)
         session = BackupSession(catalogs, backup_id, on_first_stream=relations.start,
                                 recipients={n: policy.recipients(n) for n in catalogs})
         try:
@@ -128,20 +130,20 @@ def run_backup(policy, job_name: str, *, progress=None, now: datetime | None = N
             if relations.ident is not None:
                 relations.join()
         if relations.ident is None:  # a method that streamed nothing
-            _record_relations(policy, conninfo=conninfo)
+            _record_relations(policy, conninfo, set(failed))
         failed.update({n: getattr(e, "message", str(e)) for n, e in session.failed.items()})
         return BackupResult(job_name, backup_id, manifest, session.committed, failed)
     finally:
         conn.close()
 
 
-def _record_relations(policy, conninfo: str | None = None) -> None:
+def _record_relations(policy, conninfo: str | None = None, down: set | None = None) -> None:
     """Note which file each table lives in, so `pgvault find` can later recognise a TRUNCATE
     or DROP of it in the WAL (the file changes with the damage). Taken while the backup runs
     (a thread). Best effort: a backup is never failed by this."""
     from .catalog.relations import record_relations
 
     try:
-        record_relations(policy, conninfo=conninfo)
+        record_relations(policy, conninfo=conninfo, down=down)
     except Exception as exc:  # noqa: BLE001 - logged, never fatal
         log.warning("relation history not recorded: %s", getattr(exc, "message", exc))

@@ -107,9 +107,12 @@ class RecordResult:
     tables: int = 0
 
 
+def _site_names(policy) -> list[str]:
+    return list(policy.wal.sites) or list(policy.sites)
+
+
 def _sites(policy) -> dict:
-    names = list(policy.wal.sites) or list(policy.sites)
-    return open_sites(policy, names)
+    return open_sites(policy, _site_names(policy))
 
 
 def _latest(site, cluster: str) -> tuple[str, dict | None] | None:
@@ -158,10 +161,12 @@ def _db_digest(doc: dict) -> str:
     return hashlib.sha256(json.dumps(doc["databases"], sort_keys=True).encode()).hexdigest()
 
 
-def record_relations(policy, *, force: bool = False, conninfo: str | None = None) -> RecordResult:
+def record_relations(policy, *, force: bool = False, conninfo: str | None = None,
+                     down: set | None = None) -> RecordResult:
     """Take a relation record of the policy's cluster and store it at every WAL site (or every
-    site). Skipped when nothing changed since the newest stored record (unless it is older
-    than REFRESH, or ``force``). Raises only when no site took it."""
+    site) but those in ``down`` (the caller just saw them fail). Skipped when nothing changed
+    since the newest stored record (unless it is older than REFRESH, or ``force``). Raises only
+    when no site took it."""
     doc = snapshot(conninfo or policy.cluster.conninfo)
     sid = snapshot_id(doc)
     key = layout.relations_key(policy.cluster.name, sid)
@@ -193,7 +198,8 @@ def record_relations(policy, *, force: bool = False, conninfo: str | None = None
     # Every site at once: an unreachable one costs its timeout once, beside the others.
     from concurrent.futures import ThreadPoolExecutor
 
-    sites = _sites(policy)
+    sites = {n: site for n, site in _sites(policy).items() if n not in (down or ())}
+    result.failed.update({n: "not reachable when the job started" for n in (down or ()) if n in _site_names(policy)})
     with ThreadPoolExecutor(max_workers=max(1, len(sites)), thread_name_prefix="pgvault-relations") as pool:
         answers = dict(zip(sites, pool.map(one, sites, sites.values())))
     for name, answer in answers.items():

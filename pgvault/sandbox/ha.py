@@ -276,6 +276,9 @@ class HACluster:
                                    "replication": {"username": "postgres"},
                                    "rewind": {"username": "postgres"}},
                 "parameters": local, "pg_hba": hba,
+                # A re-clone (patronictl reinit) under load would otherwise wait for a spread
+                # checkpoint on the leader: most of checkpoint_timeout.
+                "basebackup": [{"checkpoint": "fast"}],
             },
             "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
         }
