@@ -11,7 +11,13 @@ archive_timeout = 5 s, a light write load (a row every 50 ms). Rounds alternate 
 
 Goal (issue 14): segment within one archive_timeout plus the time of one push.
 
-    /opt/pgvault/venv/bin/python bench/ha_failover.py [ROUNDS]   (writes bench/results/ha_failover.txt)
+    /opt/pgvault/venv/bin/python bench/ha_failover.py [ROUNDS] [--keep DIR] [--trace]
+        (writes bench/results/ha_failover.txt)
+
+``--trace``: wal-push runs with -v (each invocation logs its files and seconds to the server
+log) and the server log lines carry millisecond times; ``--keep DIR``: every node's Patroni +
+PostgreSQL log and the rounds' wall-clock times are copied to DIR (for finding where the time
+goes).
 """
 from __future__ import annotations
 
@@ -56,7 +62,15 @@ def load(ha: HACluster, stop: threading.Event) -> None:
         stop.wait(0.05)
 
 
-def main(rounds: int) -> None:
+class TracedCluster(HACluster):
+    """The bench's cluster with wal-push at -v (its info lines reach the server log)."""
+
+    def _archive_command(self, node):
+        cmd = super()._archive_command(node)
+        return cmd.replace(" wal-push ", " -v wal-push ") if cmd else cmd
+
+
+def main(rounds: int, keep: Path | None = None, trace: bool = False) -> None:
     sandbox.use_this_checkout()
     moto = sandbox.Moto().start()
     d = sandbox.workdir("pgvault-bench-ha-")
@@ -67,7 +81,9 @@ def main(rounds: int) -> None:
              "eu": {"type": "s3", "bucket": bucket, "region": "eu-west-1", "prefix": "pg", "endpoint_url": moto.url}}
     (d / "ha").mkdir()
     policies = {f"n{i}": d / f"policy-n{i}.yaml" for i in (1, 2, 3)}
-    ha = HACluster(d / "ha", 3, policies=policies, archive_timeout=ARCHIVE_TIMEOUT)
+    cls = TracedCluster if trace else HACluster
+    params = {"log_line_prefix": "%m [%p] %b "} if trace else {}
+    ha = cls(d / "ha", 3, policies=policies, archive_timeout=ARCHIVE_TIMEOUT, parameters=params)
     for n, p in policies.items():
         p.write_text(yaml.safe_dump({"version": 1, "cluster": {"name": "main", "conninfo": ha.conninfo(),
                                                                "patroni": {"url": ha.nodes[n].rest}},
@@ -105,6 +121,7 @@ def main(rounds: int) -> None:
                 return None
             new = sandbox.wait_until(promoted, 120, "a promotion", interval=0.02)
             t0 = time.monotonic()
+            wall0 = time.time()
             tl = tl_old + 1
             hist, seg_at = f"{tl:08X}.history", None
             t_hist = None
@@ -118,7 +135,7 @@ def main(rounds: int) -> None:
                 if now > 180:
                     raise TimeoutError(f"round {r}: no timeline {tl} segment at every site after 180 s")
                 time.sleep(0.1)  # the benchmark's sampling period (not synchronisation of a test)
-            rows.append((kind, old, new, t_hist, seg_at))
+            rows.append((kind, old, new, t_hist, seg_at, wall0))
             print(f"round {r + 1} ({kind} {old} -> {new}): history {t_hist:.2f} s, first segment {seg_at:.2f} s",
                   flush=True)
     finally:
@@ -127,10 +144,25 @@ def main(rounds: int) -> None:
         moto.stop()
         import shutil
 
+        if keep is not None:
+            from datetime import datetime, timezone
+
+            keep.mkdir(parents=True, exist_ok=True)
+            for n, node in ha.nodes.items():
+                if node.log.exists():
+                    shutil.copy(node.log, keep / f"{n}.log")
+            (keep / "rounds.txt").write_text("".join(
+                f"round {i + 1} {r[0]} {r[1]} -> {r[2]}: promoted at {datetime.fromtimestamp(r[5], timezone.utc):%H:%M:%S.%f} "
+                f"history +{r[3]:.2f} s segment +{r[4]:.2f} s\n" for i, r in enumerate(rows)))
         shutil.rmtree(d, ignore_errors=True)
-    out = ["# promotion -> first new-timeline segment at every WAL site (local + S3/moto)",
+    from datetime import datetime, timezone
+    import os
+
+    out = ["", f"## run of {datetime.now(timezone.utc):%Y-%m-%d %H:%M}Z: {rounds} rounds{' (--trace)' if trace else ''}, "
+               f"load average {os.getloadavg()[0]:.1f} at the end",
+           "# promotion -> first new-timeline segment at every WAL site (local + S3/moto)",
            f"# 3 Patroni nodes, archive_mode=always, archive_timeout={ARCHIVE_TIMEOUT}s, a row every 50 ms; "
-           f"rounds alternate switchover / kill -9", ""]
+           f"rounds alternate switchover / kill -9"]
     for kind in ("switchover", "kill -9"):
         sel = [r for r in rows if r[0] == kind]
         if not sel:
@@ -144,8 +176,16 @@ def main(rounds: int) -> None:
     print(text)
     res = Path(__file__).resolve().parent / "results" / "ha_failover.txt"
     res.parent.mkdir(exist_ok=True)
-    res.write_text(text)
+    with open(res, "a") as fh:  # appended: earlier runs stay for comparison
+        fh.write(text)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 6)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rounds", nargs="?", type=int, default=6)
+    ap.add_argument("--keep", type=Path, help="copy the nodes' logs and the rounds' times here")
+    ap.add_argument("--trace", action="store_true", help="wal-push -v, millisecond server log times")
+    a = ap.parse_args()
+    main(a.rounds, a.keep, a.trace)
