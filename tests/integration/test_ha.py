@@ -283,6 +283,7 @@ def _plant(hw, site: str, name: str, data: bytes) -> None:
         p = Path(cfg["path"], "clusters/main/wals", name)
         p.write_bytes(data)
         p.chmod(0o640)
+        pg.chown_to_run_user(p)  # as the site's own files: wal-push (postgres) reads and retires it
     else:
         hw.moto.client(cfg["region"]).put_object(Bucket=cfg["bucket"], Key=f"{cfg['prefix']}/clusters/main/wals/{name}",
                                                  Body=data)
