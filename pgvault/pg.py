@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import proc
 from .errors import DatabaseError, PgvaultError, RestoreRefused
+from .lsn import parse_lsn
 
 DEFAULT_BIN_ROOT = "/usr/lib/postgresql"
 RUN_AS = "postgres"
@@ -335,3 +336,24 @@ def backup_stop(conn, wait_for_archive: bool, timeout: float = 300) -> tuple[str
     finally:
         query(conn, "SET statement_timeout = 0")
     return row[0], row[1], row[2] or ""
+
+
+def recovery_stop_timeline(conn) -> int | None:
+    """On a standby, the timeline of its minimum recovery point — the timeline of a standby
+    backup's stop LSN (``pg_backup_stop`` there returns ``minRecoveryPoint``), which differs
+    from the start timeline when the upstream was promoted meanwhile. None on a primary."""
+    tli = scalar(conn, "SELECT CASE WHEN pg_is_in_recovery() THEN min_recovery_end_timeline END "
+                       "FROM pg_control_recovery()")
+    return int(tli) if tli else None
+
+
+def close_segment(conn, segno: int, seg_size: int) -> bool:
+    """On a primary: ``pg_switch_wal()`` if WAL is still being inserted into segment ``segno``
+    (or an earlier one), so that segment is completed and archived without waiting for
+    ``archive_timeout`` — what a standby's ``pg_backup_stop`` cannot do. True if it switched."""
+    if scalar(conn, "SELECT pg_is_in_recovery()"):
+        return False
+    if parse_lsn(scalar(conn, "SELECT pg_current_wal_insert_lsn()::text")) // seg_size > segno:
+        return False
+    scalar(conn, "SELECT pg_switch_wal()::text")
+    return True

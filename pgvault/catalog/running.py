@@ -39,45 +39,47 @@ class Marker:
         return f"{self.backup_id} (job {self.job}) on {who}, pid {self.pid}, since {self.started_at:%Y-%m-%d %H:%M:%SZ}"
 
 
-def begin(catalogs: dict, backup_id: str, job: str, *, timeout: timedelta | None, node: str | None = None,
-          now: datetime | None = None) -> None:
-    """Write the marker at every site (a site that refuses it fails the backup there later
-    anyway; it is logged, not fatal)."""
-    from ..sites.base import put_bytes
-
-    now = now or datetime.now(timezone.utc)
+def _document(backup_id: str, job: str, timeout: timedelta | None, node: str | None, now: datetime) -> bytes:
+    """The marker's bytes. Host, pid and start time to the microsecond make them this process's
+    own: a claim recognises its marker by reading these bytes back."""
     doc = {"version": layout.FORMAT_VERSION, "backup_id": backup_id, "job": job, "host": os.uname().nodename,
            "node": node, "pid": os.getpid(), "started_at": now.isoformat(),
            "stale_after": (now + (timeout or DEFAULT_LIFETIME) + MARGIN).isoformat()}
-    for name, cat in catalogs.items():
-        try:
-            put_bytes(cat.site, layout.running_key(cat.cluster, backup_id), (json.dumps(doc, indent=2) + "\n").encode())
-        except PgvaultError as exc:
-            log.warning("site %s: in-progress marker of %s not written: %s", name, backup_id, exc.message)
+    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
-def claim(catalogs: dict, backup_id: str, job: str, **kw) -> bool:
-    """Take ``backup_id`` for this process: False when another job (on any node) holds a marker
-    for it, or overwrote ours meanwhile — two jobs starting in the same second on two nodes
-    would otherwise write one backup directory. The caller then tries the next id."""
+def claim(catalogs: dict, backup_id: str, job: str, *, timeout: timedelta | None, node: str | None = None,
+          now: datetime | None = None) -> bool:
+    """Take ``backup_id`` for this process by creating its marker at every site, in the sites'
+    order, with the site's test-and-set (``create_exclusive``). False when another job (on any
+    node) holds the id at one of them: the markers this call created are removed again and the
+    caller tries the next id. Two jobs starting in the same second on two nodes would otherwise
+    write one backup directory.
+
+    Each marker is read back (one get): the read decides whether it is ours, not the create's
+    answer — a create repeated after a lost answer finds its own marker, and an S3-compatible
+    store that ignores ``If-None-Match`` overwrites a rival's (the rival then sees foreign
+    bytes and yields; only a read landing between the two writes can still let both run, the
+    race all claims had before sites had a test-and-set). A site that cannot be written is
+    logged and skipped: the backup fails there later anyway; no reachable site at all is True."""
     from ..sites.base import get_or_none
 
-    for cat in catalogs.values():
+    data = _document(backup_id, job, timeout, node, now or datetime.now(timezone.utc))
+    created = []
+    for name, cat in catalogs.items():
+        key = layout.running_key(cat.cluster, backup_id)
         try:
-            if cat.site.head(layout.running_key(cat.cluster, backup_id)) is not None:
-                return False
-        except (PgvaultError, OSError):
-            pass
-    begin(catalogs, backup_id, job, **kw)
-    for cat in catalogs.values():
-        try:
-            raw = get_or_none(cat.site, layout.running_key(cat.cluster, backup_id))
-        except (PgvaultError, OSError):
+            cat.site.create_exclusive(key, data)
+            mine = get_or_none(cat.site, key) == data
+        except (PgvaultError, OSError) as exc:
+            log.warning("site %s: in-progress marker of %s not written: %s", name, backup_id,
+                        getattr(exc, "message", exc))
             continue
-        if raw is None:
-            continue
-        d = json.loads(raw)
-        return (d.get("host"), d.get("pid"), d.get("job")) == (os.uname().nodename, os.getpid(), job)
+        if not mine:
+            log.info("site %s: backup id %s is taken by another job; trying the next", name, backup_id)
+            end({n: catalogs[n] for n in created}, backup_id)
+            return False
+        created.append(name)
     return True
 
 

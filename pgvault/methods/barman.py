@@ -24,6 +24,7 @@ from .. import proc
 from ..catalog import layout
 from ..errors import PgvaultError
 from . import barman_tools as bt
+from . import base_standby
 from .base import BackupFacts, Method
 from .basebackup import CorruptPages, preflight, take_base
 from .context import BackupContext
@@ -50,7 +51,7 @@ def engine_compression(job) -> str:
 def check(ctx: BackupContext) -> list[str]:
     if ctx.job.compression not in ENGINE_COMPRESSION:
         log.warning(PARALLEL_WARNING.format(job=ctx.job_name, c=ctx.job.compression))
-    return preflight(ctx.conn)
+    return preflight(ctx.conn) + base_standby.preflight(ctx.policy, ctx.server)
 
 
 def server_paths(site_root: str, cluster: str) -> tuple[Path, Path]:
@@ -78,7 +79,8 @@ def backup(ctx: BackupContext, session) -> BackupFacts:
     res = take_base(ctx.conninfo(), session, cluster=ctx.policy.cluster.name,
                     label=f"pgvault {ctx.job_name} {session.backup_id}", fast=job.immediate_checkpoint,
                     compression=engine_compression(job), threads=job.compression_threads,
-                    verify_pages=job.verify_pages)
+                    verify_pages=job.verify_pages,
+                    standby_done=lambda **stop: base_standby.finish(ctx.policy, **stop))
     if res.bad_pages:
         shown = ", ".join(res.bad_pages[:20]) + (f" and {len(res.bad_pages) - 20} more" if len(res.bad_pages) > 20 else "")
         if job.on_bad_page == "fail":

@@ -4,7 +4,9 @@ layout (``clusters/<cluster>/base/<barman id>/{data.tar.lz4, <oid>.tar.lz4, back
 
 ``take_base(conninfo, session, ...)`` is the whole engine and takes a conninfo, not a job: a
 caller may point it at a hot standby (PostgreSQL 15 allows ``pg_backup_start`` there; its
-``pg_backup_stop`` cannot wait for archiving, see below). Sequence:
+``pg_backup_stop`` cannot switch WAL and waits for archiving only with archive_mode = always:
+the caller's ``standby_done`` makes the stop segment archived instead, see base_standby.py).
+Sequence:
 
 1. one held session: ``pg_backup_start(label, fast)`` — nothing else on the server; if pgvault
    dies, the session ends and PostgreSQL forgets the backup (non-exclusive: no backup_label is
@@ -14,7 +16,8 @@ caller may point it at a hot standby (PostgreSQL 15 allows ``pg_backup_start`` t
    ``BackupSession.add_stream`` (compression on several cores, every site at once, a failed
    site dropped);
 3. ``pg_backup_stop(wait_for_archive)`` in that session, then ``backup_label`` appended to
-   ``data.tar`` (only known now) — as barman-cloud-backup does;
+   ``data.tar`` (only known now) — as barman-cloud-backup does; on a standby, ``standby_done``
+   (the stop segment at the WAL sites) before anything says the backup exists;
 4. ``backup.info`` (Barman's format) and pgvault's per-file list, then the caller commits the
    manifest. See docs/base-backups.md for why this route and not Barman's uploader."""
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from io import BytesIO
+from typing import Callable
 
 from .. import pg
 from ..catalog import layout
@@ -95,16 +99,26 @@ def preflight(conn) -> list[str]:
 
 
 def take_base(conninfo: str, session, *, cluster: str, label: str, fast: bool = True, compression: str = "lz4",
-              threads: int = 2, verify_pages: bool = True, pgdata: str | None = None) -> BaseResult:
+              threads: int = 2, verify_pages: bool = True, pgdata: str | None = None,
+              standby_done: Callable[..., dict] | None = None) -> BaseResult:
     """Take one base backup from the server at ``conninfo`` (a primary or a hot standby) into
     every site of ``session``. Raises if no site took it; pages that fail their checksum are
-    returned in ``bad_pages`` (the caller applies the policy)."""
+    returned in ``bad_pages`` (the caller applies the policy).
+
+    On a standby ``standby_done(stop_lsn=, end_wal=, seg_size=, archive_mode=)`` is called
+    after the stop and before ``backup.info``: it returns once the stop segment is archived (or
+    raises) and its facts go to ``facts["standby"]``. Without it a standby base is refused: no
+    one would know that its WAL was ever archived."""
     conn = pg.connect(conninfo)
     try:
         problems = preflight(conn)
         if problems:
             raise PgvaultError("cannot take a base backup:\n  " + "\n  ".join(problems))
         info = pg.server_info(conn)
+        if info.in_recovery and standby_done is None:
+            raise PgvaultError("cannot take a base backup on a standby without waiting for its WAL",
+                               "this is a bug: the caller must pass standby_done")
+        archive_mode = pg.scalar(conn, "SELECT current_setting('archive_mode')")
         root = pgdata or info.data_directory
         checksums_on = pg.scalar(conn, "SELECT current_setting('data_checksums')") == "on"
         spaces = [(n, int(o), loc) for n, o, loc in pg.query(conn, """SELECT spcname, oid, pg_tablespace_location(oid)
@@ -132,10 +146,12 @@ def take_base(conninfo: str, session, *, cluster: str, label: str, fast: bool = 
         stopped: dict = {}
 
         def stop_then_label() -> list[tuple[str, bytes]]:
-            # Every file has been read: end the backup in the same session. A standby
-            # cannot wait for archiving (pg_backup_stop returns at once there).
+            # Every file has been read: end the backup in the same session. A standby's own
+            # wait (archive_mode = always only) could not complete the segment and ignores the
+            # primary's archiver: standby_done waits at the sites instead, after the tar.
             lsn, labelfile, _spcmap = pg.backup_stop(conn, wait_for_archive=not info.in_recovery)
-            stopped.update(lsn=lsn, label=labelfile, time=datetime.now(timezone.utc))
+            stopped.update(lsn=lsn, label=labelfile, time=datetime.now(timezone.utc),
+                           timeline=pg.recovery_stop_timeline(conn) if info.in_recovery else None)
             # tablespace_map stays out of the tar: barman-cloud-restore relocates tablespaces
             # with pg_tblspc symlinks, and PostgreSQL would re-point them to the original
             # locations from the map on start (docs/base-backups.md).
@@ -153,16 +169,23 @@ def take_base(conninfo: str, session, *, cluster: str, label: str, fast: bool = 
         label_text = stopped["label"]
         timeline = int(label_field(label_text, "START TIMELINE") or info.timeline)
         stop_lsn = stopped["lsn"]
+        # A standby's stop point is its minimum recovery point: on a newer timeline than the
+        # start when its upstream was promoted during the backup.
+        stop_timeline = stopped["timeline"] or timeline
         seg = info.wal_segment_size
         facts = {
             "barman_id": bid, "begin_lsn": start_lsn, "end_lsn": stop_lsn,
             "begin_wal": segment_name(timeline, parse_lsn(start_lsn), seg),
-            "end_wal": segment_name(timeline, parse_lsn(stop_lsn), seg, end=True),
+            "end_wal": segment_name(stop_timeline, parse_lsn(stop_lsn), seg, end=True),
+            "stop_timeline": stop_timeline,
             "begin_time": begin_time.isoformat(), "end_time": stopped["time"].isoformat(),
             "timeline": timeline, "systemid": info.system_identifier, "backup_label": label_text,
             "tablespaces": [{"name": n, "oid": o, "location": loc} for n, o, loc in spaces],
             "from_standby": info.in_recovery, "data_checksums": checksums_on,
         }
+        if info.in_recovery:
+            facts["standby"] = standby_done(stop_lsn=stop_lsn, end_wal=facts["end_wal"], seg_size=seg,
+                                            archive_mode=archive_mode)
         raw = sum(t.bytes_read for t in trees)
         stored = sum(a.size for a in session.artifacts if a.key and a.key.startswith(at))
         text = barman_info.render(

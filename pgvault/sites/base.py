@@ -3,7 +3,14 @@
 - ``writer(key)`` returns a Writer; bytes written to it become visible under ``key`` only when
   ``commit()`` returns, all at once. ``abort()`` (or an exception inside ``with``) leaves nothing
   under ``key``. Committing over an existing key replaces it atomically (callers that must not
-  overwrite check first: see ``put_if_absent``).
+  overwrite use ``create_exclusive``, or check first).
+- ``create_exclusive(key, data)`` makes the small object ``data`` visible under ``key`` only if
+  no object is there, at once and whole: True if this call created it, False if one was there
+  (left as it was). Two calls racing for one key: exactly one gets True, wherever the store
+  offers the test-and-set (local: link(2) of a finished temp file; S3: PutObject with
+  ``If-None-Match: *``; memory: under its lock). Not idempotent — a call repeated after a lost
+  answer sees its own object and gets False — so it is never retried by a wrapper; callers who
+  must know put something unique in ``data`` and read it back.
 - ``get(key)`` returns a readable binary stream; a missing key raises ``ObjectNotFound`` on
   every driver.
 - ``list(prefix)`` yields ObjectInfo for every committed object whose key starts with prefix,
@@ -136,6 +143,7 @@ class Site(Protocol):
     name: str
 
     def writer(self, key: str) -> Writer: ...
+    def create_exclusive(self, key: str, data: bytes) -> bool: ...
     def get(self, key: str) -> BinaryIO: ...
     def head(self, key: str) -> ObjectInfo | None: ...
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...

@@ -140,6 +140,28 @@ class LocalSite:
             raise SiteError(f"site {self.name!r}: cannot write {key!r}: {exc.strerror}",
                             f"check the owner and mode of {self.root}") from exc
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """The contract's test-and-set: the bytes are written and fsynced in a temp file, then
+        hard-linked to the final name. link(2) fails with EEXIST when the name exists, atomically
+        against any other link or rename — and, unlike O_CREAT|O_EXCL on the final name, a reader
+        never sees the object half written."""
+        w = self.writer(key)
+        try:
+            w.write(data)
+            w.fh.flush()
+            os.fsync(w.fh.fileno())
+            try:
+                os.link(w.tmp, w.final)
+            except FileExistsError:
+                return False
+            except PermissionError as exc:
+                raise SiteError(f"site {self.name!r}: cannot write {key!r}: {exc.strerror}",
+                                f"check the owner and mode of {self.root}") from exc
+            fsync_dir(w.final.parent)
+            return True
+        finally:
+            w.abort()  # the temp name goes; the linked object stays
+
     def get(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")

@@ -66,6 +66,14 @@ class MemorySite:
     def writer(self, key: str) -> _MemoryWriter:
         return _MemoryWriter(self, self._check(key))
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        self._check(key)
+        with self._lock:
+            if key in self._objects:
+                return False
+            self._objects[key] = (bytes(data), time.time())
+        return True
+
     def get(self, key: str) -> BinaryIO:
         with self._lock:
             found = self._objects.get(key)

@@ -22,6 +22,7 @@ from .base import PROBE_MARK, BarmanCloud, Capabilities, LockTerms, ObjectInfo, 
 
 PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS_IN_FLIGHT = 3
+CONFLICT_ATTEMPTS = 5
 
 
 class ObjectLock(BaseModel):
@@ -135,15 +136,7 @@ class _S3Writer(WriterMixin):
         self.done = False
 
     def _extra(self) -> dict:
-        extra = {"StorageClass": self.site.config.storage_class} if self.site.config.storage_class else {}
-        lock = self.site.config.object_lock
-        if lock is not None and PROBE_MARK not in self.key:  # (check's probe: deleted at once, so never locked)
-            # Retain-until from the injectable clock (tests); S3 refuses a date in the past.
-            from ..clock import Clock
-
-            extra["ObjectLockMode"] = lock.mode.upper()
-            extra["ObjectLockRetainUntilDate"] = Clock.from_env().now() + lock.retain
-        return extra
+        return self.site._put_extra(self.key)
 
     def _upload_part(self, number: int, data: bytes) -> None:
         try:
@@ -279,9 +272,47 @@ class S3Site:
             raise SiteUnreachable(f"site {self.name!r}: {self.describe()} unreachable during {what}: {exc}",
                                   "check the network, endpoint_url and region") from None
 
+    def _put_extra(self, full_key: str) -> dict:
+        """What every upload of ``full_key`` carries: the storage class, the Object Lock."""
+        extra = {"StorageClass": self.config.storage_class} if self.config.storage_class else {}
+        lock = self.config.object_lock
+        if lock is not None and PROBE_MARK not in full_key:  # (check's probe: deleted at once, so never locked)
+            # Retain-until from the injectable clock (tests); S3 refuses a date in the past.
+            from ..clock import Clock
+
+            extra["ObjectLockMode"] = lock.mode.upper()
+            extra["ObjectLockRetainUntilDate"] = Clock.from_env().now() + lock.retain
+        return extra
+
     # -- the contract
     def writer(self, key: str) -> _S3Writer:
         return _S3Writer(self, key)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """The contract's test-and-set: one PutObject with ``If-None-Match: *`` (S3 conditional
+        writes, 2024; moto 5.2 answers them too). 412 PreconditionFailed: an object is there.
+        409 ConditionalRequestConflict (a concurrent conditional write to the key was in flight):
+        asked again, as AWS advises, until one of the two outcomes. A store that ignores the
+        header overwrites instead; callers that must not be fooled read their object back."""
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+
+        def put(**_kw):  # (_call passes Key, for its errors)
+            for _ in range(CONFLICT_ATTEMPTS):
+                try:
+                    self.client.put_object(Bucket=self.config.bucket, Key=full, Body=data, IfNoneMatch="*",
+                                           **self._put_extra(full))
+                    return True
+                except ClientError as exc:
+                    code = exc.response.get("Error", {}).get("Code", "")
+                    if code == "PreconditionFailed":
+                        return False
+                    if code != "ConditionalRequestConflict":
+                        raise
+            raise SiteError(f"site {self.name!r}: {key} stayed in conflict over {CONFLICT_ATTEMPTS} conditional puts")
+
+        return self._call("create", put, Key=full)
 
     def get(self, key: str) -> BinaryIO:
         resp = self._call("get", self.client.get_object, Bucket=self.config.bucket, Key=self._key(key))

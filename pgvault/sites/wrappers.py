@@ -9,7 +9,7 @@
 The retry rule (RetryingSite): a call is retried only when doing it twice is the same as doing
 it once, whatever the first attempt did. get/head/list/list_temporaries read; delete of a key
 is idempotent by contract; opening a writer makes nothing visible. A writer's ``write`` and
-``commit`` are never retried: the bytes already handed to a failed writer are not kept here,
+``commit``, and ``create_exclusive`` (its repeat would find its own object), are never retried: the bytes already handed to a failed writer are not kept here,
 and a commit that failed with an unknown outcome (the request may have been applied, the
 answer lost) may have made the object visible — re-sending it could overwrite what another
 writer committed meanwhile (two pushers of one WAL name), which is exactly the check callers
@@ -41,6 +41,9 @@ class SiteWrapper:
 
     def writer(self, key: str) -> Writer:
         return self.inner.writer(key)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        return self.inner.create_exclusive(key, data)
 
     def get(self, key: str) -> BinaryIO:
         return self.inner.get(key)
@@ -246,6 +249,9 @@ class FaultySite(SiteWrapper):
             info = self.inner.head(key)  # not a recorded call: the fault's own bookkeeping
             flip_at = min(self.flip_offset, info.size - 1) if info else self.flip_offset
         return io.BufferedReader(_FaultyReader(self, key, stream, flip_at), buffer_size=1 << 20)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        return self._plain("create_exclusive", key, self.inner.create_exclusive, key, data, applies=True)
 
     def head(self, key: str) -> ObjectInfo | None:
         return self._plain("head", key, self.inner.head, key)

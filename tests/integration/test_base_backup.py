@@ -281,11 +281,14 @@ def test_wal_level_minimal_is_refused_before_any_work_with_the_hint(workdir):
 
 
 def test_a_base_from_a_hot_standby(scene):
-    """The engine takes a conninfo: pointed at a streaming standby (pg_backup_stop there cannot
-    wait for archiving), it takes a base that stock tar lays down with PostgreSQL's own
-    "BACKUP FROM: standby" label."""
+    """A job `from: standby` over a two-host conninfo (no Patroni): the base is taken on the
+    streaming standby, which archives nothing (archive_mode = on, copied from the primary), so
+    pgvault switches WAL on the primary and waits for the stop segment at the WAL sites (the
+    primary's archiver sends it) before the backup exists. Stock tar lays it down with
+    PostgreSQL's own "BACKUP FROM: standby" label."""
     from pgvault.backup import run_backup
     from pgvault.policy import load_policy
+    from tests.integration.test_ha import wal_names
 
     w = scene
     sdir, port = w.workdir / "standby", pg.free_port()
@@ -299,11 +302,18 @@ def test_a_base_from_a_hot_standby(scene):
     try:
         assert standby.psql("SELECT pg_is_in_recovery()").strip() == "t"
         policy = load_policy(str(w.workdir / "policy.yaml"))
-        policy = policy.model_copy(update={"cluster": policy.cluster.model_copy(
-            update={"conninfo": standby.conninfo(), "pgdata": str(sdir)})})
+        assert standby.psql("SHOW archive_mode").strip() == "on"
+        both = f"host={w.pg.socket_dir},{standby.socket_dir} port={w.pg.port},{standby.port} user=postgres dbname=postgres"
+        policy = policy.model_copy(update={
+            "cluster": policy.cluster.model_copy(update={"conninfo": both, "pgdata": str(sdir)}),
+            "jobs": {**policy.jobs, "base": policy.jobs["base"].model_copy(update={"from_": "standby"})}})
         w.pg.psql("SELECT pg_switch_wal()")          # give the standby's restartpoint something to start from
         r = run_backup(policy, "base")
-        assert not r.partial and r.manifest.facts["base"]["from_standby"] is True
+        base = r.manifest.facts["base"]
+        assert not r.partial and base["from_standby"] is True
+        assert base["standby"]["archive_mode"] == "on" and base["standby"]["stop_wal_at"] == ["a", "eu"]
+        for site in ("a", "eu"):  # the stop segment was there before the manifest
+            assert base["end_wal"] in wal_names(w, site), (site, base["end_wal"])
         barman_id = r.manifest.facts["base"]["barman_id"]
         out = w.workdir / "from-standby"
         out.mkdir()

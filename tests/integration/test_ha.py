@@ -107,6 +107,7 @@ def hw(moto):
             "dump-standby": {"method": "logical", "from": "standby", "databases": ["app"], "sites": ["a", "eu"],
                              "schedule": "*/5 * * * *"},
             "dump-primary": {"method": "logical", "databases": ["app"], "sites": ["a"], "schedule": "*/5 * * * *"},
+            "base-standby": {"method": "barman", "from": "standby", "sites": ["a", "eu"], "compression": "lz4"},
         }
         w.start()
         w.ha.psql("CREATE DATABASE app")
@@ -320,3 +321,53 @@ def test_a_branch_the_cluster_abandoned_is_retired_not_its_live_timeline(hw):
     wait_until(lambda: all(st["gap_count"] == 0 for st in json.loads(hw.cli("wal-status", "--json").stdout)
                            ["sites"].values()), 120, "no gap at any site", interval=1)
     no_gaps(hw)
+
+
+def test_physical_base_from_a_standby_restores_to_a_time_from_s3(hw):
+    """PostgreSQL 15's non-exclusive backup on a replica (`from: standby`, pgvault's base engine):
+    run from the leader's host, the job goes to the replica Patroni names; the stop segment (which
+    a standby cannot switch out of) is completed on the leader and waited for at the WAL sites
+    before the backup exists. Then PITR from the S3 site alone, rows compared with the Writer's."""
+    import re
+
+    ha = hw.ha
+    ha.wait_streaming()
+    leader, replica = ha.wait_leader(), min(ha.replicas())
+    n0 = len(hw.writer.rows)
+    wait_until(lambda: len(hw.writer.rows) >= n0 + 10, 60, "rows before the base")
+    cp = hw.cli("backup", "base-standby", node=leader)
+    bid = re.search(r"\d{8}T\d{6}Z", cp.stdout.strip().splitlines()[-1]).group(0)
+    m = next(m for m in manifests(hw, "a", "base-standby") if m["backup_id"] == bid)
+    base = m["facts"]["base"]
+    assert base["from_standby"] is True and "BACKUP FROM: standby" in base["backup_label"], base
+    assert base["standby"]["archive_mode"] == "always" and base["standby"]["stop_wal_at"] == ["a", "eu"], base
+    assert m["timeline"] == ha.timeline(leader) and base["end_wal"] in wal_names(hw, "eu")
+    # It ran on the replica: Barman's backup.info at the S3 site names the replica's data directory.
+    info = next(k for k in site_keys(hw, "eu", f"base/{base['barman_id']}") if k.endswith("backup.info"))
+    cfg = hw.sites["eu"]
+    text = hw.moto.client(cfg["region"]).get_object(Bucket=cfg["bucket"], Key=info)["Body"].read().decode()
+    assert f"pgdata={ha.nodes[replica].pgdata}" in text, text
+    # Rows after the base; the target is a moment after it ended: the Writer's last row read (its
+    # commit follows its clock_timestamp(), so it is after the target, and every row before it is
+    # before the target).
+    n1 = len(hw.writer.rows)
+    wait_until(lambda: len(hw.writer.rows) >= n1 + 10, 60, "rows after the base")
+    last, _port, after = hw.writer.rows[-1]
+    since_base = {r[0] for r in hw.writer.rows[n0:] if r[2] < after}
+    # What the cluster holds from before the target (not what the Writer saw: rows it committed on
+    # an earlier test's zombie are on a branch the cluster abandoned).
+    cut = f"'{after}'::timestamp AT TIME ZONE 'UTC'"
+    live = {int(x) for x in ha.psql(f"SELECT id FROM orders WHERE at < {cut} AND id <> {last}", leader, "app").split()}
+    at_every_site(hw, switch(hw))
+    dest, port = hw.workdir / "r-standby-base", pg.free_port()
+    cp = hw.cli("restore", bid, "--to-time", after, "--from-site", "eu", "--target-dir", str(dest), "--port", str(port),
+                "--start", node=leader)
+    assert "recovery promoted" in cp.stdout, cp.stdout
+    inst = pg.Instance(dest, port, socket_dir=dest)
+    try:
+        got = {int(x) for x in inst.psql("SELECT id FROM orders", dbname="app").split()}
+        assert since_base and since_base <= got, sorted(since_base - got)[:5]
+        assert got == live, (sorted(live - got)[:5], sorted(got - live)[:5])
+        assert inst.psql("SELECT pg_is_in_recovery()").strip() == "f"
+    finally:
+        inst.stop("immediate")

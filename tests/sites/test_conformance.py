@@ -128,6 +128,39 @@ def test_concurrent_writers_to_distinct_keys(site):
     assert get_bytes(site, "c/5") == b"5" * 1000
 
 
+def test_create_exclusive_creates_once_and_leaves_what_is_there(site):
+    assert site.create_exclusive("x/one", b"first") is True
+    assert site.create_exclusive("x/one", b"second") is False
+    assert get_bytes(site, "x/one") == b"first"
+    put_bytes(site, "x/two", b"written")          # a writer's object counts as there too
+    assert site.create_exclusive("x/two", b"other") is False and get_bytes(site, "x/two") == b"written"
+    assert [o.key for o in site.list("x/")] == ["x/one", "x/two"] and site.list_temporaries("x/") == []
+    site.delete("x/one")
+    assert site.create_exclusive("x/one", b"again") is True and get_bytes(site, "x/one") == b"again"
+
+
+def test_create_exclusive_racing_threads_exactly_one_wins(site):
+    """Eight threads released at once at each of several keys: one True per key, and the object
+    is the winner's bytes (the test-and-set is the store's, not a check before a write)."""
+    n, rounds = 8, 5
+    for r in range(rounds):
+        gate, won = threading.Barrier(n), []
+
+        def race(i, key=f"race/{r}"):
+            gate.wait()
+            if site.create_exclusive(key, f"thread {i}".encode()):
+                won.append(i)
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, (r, won)
+        assert get_bytes(site, f"race/{r}") == f"thread {won[0]}".encode()
+    assert site.list_temporaries("race/") == []
+
+
 def test_describe_has_no_credentials(site):
     text = site.describe()
     assert "testing" not in text and "secret" not in text.lower()
