@@ -95,9 +95,13 @@ class HaPart:
                     return {r[0] for r in pg.query(conn, "SELECT id FROM lab_ledger")}
             except Exception:  # noqa: BLE001 - no leader accepting writes yet
                 return None
+        # Only rows acknowledged before the read began are judged: one acknowledged while the
+        # read ran may be missing from its snapshot and still be on the leader (a soak found it).
+        with self.ledger._lock:
+            judged = set(self.ledger.acked)
         present = proc.wait_until(read, 120, "a leader that answers", interval=1)
         with self.ledger._lock:
-            gone = {i: t for i, t in self.ledger.acked.items() if i not in present}
+            gone = {i: t for i, t in self.ledger.acked.items() if i in judged and i not in present}
             for i in gone:
                 del self.ledger.acked[i]
         self.lost.update(gone)
