@@ -67,36 +67,32 @@ def bases_from_manifest(m, site: str) -> list[planner.Base]:
                          m.facts.get("start_xmin"), {"route": meth.restore_route, "manifest": m.model_dump(mode="json")})]
 
 
-def archive_of(site, cluster: str, segment_size: int, objects=None) -> planner.Archive:
+def archive_of(site, cluster: str, segment_size: int, objects=None, listing=None) -> planner.Archive:
     """List one site's WAL archive (names only; history files are read, they are tiny).
-    ``objects``: that listing when the caller already has it (pgvault windows --all-clusters)."""
-    from ..wal import codec, names
+    ``objects``: that listing when the caller already has it (pgvault windows --all-clusters);
+    ``listing``: the same parsed (pgvault.wal.listing: status parses each site's once, for its
+    scan and the window alike)."""
+    from ..wal import codec
+    from ..wal import listing as wal_listing
 
-    arch = planner.Archive(site.name, segment_size=segment_size)
-    for obj in (site.list(layout.wal_prefix(cluster)) if objects is None else objects):
-        name, comp = names.split_stored(obj.key.rsplit("/", 1)[-1])
-        if not names.is_wal_name(name):
+    if listing is None:
+        objs = site.list(layout.wal_prefix(cluster)) if objects is None else objects
+        listing = wal_listing.parse([(o.key, o.mtime) for o in objs], segment_size)
+    listing = listing.sized(segment_size)
+    # Read only from here on: the listing's tables are shared, not copied.
+    arch = planner.Archive(site.name, segments=listing.timelines, stored_at=wal_listing.StoredTimes(listing.keys),
+                           segment_size=segment_size, keys=listing.keys)
+    for name, key, comp in listing.histories:
+        from ..errors import KeyRequired
+
+        try:
+            text = codec.decompress(get_bytes(site, key), comp).decode("utf-8", "replace")
+        except KeyRequired as exc:
+            # An encrypted history file on a host without the key (status, windows, check):
+            # the timeline's segments still count; where it branched is unknown here.
+            log.info("site %s: %s: %s", site.name, name, exc.message)
             continue
-        k = names.kind(name)
-        if k == "segment":
-            tli, segno = names.parse_segment(name, segment_size)
-            arch.segments.setdefault(tli, set()).add(segno)
-            # S3 reports LastModified in whole seconds: round up, or a target in the archive's
-            # last second would be refused as "beyond the end" at an S3 site only.
-            stored = obj.mtime + 1 if float(obj.mtime).is_integer() else obj.mtime
-            arch.stored_at[(tli, segno)] = datetime.fromtimestamp(stored, timezone.utc)
-            arch.keys[(tli, segno)] = (obj.key, comp, obj.mtime)
-        elif k == "history":
-            from ..errors import KeyRequired
-
-            try:
-                text = codec.decompress(get_bytes(site, obj.key), comp).decode("utf-8", "replace")
-            except KeyRequired as exc:
-                # An encrypted history file on a host without the key (status, windows, check):
-                # the timeline's segments still count; where it branched is unknown here.
-                log.info("site %s: %s: %s", site.name, name, exc.message)
-                continue
-            arch.histories[int(name[:8], 16)] = planner.parse_history(text)
+        arch.histories[int(name[:8], 16)] = planner.parse_history(text)
     return arch
 
 

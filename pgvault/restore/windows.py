@@ -214,10 +214,10 @@ def _path_segments(archive, steps, size: int) -> tuple[list[int], dict[int, int]
     for tli, end in steps:
         hi = end // size if end is not None else None
         have = archive.segments.get(tli, ())
-        mine = sorted(s for s in have if s >= lo and (hi is None or s < hi))
+        # A list, not a generator, to sort: this runs once per listed segment (23,000 in status's bench).
+        mine = sorted([s for s in have if s >= lo and (hi is None or s < hi)])
         segs.extend(mine)
-        for s in mine:
-            owner[s] = tli
+        owner.update(dict.fromkeys(mine, tli))
         if hi is not None:
             lo = hi
     return segs, owner

@@ -23,7 +23,6 @@ from ..sites import open_sites
 from ..sites.base import get_bytes
 from ..statedir import state_dir
 from . import pitr, windows
-from .walscan import last_commit_time
 
 log = logging.getLogger("pgvault.windows")
 
@@ -62,7 +61,9 @@ def _save(path: Path, data: dict) -> None:
 
 def segment_commit_time(site, key: str, comp: str, name: str, bindir: str | None = None) -> datetime | None:
     """The last commit time recorded in one archived segment, or None."""
+    # Imported here: status and a repeated `pgvault windows` find the end time in the cache.
     from ..wal import codec
+    from .walscan import last_commit_time
 
     try:
         data = codec.decompress(get_bytes(site, key), comp)
@@ -83,10 +84,11 @@ _UNREAD = object()
 
 
 def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects=None, *, manifests=None,
-                binding=_UNREAD) -> tuple[list, object]:
+                binding=_UNREAD, listing=None) -> tuple[list, object]:
     """One site's bases and WAL archive (the same inputs pitr.gather reads for a plan).
     ``manifests``/``binding``/``wal_objects``: what the caller has read from the site already
-    (status has), so that nothing is read twice."""
+    (status has), so that nothing is read twice; ``listing``: that WAL listing parsed
+    (pgvault.wal.listing), so that nothing is parsed twice either."""
     from ..catalog.catalog import Catalog
 
     cluster = cluster or policy.cluster.name
@@ -95,7 +97,7 @@ def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects
         binding = cat.binding()
     seg = binding.wal_segment_size if binding else 16 << 20
     bases = [b for m in (cat.manifests() if manifests is None else manifests) for b in pitr.bases_from_manifest(m, name)]
-    return bases, pitr.archive_of(site, cluster, seg, wal_objects)
+    return bases, pitr.archive_of(site, cluster, seg, wal_objects, listing)
 
 
 def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[dict, bool]:
@@ -145,12 +147,13 @@ def _instant(text: str) -> datetime:
 
 def site_window(policy, name: str, site, *, with_end_times: bool = True, cluster: str | None = None,
                 wal_objects=None, drills: list[dict] | None = None, manifests=None,
-                binding=_UNREAD) -> tuple[windows.SiteWindow, object]:
+                binding=_UNREAD, listing=None) -> tuple[windows.SiteWindow, object]:
     """The window of one site (its listing, its manifests, at most one segment body per timeline),
     with the drills whose evidence is kept there (``drills``: those records when the caller has
-    read them already, as status has)."""
+    read them already, as status has; ``listing``, ``manifests``, ``binding``: see site_inputs)."""
     cluster = cluster or policy.cluster.name
-    bases, arch = site_inputs(policy, name, site, cluster, wal_objects, manifests=manifests, binding=binding)
+    bases, arch = site_inputs(policy, name, site, cluster, wal_objects, manifests=manifests, binding=binding,
+                              listing=listing)
     w = windows.compute(name, bases, arch)
     if with_end_times:
         cpath = _cache_path(policy)
