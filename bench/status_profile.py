@@ -26,16 +26,34 @@ from status_windows import export
 WRAPPER = textwrap.dedent("""
     import atexit, cProfile, os, sys, threading
     out = sys.argv.pop(1)
-    profs, done = [], []
+    profs, done, here = [], [], threading.local()
     orig = threading.Thread.run
     def run(self):
-        p = cProfile.Profile(); profs.append(p); p.enable()
+        p = here.prof = cProfile.Profile(); profs.append(p); p.enable()
         try:
             orig(self)
         finally:
             p.disable()
     threading.Thread.run = run
-    main = cProfile.Profile(); profs.append(main)
+    main = here.prof = cProfile.Profile(); profs.append(main)
+    # The window part, counted apart: its own profiler while the thread's pauses (one a thread).
+    import importlib
+    C = importlib.import_module("pgvault.status.collect")
+    if hasattr(C, "window_facts"):
+        window = C.window_facts
+        def counted(*a, **k):
+            outer, inner = here.prof, cProfile.Profile()
+            profs.append(inner)
+            outer.disable(); inner.enable()
+            try:
+                return window(*a, **k)
+            finally:
+                inner.disable(); outer.enable()
+                with open(out + ".window", "a") as fh:
+                    import pstats
+                    st = pstats.Stats(inner)
+                    fh.write(f"{st.total_calls} {st.total_tt}\\n")
+        C.window_facts = counted
     def dump():
         import pstats
         if done:                   # dumped already
@@ -67,6 +85,8 @@ WATCH = ("parse", "scan_listing", "window_facts", "site_window", "site_inputs", 
 def profile(env: dict, root, out: str) -> pstats.Stats:
     """One `status --json` run of the checkout at ``root`` under the all-threads profiler."""
     for _attempt in range(5):
+        if os.path.exists(out + ".window"):
+            os.unlink(out + ".window")
         cp = subprocess.run([sys.executable, "-c", WRAPPER, out, "status", "--json"], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(root), PYTHONFAULTHANDLER="1", **env), cwd=root,
                             check=False)
@@ -76,7 +96,10 @@ def profile(env: dict, root, out: str) -> pstats.Stats:
         # listing); the run is repeated: what is counted does not depend on the attempt.
         print(f"(profiled run of {root} crashed: {cp.stderr[:300]!r}; again)", file=sys.stderr)
     assert cp.returncode in (0, 1, 2, 3) and '"facts"' in cp.stdout, (cp.returncode, cp.stderr[-2000:])
-    return pstats.Stats(out)
+    st = pstats.Stats(out)
+    st.window = [tuple(float(x) for x in ln.split()) for ln in open(out + ".window")] \
+        if os.path.exists(out + ".window") else []
+    return st
 
 
 def totals(st: pstats.Stats) -> tuple[int, int]:
@@ -151,6 +174,10 @@ def main(base: str = "3ccd521", n_local: int = 20000, n_s3: int = 3000, top: int
     for name, st in stats.items():
         calls, prim = totals(st)
         print(f"\n## {name}: {calls} function calls ({prim} primitive), {st.total_tt:.3f} s profiled (all threads)")
+        if st.window:
+            wc, wt = sum(c for c, _ in st.window), sum(t for _, t in st.window)
+            print(f"  window part (window_facts, {len(st.window)} sites): {wc:.0f} calls ({wc / calls:.3f} of all), "
+                  f"{wt:.3f} s profiled ({wt / st.total_tt:.3f} of all)")
         for k, (c, t) in sorted(watched(st).items(), key=lambda kv: -kv[1][1]):
             print(f"  {k:60} calls {c:8d}  cum {t:7.3f} s")
         st.sort_stats("tottime").print_stats(top)
