@@ -2,7 +2,7 @@
 to, from which base — the single computation behind ``pgvault windows``, the window a refused
 ``restore --plan`` reports (pgvault.restore.plan), ``status`` and the Prometheus metrics.
 
-Inputs are what the site's listing gives (pgvault.restore.pitr.gather/archive_of): the site's
+Inputs are what the site's listing gives (pgvault.restore.gather): the site's
 bases (``plan.Base``: timeline, start/stop LSN, stop time) and its WAL archive (``plan.Archive``:
 segment numbers per timeline, each segment's stored time, parsed history files). This module
 imports nothing from plan (plan imports it), so it reads those values by attribute only.

@@ -1,7 +1,7 @@
 """Gathering what the recoverability windows (pgvault.restore.windows, pure) are computed from:
-the sites' bases and WAL listings (pitr.gather, the same inputs a restore plan uses), and the
-end *time* of each timeline's newest WAL — the last commit timestamp pg_waldump finds in the
-newest segment. That segment is the only WAL body downloaded; the answer is cached in the
+the sites' bases and WAL listings (pgvault.restore.gather, the same inputs a restore plan
+uses), and the end *time* of each timeline's newest WAL — the last commit timestamp pg_waldump
+finds in the newest segment. That segment is the only WAL body downloaded; the answer is cached in the
 state directory by (site, key, mtime), so a repeated `pgvault windows` or `status` lists only.
 
 When the body cannot be read (no pg_waldump, a damaged or empty segment, no commit in it) the
@@ -22,7 +22,7 @@ from ..errors import PgvaultError
 from ..sites import open_sites
 from ..sites.base import get_bytes
 from ..statedir import state_dir
-from . import pitr, windows
+from . import gather, windows
 
 log = logging.getLogger("pgvault.windows")
 
@@ -85,7 +85,7 @@ _UNREAD = object()
 
 def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects=None, *, manifests=None,
                 binding=_UNREAD, listing=None) -> tuple[list, object]:
-    """One site's bases and WAL archive (the same inputs pitr.gather reads for a plan).
+    """One site's bases and WAL archive (the same inputs gather.gather reads for a plan).
     ``manifests``/``binding``/``wal_objects``: what the caller has read from the site already
     (status has), so that nothing is read twice; ``listing``: that WAL listing parsed
     (pgvault.wal.listing), so that nothing is parsed twice either."""
@@ -96,8 +96,8 @@ def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects
     if binding is _UNREAD:
         binding = cat.binding()
     seg = binding.wal_segment_size if binding else 16 << 20
-    bases = [b for m in (cat.manifests() if manifests is None else manifests) for b in pitr.bases_from_manifest(m, name)]
-    return bases, pitr.archive_of(site, cluster, seg, wal_objects, listing)
+    bases = [b for m in (cat.manifests() if manifests is None else manifests) for b in gather.bases_from_manifest(m, name)]
+    return bases, gather.archive_of(site, cluster, seg, wal_objects, listing)
 
 
 def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[dict, bool]:

@@ -2,7 +2,7 @@
 
 `pgvault status` lists a WAL site once and reads two things from it: the archive's gaps and
 newest segment (pgvault.wal.status.scan_listing) and the site's archive for the recoverability
-window (pgvault.restore.pitr.archive_of). Both used to parse every listed name themselves — the
+window (pgvault.restore.gather.archive_of). Both used to parse every listed name themselves — the
 23,000 names of the status bench twice (issue 16). A ``Listing`` is built once and read by
 both; it is not changed after ``parse``.
 
