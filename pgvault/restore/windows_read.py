@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,12 +101,13 @@ def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects
     return bases, gather.archive_of(site, cluster, seg, wal_objects, listing)
 
 
-def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[dict, bool]:
+def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[dict, dict]:
     """{(timeline, segno): last commit time} of each timeline's newest restorable segment,
-    from ``cache`` or read (and added to it); and whether the cache changed."""
+    from ``cache`` or read; and the entries that answered ({cache key: ISO time or None},
+    those read included: what ``keep`` writes back). ``cache`` is not changed."""
     from ..wal.names import segment_name
 
-    out, dirty = {}, False
+    out, used = {}, {}
     bindir = getattr(policy.cluster, "bin_dir", None)
     for tw in w.timelines:
         if not tw.intervals or not tw.intervals[-1].last_segment:
@@ -115,13 +117,40 @@ def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[d
             continue
         key, comp, mtime = arch.keys[seg]
         ck = f"{w.site}|{key}|{mtime}"          # the key names the cluster
-        if ck not in cache:
+        if ck in cache:
+            used[ck] = cache[ck]
+        else:
             t = segment_commit_time(site, key, comp, segment_name(*seg, arch.segment_size), bindir)
-            cache[ck] = t.isoformat() if t else None
-            dirty = True
-        if cache[ck]:
-            out[seg] = datetime.fromisoformat(cache[ck])
-    return out, dirty
+            used[ck] = t.isoformat() if t else None
+        if used[ck]:
+            out[seg] = datetime.fromisoformat(used[ck])
+    return out, used
+
+
+# The probe threads of one status or windows run (one per site) share the cache file.
+_CACHE_LOCK = threading.Lock()
+
+
+def keep(path: Path, cache: dict, used: dict, mine: str) -> bool:
+    """Write the end times one site's window ``used`` into the cache file when they are news:
+    merged with what another site's thread wrote since ``cache`` was loaded (each used to write
+    back its own copy, dropping the other's entry: read again next run), and without this
+    site's and cluster's older entries (key prefix ``mine``): their segment is no longer a
+    timeline's newest, never asked for again — kept, the file grew with every segment that
+    ever was the newest, and every status loads it. Whether the file was written."""
+    if all(k in cache for k in used) and not _stale(cache, used, mine):
+        return False
+    with _CACHE_LOCK:
+        current = _load(path)
+        for k in _stale(current, used, mine):
+            del current[k]
+        current.update(used)
+        _save(path, current)
+    return True
+
+
+def _stale(cache: dict, used: dict, mine: str) -> list[str]:
+    return [k for k in cache if k.startswith(mine) and k not in used]
 
 
 def drill_docs(site, cluster: str) -> list[dict]:
@@ -158,9 +187,8 @@ def site_window(policy, name: str, site, *, with_end_times: bool = True, cluster
     if with_end_times:
         cpath = _cache_path(policy)
         cache = _load(cpath)
-        commit, dirty = end_times(policy, w, arch, site, cache)
-        if dirty:
-            _save(cpath, cache)
+        commit, used = end_times(policy, w, arch, site, cache)
+        keep(cpath, cache, used, f"{name}|{layout.wal_prefix(cluster)}")
         if commit:
             w = windows.compute(name, bases, arch, commit)
     docs = drill_docs(site, cluster) if drills is None else drills
