@@ -24,7 +24,10 @@ from status_windows import export
 # Run inside the profiled interpreter: every thread (probe threads included) gets its own
 # profiler, merged into one stats file when the CLI exits.
 WRAPPER = textwrap.dedent("""
-    import atexit, cProfile, os, sys, threading
+    import atexit, cProfile, gc, os, sys, threading
+    # CPython 3.11's profiler crashes now and then when the garbage collector runs in a
+    # profiled probe thread (botocore's listing): no collection (nothing here is counted by it).
+    gc.disable()
     out = sys.argv.pop(1)
     profs, done, here = [], [], threading.local()
     orig = threading.Thread.run
@@ -111,7 +114,7 @@ def watched(st: pstats.Stats) -> dict[str, tuple[int, float]]:
     """{function name: (calls, cumulative seconds)} of the WATCH functions, summed over modules."""
     out: dict[str, tuple[int, float]] = {}
     for (path, _line, fn), (_cc, nc, _tt, ct, _callers) in st.stats.items():
-        if fn in WATCH and "pgvault" in path:
+        if fn in WATCH and "/pgvault/" in path and "site-packages" not in path:
             key = f"{fn} ({path.rsplit('pgvault/', 1)[-1]})"
             c, t = out.get(key, (0, 0.0))
             out[key] = (c + nc, t + ct)
