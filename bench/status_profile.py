@@ -80,8 +80,8 @@ WRAPPER = textwrap.dedent("""
 """)
 
 # What the window part is made of (cumulative, in this checkout).
-WATCH = ("parse", "scan_listing", "window_facts", "site_window", "site_inputs", "archive_of", "compute", "end_times", "_load",
-         "relate_drills", "scan", "_read_site", "collect", "read_evidence", "standby_facts", "parse_segment",
+WATCH = ("parse", "scan_listing", "window_facts", "site_window", "site_inputs", "archive_of", "compute", "end_times",
+         "_load", "relate_drills", "scan", "_read_site", "collect", "read_evidence", "standby_facts", "parse_segment",
          "split_stored", "is_wal_name")
 
 

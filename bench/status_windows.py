@@ -9,8 +9,9 @@ machine stretches the wall time far more than the CPU time a run needs.
     /opt/pgvault/venv/bin/python bench/status_windows.py [BASE_COMMIT] [ROUNDS] [N_LOCAL] [N_S3]
 
 A fifth case runs this checkout with the window part stubbed out, which isolates what the
-windows cost from everything else added since the base. BASE_COMMIT defaults to 7d0400a (the last commit before the windows branch); it is exported
-with `git archive` into a temporary directory."""
+windows cost from everything else added since the base. BASE_COMMIT defaults to 7d0400a (the
+last commit before the windows branch; 3ccd521 is main just before windows were merged); it
+is exported with `git archive` into a temporary directory."""
 from __future__ import annotations
 
 import os

@@ -1,7 +1,7 @@
 """Point-in-time restore, executed in phases: gather (bases and WAL listings from the sites,
-pgvault.restore.gather), plan (pure, pgvault.restore.plan — coverage is proven BEFORE anything touches disk), fetch the
-base with the stock Barman tools, write the recovery settings, and optionally start the
-instance and wait until the target is reached."""
+pgvault.restore.gather), plan (pure, pgvault.restore.plan — coverage is proven BEFORE anything
+touches disk), fetch the base with the stock Barman tools, write the recovery settings, and
+optionally start the instance and wait until the target is reached."""
 from __future__ import annotations
 
 import logging

@@ -1,8 +1,9 @@
 """Gathering what the recoverability windows (pgvault.restore.windows, pure) are computed from:
 the sites' bases and WAL listings (pgvault.restore.gather, the same inputs a restore plan
 uses), and the end *time* of each timeline's newest WAL — the last commit timestamp pg_waldump
-finds in the newest segment. That segment is the only WAL body downloaded; the answer is cached in the
-state directory by (site, key, mtime), so a repeated `pgvault windows` or `status` lists only.
+finds in the newest segment. That segment is the only WAL body downloaded; the answer is cached
+in the state directory by (site, key, mtime), so a repeated `pgvault windows` or `status` lists
+only.
 
 When the body cannot be read (no pg_waldump, a damaged or empty segment, no commit in it) the
 window ends at the time the segment was stored: an upper bound, marked ``archived``."""
@@ -97,7 +98,8 @@ def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects
     if binding is _UNREAD:
         binding = cat.binding()
     seg = binding.wal_segment_size if binding else 16 << 20
-    bases = [b for m in (cat.manifests() if manifests is None else manifests) for b in gather.bases_from_manifest(m, name)]
+    bases = [b for m in (cat.manifests() if manifests is None else manifests)
+             for b in gather.bases_from_manifest(m, name)]
     return bases, gather.archive_of(site, cluster, seg, wal_objects, listing)
 
 

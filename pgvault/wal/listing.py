@@ -52,8 +52,10 @@ def parse(objects: list[tuple[str, float]], segment_size: int = 16 << 20) -> Lis
     ...              ("w/0000000100000001/000000020000000100000003", 2.0),
     ...              ("w/00000002.history", 3.0), ("w/x.gz", 4.0),
     ...              ("w/0000000100000000/000000010000000000000002.00000028.backup.zst", 5.0)])
-    >>> lst.files, lst.segments, lst.keys[(2, 259)], lst.timelines, lst.histories
-    (4, [(1, 2, 1.0), (2, 259, 2.0)], ('w/0000000100000001/000000020000000100000003', 'none', 2.0), {1: {2}, 2: {259}}, [('00000002.history', 'w/00000002.history', 'none')])
+    >>> lst.files, lst.segments, lst.timelines
+    (4, [(1, 2, 1.0), (2, 259, 2.0)], {1: {2}, 2: {259}})
+    >>> lst.keys[(2, 259)], lst.histories
+    (('w/0000000100000001/000000020000000100000003', 'none', 2.0), [('00000002.history', 'w/00000002.history', 'none')])
     """
     out = Listing(segment_size, objects)
     per_log = names.segments_per_log(segment_size)
