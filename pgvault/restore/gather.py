@@ -64,6 +64,7 @@ def archive_of(site, cluster: str, segment_size: int, objects=None, listing=None
     ``objects``: that listing when the caller already has it (pgvault windows --all-clusters);
     ``listing``: the same parsed (pgvault.wal.listing: status parses each site's once, for its
     scan and the window alike)."""
+    from ..errors import KeyRequired
     from ..wal import codec
     from ..wal import listing as wal_listing
 
@@ -75,8 +76,6 @@ def archive_of(site, cluster: str, segment_size: int, objects=None, listing=None
     arch = planner.Archive(site.name, segments=listing.timelines, stored_at=wal_listing.StoredTimes(listing.keys),
                            segment_size=segment_size, keys=listing.keys)
     for name, key, comp in listing.histories:
-        from ..errors import KeyRequired
-
         try:
             text = codec.decompress(get_bytes(site, key), comp).decode("utf-8", "replace")
         except KeyRequired as exc:
