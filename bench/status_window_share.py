@@ -1,6 +1,8 @@
-"""In-process: how much of status's collect() is the window part (window_facts, timed in each
-site's probe thread, summed over both sites) on the bench/status.py scene. An upper bound of its
-share of the wall time (the two sites' threads overlap).
+"""In-process: how much of status's collect() is the window part (window_facts, run in each
+site's probe thread, summed over both sites) on the bench/status.py scene. Wall time gives an
+upper bound of its share (the two sites' threads overlap); CPU time (the window's thread CPU
+time against the process's CPU time during collect()) is what a loaded machine stretches
+least. Function calls, the load-independent measure: bench/status_profile.py.
 
     /opt/pgvault/venv/bin/python bench/status_window_share.py [ROUNDS]
 """
@@ -24,29 +26,36 @@ def main(rounds: int = 6) -> None:
 
         C = importlib.import_module("pgvault.status.collect")   # pgvault.status exports a function of that name
         pol = load_policy(sc.env["PGVAULT_POLICY"])
-        spent: list[float] = []
+        spent: list[tuple[float, float]] = []
         orig = C.window_facts
 
         def timed_window(*a, **k):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return orig(*a, **k)
             finally:
-                spent.append(time.perf_counter() - t0)
+                spent.append((time.perf_counter() - t0, time.thread_time() - c0))
 
         C.window_facts = timed_window
-        tot, win = [], []
+        tot, cpu, win, win_cpu = [], [], [], []
         for _ in range(rounds):
             spent.clear()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             C.collect(pol, datetime.now(timezone.utc))
             tot.append(time.perf_counter() - t0)
-            win.append(sum(spent))
+            cpu.append(time.process_time() - c0)
+            win.append(sum(w for w, _ in spent))
+            win_cpu.append(sum(c for _, c in spent))
     finally:
         sc.close()
-    print("collect() runs:", " ".join(f"{x:.3f}" for x in tot))
-    print("window_facts (summed over the 2 sites, in their threads):", " ".join(f"{x:.3f}" for x in win))
-    print("share of thread time (median of runs 2..):", f"{statistics.median([w / t for w, t in zip(win[1:], tot[1:])]):.3f}")
+    print("collect() runs, wall:", " ".join(f"{x:.3f}" for x in tot))
+    print("collect() runs, process CPU:", " ".join(f"{x:.3f}" for x in cpu))
+    print("window_facts (summed over the 2 sites, in their threads), wall:", " ".join(f"{x:.3f}" for x in win))
+    print("window_facts, thread CPU:", " ".join(f"{x:.3f}" for x in win_cpu))
+    print("share of thread time, wall (median of runs 2..):",
+          f"{statistics.median([w / t for w, t in zip(win[1:], tot[1:])]):.3f}")
+    print("share of CPU time (median of runs 2..):",
+          f"{statistics.median([w / t for w, t in zip(win_cpu[1:], cpu[1:])]):.3f}")
 
 
 if __name__ == "__main__":

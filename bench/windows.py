@@ -1,7 +1,7 @@
 """How long does the recoverability window take on a big site? A local site holds N WAL
 segments (empty files with real names: the window is computed from the listing alone, one
 segment missing in the middle) and B bases; timed: listing the site's WAL archive
-(pitr.archive_of, what `pgvault windows` does) and the pure computation (restore/windows.py),
+(gather.archive_of, what `pgvault windows` does) and the pure computation (restore/windows.py),
 separately and together. Goal (issue 16): <= 2 s for 10,000 segments and 100 backups.
 
     /opt/pgvault/venv/bin/python bench/windows.py [N_SEGMENTS] [N_BASES]
@@ -19,7 +19,7 @@ from common import timed  # noqa: F401  (puts the checkout on sys.path)
 from pgvault.catalog import layout
 from pgvault.restore import plan as P
 from pgvault.restore import windows as W
-from pgvault.restore.pitr import archive_of
+from pgvault.restore.gather import archive_of
 from pgvault.sites.local import LocalSite, LocalSiteConfig
 
 T0 = datetime(2026, 11, 25, tzinfo=timezone.utc)

@@ -1,7 +1,7 @@
-"""Point-in-time restore, executed in phases: gather (bases and WAL listings from the sites),
-plan (pure, pgvault.restore.plan — coverage is proven BEFORE anything touches disk), fetch the
-base with the stock Barman tools, write the recovery settings, and optionally start the
-instance and wait until the target is reached."""
+"""Point-in-time restore, executed in phases: gather (bases and WAL listings from the sites,
+pgvault.restore.gather), plan (pure, pgvault.restore.plan — coverage is proven BEFORE anything
+touches disk), fetch the base with the stock Barman tools, write the recovery settings, and
+optionally start the instance and wait until the target is reached."""
 from __future__ import annotations
 
 import logging
@@ -9,122 +9,21 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from .. import pg, proc
 from ..catalog import layout
-from ..catalog.catalog import Catalog
 from ..errors import DatabaseError, NotSupported, PgvaultError
 from ..methods import barman_tools as bt
-from ..sites import open_site, open_sites
-from ..sites.base import get_bytes
+from ..sites import open_site
 from . import plan as planner
 from . import prefetch
-from .source import site_order
+from .gather import archive_of, bases_from_manifest, gather, method_of  # noqa: F401  (pitr.* names, as before)
 
 log = logging.getLogger("pgvault.restore.pitr")
 
 RECOVERY_TIMEOUT = 3600
-
-
-# -- gather
-
-
-def _dt(v) -> datetime:
-    return v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
-
-
-def _method(name: str):
-    """The registered Method of ``name``; None for one this pgvault does not know (a manifest
-    written by a newer pgvault is skipped, not fatal)."""
-    from ..methods import METHODS, get_method
-
-    return get_method(name) if name in METHODS else None
-
-
-def bases_from_manifest(m, site: str) -> list[planner.Base]:
-    """Candidate bases from one manifest of a ``pitr_base`` method: a method with
-    ``per_site_bases`` (barman) records one base per site in ``facts[method][site]``; any other
-    that records start/stop LSN, time and timeline is a candidate as-is. The ref's ``route``
-    says how fetch_base lays it down: barman's own route per site, or the method's restore
-    route (``snapshot``)."""
-    meth = _method(m.method)
-    if meth is None or not meth.pitr_base:
-        return []
-    per_site = (m.facts.get(meth.name) or {}).get(site) if meth.per_site_bases else None
-    if per_site:
-        return [planner.Base(m.backup_id, site, m.method, int(per_site["timeline"]),
-                             planner.parse_lsn(per_site["begin_lsn"]), planner.parse_lsn(per_site["end_lsn"]),
-                             _dt(per_site["begin_time"]), _dt(per_site["end_time"]), m.facts.get("start_xmin"),
-                             {**per_site, "backup_id_at_site": per_site["backup_id"],
-                              # pgvault's own engine: the tars are the manifest's artifacts
-                              **({"manifest": m.model_dump(mode="json")} if per_site.get("route") == "pgvault" else {})})]
-    if meth.per_site_bases or None in (m.start_lsn, m.stop_lsn, m.timeline):
-        return []
-    return [planner.Base(m.backup_id, site, m.method, m.timeline, planner.parse_lsn(m.start_lsn),
-                         planner.parse_lsn(m.stop_lsn), m.start_time or m.started_at, m.stop_time or m.finished_at,
-                         m.facts.get("start_xmin"), {"route": meth.restore_route, "manifest": m.model_dump(mode="json")})]
-
-
-def archive_of(site, cluster: str, segment_size: int, objects=None) -> planner.Archive:
-    """List one site's WAL archive (names only; history files are read, they are tiny).
-    ``objects``: that listing when the caller already has it (pgvault windows --all-clusters)."""
-    from ..wal import codec, names
-
-    arch = planner.Archive(site.name, segment_size=segment_size)
-    for obj in (site.list(layout.wal_prefix(cluster)) if objects is None else objects):
-        name, comp = names.split_stored(obj.key.rsplit("/", 1)[-1])
-        if not names.is_wal_name(name):
-            continue
-        k = names.kind(name)
-        if k == "segment":
-            tli, segno = names.parse_segment(name, segment_size)
-            arch.segments.setdefault(tli, set()).add(segno)
-            # S3 reports LastModified in whole seconds: round up, or a target in the archive's
-            # last second would be refused as "beyond the end" at an S3 site only.
-            stored = obj.mtime + 1 if float(obj.mtime).is_integer() else obj.mtime
-            arch.stored_at[(tli, segno)] = datetime.fromtimestamp(stored, timezone.utc)
-            arch.keys[(tli, segno)] = (obj.key, comp, obj.mtime)
-        elif k == "history":
-            from ..errors import KeyRequired
-
-            try:
-                text = codec.decompress(get_bytes(site, obj.key), comp).decode("utf-8", "replace")
-            except KeyRequired as exc:
-                # An encrypted history file on a host without the key (status, windows, check):
-                # the timeline's segments still count; where it branched is unknown here.
-                log.info("site %s: %s: %s", site.name, name, exc.message)
-                continue
-            arch.histories[int(name[:8], 16)] = planner.parse_history(text)
-    return arch
-
-
-@dataclass
-class Gathered:
-    bases: list[planner.Base] = field(default_factory=list)
-    archives: list[planner.Archive] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-def gather(policy, from_site: str | None) -> Gathered:
-    g = Gathered()
-    names = site_order(policy, from_site)
-    wal_sites = set(policy.wal.sites) or set(names)
-    for n, site in open_sites(policy, names).items():
-        cat = Catalog(site, policy.cluster.name)
-        try:
-            binding = cat.binding()
-            seg = binding.wal_segment_size if binding else planner.SEG
-            for m in cat.manifests():
-                g.bases.extend(bases_from_manifest(m, n))
-            if n in wal_sites:
-                g.archives.append(archive_of(site, policy.cluster.name, seg))
-        except (PgvaultError, OSError) as exc:
-            msg = getattr(exc, "message", None) or str(exc)
-            g.warnings.append(f"site {n!r} skipped: {msg}")
-            log.warning("site %s skipped: %s", n, msg)
-    return g
 
 
 # -- execute
@@ -209,7 +108,7 @@ def fetch_base(policy, base: planner.Base, dest: Path) -> None:
         from .snapshot_base import fetch_base as lay_down_snapshot
 
         lay_down_snapshot(policy, Manifest.model_validate(ref["manifest"]), base.site, dest)
-    elif (meth := _method(base.method)) is not None and meth.lay_down_base is not None:
+    elif (meth := method_of(base.method)) is not None and meth.lay_down_base is not None:
         meth.lay_down_base(policy, base.site, ref, dest)  # the method's own adapter (Method contract)
     else:
         raise NotSupported(f"base {base.backup_id} at site {base.site!r} was taken by method {base.method!r}, "

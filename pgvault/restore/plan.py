@@ -9,6 +9,7 @@ so recovery reads ``P``'s segments up to the one before ``S``'s and ``T``'s from
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -107,7 +108,8 @@ class Archive:
     and the time each segment was stored (its upper bound on the time of its records)."""
     site: str
     segments: dict[int, set[int]] = field(default_factory=dict)
-    stored_at: dict[tuple[int, int], datetime] = field(default_factory=dict)
+    # a dict, or read-only from a listing (pgvault.wal.listing.StoredTimes: made on access)
+    stored_at: Mapping[tuple[int, int], datetime] = field(default_factory=dict)
     histories: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     segment_size: int = SEG
     # (timeline, segno) -> (stored key, compression, mtime): where to read a segment's body

@@ -2,8 +2,8 @@
 to, from which base — the single computation behind ``pgvault windows``, the window a refused
 ``restore --plan`` reports (pgvault.restore.plan), ``status`` and the Prometheus metrics.
 
-Inputs are what the site's listing gives (pgvault.restore.pitr.gather/archive_of): the site's
-bases (``plan.Base``: timeline, start/stop LSN, stop time) and its WAL archive (``plan.Archive``:
+Inputs are what the site's listing gives (pgvault.restore.gather): the site's bases
+(``plan.Base``: timeline, start/stop LSN, stop time) and its WAL archive (``plan.Archive``:
 segment numbers per timeline, each segment's stored time, parsed history files). This module
 imports nothing from plan (plan imports it), so it reads those values by attribute only.
 
@@ -217,10 +217,10 @@ def _path_segments(archive, steps, size: int) -> tuple[list[int], dict[int, int]
     for tli, end in steps:
         hi = end // size if end is not None else None
         have = archive.segments.get(tli, ())
-        mine = sorted(s for s in have if s >= lo and (hi is None or s < hi))
+        # A list, not a generator, to sort: once per listed segment (23,000 in status's bench).
+        mine = sorted([s for s in have if s >= lo and (hi is None or s < hi)])
         segs.extend(mine)
-        for s in mine:
-            owner[s] = tli
+        owner.update(dict.fromkeys(mine, tli))
         if hi is not None:
             lo = hi
     return segs, owner

@@ -1,8 +1,9 @@
 """Gathering what the recoverability windows (pgvault.restore.windows, pure) are computed from:
-the sites' bases and WAL listings (pitr.gather, the same inputs a restore plan uses), and the
-end *time* of each timeline's newest WAL — the last commit timestamp pg_waldump finds in the
-newest segment. That segment is the only WAL body downloaded; the answer is cached in the
-state directory by (site, key, mtime), so a repeated `pgvault windows` or `status` lists only.
+the sites' bases and WAL listings (pgvault.restore.gather, the same inputs a restore plan
+uses), and the end *time* of each timeline's newest WAL — the last commit timestamp pg_waldump
+finds in the newest segment. That segment is the only WAL body downloaded; the answer is cached
+in the state directory by (site, key, mtime), so a repeated `pgvault windows` or `status` lists
+only.
 
 When the body cannot be read (no pg_waldump, a damaged or empty segment, no commit in it) the
 window ends at the time the segment was stored: an upper bound, marked ``archived``."""
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,8 +24,7 @@ from ..errors import PgvaultError
 from ..sites import open_sites
 from ..sites.base import get_bytes
 from ..statedir import state_dir
-from . import pitr, windows
-from .walscan import last_commit_time
+from . import gather, windows
 
 log = logging.getLogger("pgvault.windows")
 
@@ -62,7 +63,9 @@ def _save(path: Path, data: dict) -> None:
 
 def segment_commit_time(site, key: str, comp: str, name: str, bindir: str | None = None) -> datetime | None:
     """The last commit time recorded in one archived segment, or None."""
+    # Imported here: status and a repeated `pgvault windows` find the end time in the cache.
     from ..wal import codec
+    from .walscan import last_commit_time
 
     try:
         data = codec.decompress(get_bytes(site, key), comp)
@@ -83,10 +86,11 @@ _UNREAD = object()
 
 
 def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects=None, *, manifests=None,
-                binding=_UNREAD) -> tuple[list, object]:
-    """One site's bases and WAL archive (the same inputs pitr.gather reads for a plan).
+                binding=_UNREAD, listing=None) -> tuple[list, object]:
+    """One site's bases and WAL archive (the same inputs gather.gather reads for a plan).
     ``manifests``/``binding``/``wal_objects``: what the caller has read from the site already
-    (status has), so that nothing is read twice."""
+    (status has), so that nothing is read twice; ``listing``: that WAL listing parsed
+    (pgvault.wal.listing), so that nothing is parsed twice either."""
     from ..catalog.catalog import Catalog
 
     cluster = cluster or policy.cluster.name
@@ -94,16 +98,18 @@ def site_inputs(policy, name: str, site, cluster: str | None = None, wal_objects
     if binding is _UNREAD:
         binding = cat.binding()
     seg = binding.wal_segment_size if binding else 16 << 20
-    bases = [b for m in (cat.manifests() if manifests is None else manifests) for b in pitr.bases_from_manifest(m, name)]
-    return bases, pitr.archive_of(site, cluster, seg, wal_objects)
+    bases = [b for m in (cat.manifests() if manifests is None else manifests)
+             for b in gather.bases_from_manifest(m, name)]
+    return bases, gather.archive_of(site, cluster, seg, wal_objects, listing)
 
 
-def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[dict, bool]:
+def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[dict, dict]:
     """{(timeline, segno): last commit time} of each timeline's newest restorable segment,
-    from ``cache`` or read (and added to it); and whether the cache changed."""
+    from ``cache`` or read; and the entries that answered ({cache key: ISO time or None},
+    those read included: what ``keep`` writes back). ``cache`` is not changed."""
     from ..wal.names import segment_name
 
-    out, dirty = {}, False
+    out, used = {}, {}
     bindir = getattr(policy.cluster, "bin_dir", None)
     for tw in w.timelines:
         if not tw.intervals or not tw.intervals[-1].last_segment:
@@ -113,13 +119,40 @@ def end_times(policy, w: windows.SiteWindow, arch, site, cache: dict) -> tuple[d
             continue
         key, comp, mtime = arch.keys[seg]
         ck = f"{w.site}|{key}|{mtime}"          # the key names the cluster
-        if ck not in cache:
+        if ck in cache:
+            used[ck] = cache[ck]
+        else:
             t = segment_commit_time(site, key, comp, segment_name(*seg, arch.segment_size), bindir)
-            cache[ck] = t.isoformat() if t else None
-            dirty = True
-        if cache[ck]:
-            out[seg] = datetime.fromisoformat(cache[ck])
-    return out, dirty
+            used[ck] = t.isoformat() if t else None
+        if used[ck]:
+            out[seg] = datetime.fromisoformat(used[ck])
+    return out, used
+
+
+# The probe threads of one status or windows run (one per site) share the cache file.
+_CACHE_LOCK = threading.Lock()
+
+
+def keep(path: Path, cache: dict, used: dict, mine: str) -> bool:
+    """Write the end times one site's window ``used`` into the cache file when they are news:
+    merged with what another site's thread wrote since ``cache`` was loaded (each used to write
+    back its own copy, dropping the other's entry: read again next run), and without this
+    site's and cluster's older entries (key prefix ``mine``): their segment is no longer a
+    timeline's newest, never asked for again — kept, the file grew with every segment that
+    ever was the newest, and every status loads it. Whether the file was written."""
+    if all(k in cache for k in used) and not _stale(cache, used, mine):
+        return False
+    with _CACHE_LOCK:
+        current = _load(path)
+        for k in _stale(current, used, mine):
+            del current[k]
+        current.update(used)
+        _save(path, current)
+    return True
+
+
+def _stale(cache: dict, used: dict, mine: str) -> list[str]:
+    return [k for k in cache if k.startswith(mine) and k not in used]
 
 
 def drill_docs(site, cluster: str) -> list[dict]:
@@ -145,19 +178,19 @@ def _instant(text: str) -> datetime:
 
 def site_window(policy, name: str, site, *, with_end_times: bool = True, cluster: str | None = None,
                 wal_objects=None, drills: list[dict] | None = None, manifests=None,
-                binding=_UNREAD) -> tuple[windows.SiteWindow, object]:
+                binding=_UNREAD, listing=None) -> tuple[windows.SiteWindow, object]:
     """The window of one site (its listing, its manifests, at most one segment body per timeline),
     with the drills whose evidence is kept there (``drills``: those records when the caller has
-    read them already, as status has)."""
+    read them already, as status has; ``listing``, ``manifests``, ``binding``: see site_inputs)."""
     cluster = cluster or policy.cluster.name
-    bases, arch = site_inputs(policy, name, site, cluster, wal_objects, manifests=manifests, binding=binding)
+    bases, arch = site_inputs(policy, name, site, cluster, wal_objects, manifests=manifests, binding=binding,
+                              listing=listing)
     w = windows.compute(name, bases, arch)
     if with_end_times:
         cpath = _cache_path(policy)
         cache = _load(cpath)
-        commit, dirty = end_times(policy, w, arch, site, cache)
-        if dirty:
-            _save(cpath, cache)
+        commit, used = end_times(policy, w, arch, site, cache)
+        keep(cpath, cache, used, f"{name}|{layout.wal_prefix(cluster)}")
         if commit:
             w = windows.compute(name, bases, arch, commit)
     docs = drill_docs(site, cluster) if drills is None else drills

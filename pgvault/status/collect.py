@@ -18,6 +18,7 @@ from ..catalog.catalog import Catalog
 from ..errors import PgvaultError
 from ..sites import open_site
 from ..sites.readonly import Deadline, Probes, open_readonly, site_timeout
+from ..wal import listing as wal_listing
 from ..wal import status as walscan
 
 log = logging.getLogger("pgvault.status")
@@ -142,10 +143,11 @@ def _read_site(policy, name: str) -> dict:
         raw["backups"], raw["oldest_wal"] = _backup_facts(manifests, jobs)
         raw["drills"] = _drill_docs(cat)
         if name in policy.wal.sites:
-            listing = list(site.list(layout.wal_prefix(cluster)))
-            raw["wal_objects"] = [(o.key, o.mtime) for o in listing]
+            objects = [(o.key, o.mtime) for o in site.list(layout.wal_prefix(cluster))]
+            # Each listed name is parsed once, here: the scan (site_facts) and the window read it.
+            raw["wal"] = wal_listing.parse(objects, binding.wal_segment_size if binding else 16 << 20)
             # The same binding, manifests, listing and drill records: nothing is read twice.
-            raw["window"] = window_facts(policy, name, site, listing, raw["drills"], manifests, binding)
+            raw["window"] = window_facts(policy, name, site, raw["wal"], raw["drills"], manifests, binding)
             from ..wal.divergence import read_evidence
 
             raw["quarantine"] = read_evidence(site, cluster)
@@ -166,7 +168,7 @@ def site_facts(policy, name: str, answer, segment_size: int) -> dict:
     if name in policy.wal.sites:
         facts["spool"] = spool_facts(policy, name)
         oldest_wal = raw["oldest_wal"]
-        s = walscan.scan(raw["wal_objects"], segment_size, oldest_wal, pending=facts["spool"].pop("names"))
+        s = walscan.scan_listing(raw["wal"].sized(segment_size), oldest_wal, pending=facts["spool"].pop("names"))
         facts["wal"] = {"count": s.count, "newest": s.newest, "newest_time": _iso(s.newest_mtime),
                         "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
                         "gaps": s.gaps, "gap_count": s.gap_count}
@@ -174,15 +176,14 @@ def site_facts(policy, name: str, answer, segment_size: int) -> dict:
     return facts
 
 
-def window_facts(policy, name: str, site, wal_listing, drills: list[dict] | None = None, manifests=None,
+def window_facts(policy, name: str, site, wal: wal_listing.Listing, drills: list[dict] | None = None, manifests=None,
                  binding=None) -> dict:
     """The recoverability window of one WAL site (pgvault.restore.windows) from the WAL listing
-    _read_site already made, as JSON; a window that cannot be computed is a fact here too."""
+    _read_site already made and parsed, as JSON; a window that cannot be computed is a fact here too."""
     from ..restore.windows_read import site_window
 
     try:
-        w, _ = site_window(policy, name, site, wal_objects=wal_listing, drills=drills, manifests=manifests,
-                           binding=binding)
+        w, _ = site_window(policy, name, site, listing=wal, drills=drills, manifests=manifests, binding=binding)
     except (PgvaultError, OSError) as exc:
         return {"site": name, "error": getattr(exc, "message", None) or str(exc)}
     return w.as_dict()

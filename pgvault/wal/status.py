@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ..lsn import parse_lsn
-from . import names
+from . import listing, names
 
 GAPS_LISTED = 10  # a broken archive can miss thousands; name the first few, count the rest
 segment_name = names.segment_name
@@ -86,19 +86,19 @@ def scan(objects: list[tuple[str, float]], segment_size: int = 16 << 20, require
     ...      pending=["000000010000000000000002.gz"]).gaps
     []
     """
-    out = ArchiveScan()
+    return scan_listing(listing.parse(objects, segment_size), required_from, pending)
+
+
+def scan_listing(lst: listing.Listing, required_from: str | None = None, pending: list[str] = ()) -> ArchiveScan:
+    """``scan`` of a listing already parsed (pgvault.wal.listing): status parses each site's
+    once, for this and for the recoverability window."""
+    segment_size = lst.segment_size
+    out = ArchiveScan(count=len(lst.segments), files=lst.files)
     present: dict[int, int] = {}  # segno -> timeline
     newest_key: tuple[int, int] | None = None
-    for key, mtime in objects:
-        filename = key.rsplit("/", 1)[-1]
-        if names.is_wal_name(names.split_stored(filename)[0]):
-            out.files += 1
-        parsed = parse_segment(filename, segment_size)
-        if parsed is None:
-            continue
-        tli, segno = parsed
-        out.count += 1
-        present[segno] = max(tli, present.get(segno, 0))
+    for tli, segno, mtime in lst.segments:
+        if segno not in present or present[segno] < tli:
+            present[segno] = tli
         if newest_key is None or (segno, tli) > newest_key:
             newest_key = (segno, tli)
             out.newest_mtime = mtime

@@ -4,10 +4,10 @@ import doctest
 import pytest
 
 from pgvault import patroni
-from pgvault.wal import codec, divergence, names, status
+from pgvault.wal import codec, divergence, listing, names, status
 
 
-@pytest.mark.parametrize("module", [names, codec, status, divergence, patroni], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [names, codec, listing, status, divergence, patroni], ids=lambda m: m.__name__)
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0
