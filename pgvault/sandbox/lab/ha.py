@@ -144,9 +144,11 @@ class HaPart:
                                    f"{h.get('detail', '')}" for h in holes)[:1200],
                          evidence={"timelines": s.get("timelines")}))
         hi = datetime.fromisoformat(self.cluster.psql("SELECT now()", leader).strip()) - timedelta(seconds=12)
+        if u and u.get("end_time"):  # never past the newest archived commit (a quick scenario on a quiet machine)
+            hi = min(hi, datetime.fromisoformat(u["end_time"]) - timedelta(seconds=0.5))
         lo = hi - timedelta(seconds=20)  # wide enough to hold commits when the leader was frozen for a while
         if u and u.get("start_time"):  # a point before the window's start has no base to restore from
-            lo = max(lo, datetime.fromisoformat(u["start_time"]) + timedelta(seconds=1))
+            lo = max(lo, datetime.fromisoformat(u["start_time"]) + timedelta(seconds=0.5))
         pts = checks.sample_points(self.ledger, lo, hi, 1, self.lab.sample_rng) if lo < hi else []
         if not pts:
             out.append(Check("a restore point can be drawn in the eu window", False,

@@ -25,6 +25,9 @@ class Ledger:
         self.conninfo = conninfo
         self.interval = 1.0 / rate
         self.acked: dict[int, datetime] = {}
+        # ids whose INSERT was sent but whose outcome the load never learnt (the connection died
+        # in between, as in a switchover): a restore may or may not hold them, neither is wrong.
+        self.uncertain: set[int] = set()
         self.errors: list[str] = []
         self.next_id = 1
         self._lock = threading.Lock()
@@ -85,6 +88,7 @@ class Ledger:
                 with self._lock:
                     n = self.next_id
                     self.next_id += 1
+                    self.uncertain.add(n)   # until its commit time is read back
                 conn.execute("INSERT INTO lab_ledger (id) VALUES (%s)", (n,))
                 # Autocommit: the INSERT has committed once execute returns; its commit time is
                 # what recovery_target_time is compared with.
@@ -92,6 +96,7 @@ class Ledger:
                                   (n,)).fetchone()[0]
                 with self._lock:
                     self.acked[n] = at
+                    self.uncertain.discard(n)
             except Exception as exc:  # noqa: BLE001 - a lab load keeps going and records why
                 self.errors.append(f"{datetime.now().isoformat()}: {exc!r}"[:300])
                 conn = _close(conn)
