@@ -143,9 +143,14 @@ class HaPart:
                          + "".join(f"; hole on timeline {h['timeline']}: {h.get('start_lsn')}..{h.get('end_lsn')} "
                                    f"{h.get('detail', '')}" for h in holes)[:1200],
                          evidence={"timelines": s.get("timelines")}))
+        # The newest point: just before the newest commit the eu window reads from archived WAL
+        # (without a window, 12 s ago). On a quiet machine the first HA base may have ended only
+        # seconds before the switchover: "12 s ago" then lies before the window's start.
         hi = datetime.fromisoformat(self.cluster.psql("SELECT now()", leader).strip()) - timedelta(seconds=12)
-        if u and u.get("end_time"):  # never past the newest archived commit (a quick scenario on a quiet machine)
-            hi = min(hi, datetime.fromisoformat(u["end_time"]) - timedelta(seconds=0.5))
+        newest = [i for t in s.get("timelines", []) for i in t["intervals"]
+                  if u and i["timeline"] == u["timeline"] and i["end_time"] == u["end_time"]]
+        if newest and newest[0]["end_time_kind"] == "commit":  # a commit read from archived WAL: restorable
+            hi = datetime.fromisoformat(u["end_time"]) - timedelta(seconds=0.5)
         lo = hi - timedelta(seconds=20)  # wide enough to hold commits when the leader was frozen for a while
         if u and u.get("start_time"):  # a point before the window's start has no base to restore from
             lo = max(lo, datetime.fromisoformat(u["start_time"]) + timedelta(seconds=0.5))
