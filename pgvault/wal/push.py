@@ -202,8 +202,21 @@ class Archiver:
                                            hdr.block_size, hdr.magic):
                     live = self._live_timeline()
                     if live is None or live[0] != fork.timeline:
-                        self._quarantine(site, item, "divergent", fork)
-                        return "quarantined"
+                        evidence = self._quarantine(site, item, "divergent", fork)
+                        if stored_variants(site, self.cluster, fork.history):
+                            return "quarantined"
+                        # Another node's push retired the fork's branch meanwhile (its sweep of
+                        # quarantine/ may have run before this evidence existed): put it back.
+                        from ..sites.base import put_bytes
+
+                        put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix),
+                                  item.stored_bytes(self.recipients.get(site.name, ())))
+                        for key in (evidence, evidence[: -len(".json")] + self.suffix):
+                            site.delete(key)
+                        with self._lock:
+                            item.quarantined.discard(site.name)
+                        log.info("%s: %s was retired meanwhile; stored after all", item.name, fork.history)
+                        return "stored"
                     # The leader runs on this timeline: the history's branch is the dead one.
                     divergence.retire_branches(site, self.cluster, fork.timeline, self._forks(site).histories,
                                                leader=live[1], who=self._who())
@@ -268,7 +281,7 @@ class Archiver:
                 self._sender = divergence.sender(self._pgdata, self.policy)
             return self._sender
 
-    def _quarantine(self, site, item: Item, reason: str, fork, note: str = "") -> None:
+    def _quarantine(self, site, item: Item, reason: str, fork, note: str = "") -> str:
         """Keep ``item`` at ``site`` under quarantine/ with evidence of who sent it; never in wals/."""
         raw = item.content(self.compression)
         try:
@@ -286,6 +299,7 @@ class Archiver:
                     "is past the fork of its timeline (" + fork.describe() + ")" if fork else "conflicts with the archive",
                     site.name, key, "" if reason == "conflict" else
                     "; this server is not the cluster's primary: stop it and pg_rewind or re-clone it")
+        return key
 
     def _prepare(self, path: Path, sysid: str, item: Item) -> bytes:
         raw, _hdr = self.load(path, sysid)
