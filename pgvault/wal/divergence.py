@@ -127,6 +127,25 @@ def written_past(raw: bytes, fork: Fork, segment_size: int, block_size: int, mag
     return m == magic and tli == fork.timeline and addr == base + page
 
 
+def same_before_fork(name: str, mine: bytes, theirs: bytes, fork: Fork) -> bool:
+    """Is ``mine`` a standby's copy of the segment its timeline ended in, where the archive holds
+    the old primary's (``theirs``)? A standby (archive_mode = always) receiving that segment when
+    its timeline ended archives it under the full name: the WAL up to the switchpoint, then stale
+    bytes; the old primary's copy holds real WAL past it (sent before the new timeline's history
+    reached the site). Both are the cluster's history up to the switchpoint, and recovery of the
+    new timeline reads neither past it, so the standby's copy is the archive's, not a conflict
+    (refusing it named an innocent node in a split-brain alarm and wedged its archiver)."""
+    try:
+        hdr = names.parse_header(mine)
+    except ValueError:
+        return False
+    if not past_fork(name, fork, hdr.segment_size):
+        return False
+    cut = fork.switchpoint - names.parse_segment(name, hdr.segment_size)[1] * hdr.segment_size
+    return 0 < cut < hdr.segment_size and mine[:cut] == theirs[:cut] and \
+        not written_past(mine, fork, hdr.segment_size, hdr.block_size, hdr.magic)
+
+
 class Forks:
     """The history files above a timeline at one site, read once per pusher (a push, a drain)."""
 

@@ -206,22 +206,17 @@ class Archiver:
                         if stored_variants(site, self.cluster, fork.history):
                             return "quarantined"
                         # Another node's push retired the fork's branch meanwhile (its sweep of
-                        # quarantine/ may have run before this evidence existed): put it back.
-                        from ..sites.base import put_bytes
-
-                        put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix),
-                                  item.stored_bytes(self.recipients.get(site.name, ())))
+                        # quarantine/ may have run before this evidence existed): stored below.
                         for key in (evidence, evidence[: -len(".json")] + self.suffix):
                             site.delete(key)
                         with self._lock:
                             item.quarantined.discard(site.name)
                         log.info("%s: %s was retired meanwhile; stored after all", item.name, fork.history)
-                        return "stored"
-                    # The leader runs on this timeline: the history's branch is the dead one.
-                    divergence.retire_branches(site, self.cluster, fork.timeline, self._forks(site).histories,
-                                               leader=live[1], who=self._who())
-                    with self._lock:
-                        self._fork_cache.pop(site.name, None)
+                    else:  # the leader runs on this timeline: the history's branch is the dead one
+                        divergence.retire_branches(site, self.cluster, fork.timeline, self._forks(site).histories,
+                                                   leader=live[1], who=self._who())
+                        with self._lock:
+                            self._fork_cache.pop(site.name, None)
         from ..sites.base import put_bytes
 
         put_bytes(site, layout.wal_key(self.cluster, item.name, self.suffix),
@@ -229,29 +224,15 @@ class Archiver:
         return "stored"
 
     def _same_before_fork(self, site, item: Item, other: bytes, key: str) -> bool:
-        """A standby (archive_mode = always) that was receiving a segment when its timeline
-        ended archives its copy under the full name: the WAL up to the switchpoint, then stale
-        bytes. The archive may already hold the old primary's copy of that segment, which holds
-        real WAL past the switchpoint (sent before the new timeline's history reached the
-        site). Both are the cluster's history up to the switchpoint, and recovery of the new
-        timeline reads neither past it (it takes the new timeline's file for that segment).
-        The standby's copy is then the archive's, not a conflict: refusing it would name an
-        innocent node in a split-brain alarm and wedge its archiver on that one file."""
+        """The archive's copy differs from this one only past the fork (divergence.same_before_fork)."""
         if names.kind(item.name) != "segment":
             return False
         fork = self._forks(site).fork(names.parse_segment(item.name)[0])
-        mine = item.content(self.compression)
         try:
-            hdr = names.parse_header(mine)
             theirs = codec.decompress(other, names.split_stored(key.rsplit("/", 1)[1])[1])
-        except (ValueError, codec.CorruptWal):
+        except codec.CorruptWal:
             return False
-        if fork is None or not divergence.past_fork(item.name, fork, hdr.segment_size):
-            return False
-        start = names.parse_segment(item.name, hdr.segment_size)[1] * hdr.segment_size
-        cut = fork.switchpoint - start
-        if not 0 < cut < hdr.segment_size or mine[:cut] != theirs[:cut] or \
-                divergence.written_past(mine, fork, hdr.segment_size, hdr.block_size, hdr.magic):
+        if fork is None or not divergence.same_before_fork(item.name, item.content(self.compression), theirs, fork):
             return False
         log.info("%s: the archive's copy differs from this one only past the fork (%s): this node's copy "
                  "ends its timeline there; the archive's stays", item.name, fork.describe())
