@@ -4,7 +4,8 @@ Order, per site (each step safe to interrupt and repeat):
 1. expired backups, newest first: the manifest, then the artifacts (``Catalog.delete_backup``,
    so a crash leaves debris, never a listed backup with missing pieces), then the method's own
    objects through its tool (``expire(manifest, site)`` in the method module, when it has one);
-2. WAL wholly before the oldest kept PITR base, oldest first (the archive stays contiguous);
+2. WAL wholly before the oldest kept PITR base, oldest first (the archive stays contiguous),
+   then the site's WAL horizon moves up to that base (pgvault.wal.horizon);
 3. debris (backup directories without a manifest, crashed writes) older than a grace period,
    and only when no job is running on this host.
 """
@@ -181,6 +182,15 @@ def apply(catalog, plan: SiteExpiry) -> None:
         except PgvaultError as exc:
             plan.errors.append(f"{key}: {exc.message}")
             break  # keep the archive contiguous: stop at the first WAL we could not delete
+    if plan.wal_cutoff and plan.wal_total:
+        # Before the cutoff nothing is needed: a segment a node sends again later (a rewound
+        # node's WAL) must not be taken for the archive's start (pgvault.wal.horizon).
+        from .wal import horizon
+
+        try:
+            horizon.advance(catalog.site, catalog.cluster, plan.wal_cutoff)
+        except PgvaultError as exc:
+            plan.errors.append(f"WAL horizon: {exc.message}")
     for key in plan.debris:
         try:
             catalog.site.delete(key)

@@ -11,6 +11,7 @@
     clusters/<cluster>/pins/<backup-id>.json                  (a pin: retention keeps the backup)
     clusters/<cluster>/running/<backup-id>.json               (a backup in progress, any node: expire keeps its files)
     clusters/<cluster>/quarantine/<name>-<sha8>[.gz] + .json  (WAL kept out of the archive: divergent or conflicting)
+    clusters/<cluster>/wal-horizon.json                       (WAL before this segment was expired on purpose)
 
 Barman's cloud layout is ``<url>/<server>/{base,wals}``; with url = ``<site>/clusters`` and
 server = the cluster name it lands exactly under ``clusters/<cluster>/``, so stock
@@ -100,6 +101,18 @@ def wal_key(cluster: str, name: str, suffix: str = "") -> str:
     if re.fullmatch(r"[0-9A-F]{24}(\.[0-9A-F]{8}\.backup|\.partial)?", name):
         return f"clusters/{cluster}/wals/{name[:16]}/{name}{suffix}"
     return f"clusters/{cluster}/wals/{name}{suffix}"
+
+
+def wal_horizon_key(cluster: str) -> str:
+    """Where expire records the segment before which it removed the WAL on purpose. Outside
+    ``wals/`` (stock barman-cloud tools list that prefix). A segment before it that a node sends
+    again later (Patroni archives a rewound node's WAL, PostgreSQL re-archives files without an
+    archive status) is not the start of the archive: no gap is counted before the horizon.
+
+    >>> wal_horizon_key("main")
+    'clusters/main/wal-horizon.json'
+    """
+    return f"clusters/{cluster}/wal-horizon.json"
 
 
 def barman_base_prefix(cluster: str) -> str:

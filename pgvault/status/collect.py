@@ -146,6 +146,9 @@ def _read_site(policy, name: str) -> dict:
             objects = [(o.key, o.mtime) for o in site.list(layout.wal_prefix(cluster))]
             # Each listed name is parsed once, here: the scan (site_facts) and the window read it.
             raw["wal"] = wal_listing.parse(objects, binding.wal_segment_size if binding else 16 << 20)
+            from ..wal import horizon
+
+            raw["horizon"] = horizon.read(site, cluster)
             # The same binding, manifests, listing and drill records: nothing is read twice.
             raw["window"] = window_facts(policy, name, site, raw["wal"], raw["drills"], manifests, binding)
             from ..wal.divergence import read_evidence
@@ -168,10 +171,12 @@ def site_facts(policy, name: str, answer, segment_size: int) -> dict:
     if name in policy.wal.sites:
         facts["spool"] = spool_facts(policy, name)
         oldest_wal = raw["oldest_wal"]
-        s = walscan.scan_listing(raw["wal"].sized(segment_size), oldest_wal, pending=facts["spool"].pop("names"))
+        s = walscan.scan_listing(raw["wal"].sized(segment_size), oldest_wal, pending=facts["spool"].pop("names"),
+                                 horizon=raw.get("horizon"))
         facts["wal"] = {"count": s.count, "newest": s.newest, "newest_time": _iso(s.newest_mtime),
                         "oldest": s.oldest, "required_from": oldest_wal, "timelines": s.timelines,
-                        "gaps": s.gaps, "gap_count": s.gap_count}
+                        "gaps": s.gaps, "gap_count": s.gap_count, "horizon": raw.get("horizon"),
+                        "before_horizon": s.before_horizon}
         facts["quarantine"] = raw.get("quarantine", [])
     return facts
 

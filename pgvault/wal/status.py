@@ -65,16 +65,19 @@ class ArchiveScan:
     timelines: list[int] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)  # the first GAPS_LISTED missing segment names
     gap_count: int = 0
+    before_horizon: int = 0            # segments before the site's horizon: sent again after expire
 
 
 def scan(objects: list[tuple[str, float]], segment_size: int = 16 << 20, required_from: str | None = None,
-         pending: list[str] = ()) -> ArchiveScan:
+         pending: list[str] = (), horizon: str | None = None) -> ArchiveScan:
     """Summarise (key, mtime) pairs listed under a cluster's wals/ prefix.
 
     Gaps are segment numbers missing between the first one needed (``required_from``: the start
     WAL of the oldest retained base, else the oldest archived) and the newest archived, on any
     timeline: after a promotion, the new timeline continues the old one's numbering. Segments
-    ``pending`` in wal-push's spool for this site are on their way, not gaps.
+    ``pending`` in wal-push's spool for this site are on their way, not gaps. Segments before the
+    site's ``horizon`` (pgvault.wal.horizon: expire removed the WAL before it) are left out: one a
+    node sent again after expire is not the archive's start.
 
     >>> s = scan([("w/0000000100000000/000000010000000000000002.gz", 1.0),
     ...           ("w/0000000100000000/000000010000000000000003.gz", 2.0),
@@ -85,11 +88,16 @@ def scan(objects: list[tuple[str, float]], segment_size: int = 16 << 20, require
     >>> scan([("000000010000000000000001", 1.0), ("000000010000000000000003", 2.0)],
     ...      pending=["000000010000000000000002.gz"]).gaps
     []
+    >>> s = scan([("000000010000000000000001", 1.0), ("000000010000000000000007", 2.0),
+    ...           ("000000010000000000000008", 3.0)], horizon="000000010000000000000007")
+    >>> s.gap_count, s.oldest, s.count, s.before_horizon
+    (0, '000000010000000000000007', 3, 1)
     """
-    return scan_listing(listing.parse(objects, segment_size), required_from, pending)
+    return scan_listing(listing.parse(objects, segment_size), required_from, pending, horizon)
 
 
-def scan_listing(lst: listing.Listing, required_from: str | None = None, pending: list[str] = ()) -> ArchiveScan:
+def scan_listing(lst: listing.Listing, required_from: str | None = None, pending: list[str] = (),
+                 horizon: str | None = None) -> ArchiveScan:
     """``scan`` of a listing already parsed (pgvault.wal.listing): status parses each site's
     once, for this and for the recoverability window."""
     segment_size = lst.segment_size
@@ -106,6 +114,14 @@ def scan_listing(lst: listing.Listing, required_from: str | None = None, pending
         return out
     out.newest_segno = newest_key[0]
     out.newest = segment_name(newest_key[1], newest_key[0], segment_size)
+    edge = parse_segment(horizon, segment_size) if horizon else None
+    if edge:
+        returned = [segno for segno in present if segno < edge[1]]
+        out.before_horizon = len(returned)
+        for segno in returned:
+            del present[segno]
+        if not present:  # only returned segments: nothing of the archive proper to scan
+            return out
     first = min(present)
     out.oldest = segment_name(present[first], first, segment_size)
     out.timelines = sorted(set(present.values()))
@@ -114,6 +130,8 @@ def scan_listing(lst: listing.Listing, required_from: str | None = None, pending
         req = parse_segment(required_from, segment_size)
         if req:
             start = min(start, req[1])
+    if edge:
+        start = max(start, edge[1])
     waiting = {p[1] for p in (parse_segment(n, segment_size) for n in pending) if p}
     for segno in range(start, newest_key[0] + 1):
         if segno not in present and segno not in waiting:
@@ -172,10 +190,12 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
-def summarize(listings: dict, spooled: dict, breakers: dict, now: float, segment_size: int = 16 << 20) -> dict:
+def summarize(listings: dict, spooled: dict, breakers: dict, now: float, segment_size: int = 16 << 20,
+              horizons: dict | None = None) -> dict:
     """Per-site status for wal-status from site listings ({site: [(key, mtime)] or an error
-    string}), spooled names ({site: ([names], oldest age)}) and circuit-breaker states
-    ({site: state or None}). Lag is measured against the newest segment archived anywhere.
+    string}), spooled names ({site: ([names], oldest age)}), circuit-breaker states
+    ({site: state or None}) and WAL horizons ({site: segment or None}, pgvault.wal.horizon).
+    Lag is measured against the newest segment archived anywhere.
 
     >>> s = summarize({"a": [("000000010000000000000001", 10.0), ("000000010000000000000002", 20.0)],
     ...                "b": [("000000010000000000000001", 10.0)]},
@@ -185,7 +205,8 @@ def summarize(listings: dict, spooled: dict, breakers: dict, now: float, segment
     >>> s["sites"]["b"]["gaps"], s["sites"]["b"]["spooled"]
     ([], 1)
     """
-    scans = {site: scan(entries, segment_size, pending=spooled.get(site, ([], None))[0])
+    horizons = horizons or {}
+    scans = {site: scan(entries, segment_size, pending=spooled.get(site, ([], None))[0], horizon=horizons.get(site))
              for site, entries in listings.items() if not isinstance(entries, str)}
     tops = [s.newest_segno for s in scans.values() if s.newest_segno is not None]
     for backlog, _age in spooled.values():
@@ -198,11 +219,12 @@ def summarize(listings: dict, spooled: dict, breakers: dict, now: float, segment
         st: dict = {"reachable": not isinstance(entries, str), "error": entries if isinstance(entries, str) else None,
                     "files": 0, "newest": None, "newest_time": None, "oldest": None, "lag_segments": None,
                     "lag_seconds": None, "spooled": len(backlog), "spooled_age": age, "gaps": [], "gap_count": 0,
-                    "down_since": breaker.get("down_since"), "failing": breaker.get("error")}
+                    "down_since": breaker.get("down_since"), "failing": breaker.get("error"),
+                    "horizon": horizons.get(site), "before_horizon": 0}
         if site in scans:
             s = scans[site]
             st.update(files=s.files, newest=s.newest, newest_time=_iso(s.newest_mtime), oldest=s.oldest,
-                      gaps=s.gaps, gap_count=s.gap_count)
+                      gaps=s.gaps, gap_count=s.gap_count, before_horizon=s.before_horizon)
             st["lag_segments"], st["lag_seconds"] = lag(s.newest, s.newest_mtime, top, now, age, segment_size)
         out["sites"][site] = st
     return out
@@ -233,7 +255,7 @@ def read_wal_site(site, cluster: str) -> dict:
     get each) and the quarantine's evidence (pgvault.wal.divergence)."""
     from ..catalog import layout
     from ..sites.base import get_bytes
-    from . import codec, divergence
+    from . import codec, divergence, horizon
 
     listing = list_wal(site, cluster)
     histories = {}
@@ -242,7 +264,8 @@ def read_wal_site(site, cluster: str) -> dict:
         name, compression = names.split_stored(filename)
         if names.kind(name) == "history" and names.is_wal_name(name):
             histories[name] = codec.decompress(get_bytes(site, o.key), compression).decode("ascii", "replace")
-    return {"wal": listing, "histories": histories, "quarantine": divergence.read_evidence(site, cluster)}
+    return {"wal": listing, "histories": histories, "quarantine": divergence.read_evidence(site, cluster),
+            "horizon": horizon.read(site, cluster)}
 
 
 def switches(histories: dict[str, str], segment_size: int = 16 << 20) -> list[dict]:
@@ -298,7 +321,8 @@ class ArchiveReading:
                 spooled[sname] = ([], None)
         answers = self.probes.wait(deadline)
         listings = {n: a.value["wal"] if a.ok else a.message for n, a in answers.items()}
-        doc = summarize(listings, spooled, breakers, self.now)
+        doc = summarize(listings, spooled, breakers, self.now,
+                        horizons={n: a.value["horizon"] for n, a in answers.items() if a.ok})
         for n, a in answers.items():
             st = doc["sites"][n]
             st["switches"] = switches(a.value["histories"]) if a.ok else []

@@ -8,12 +8,13 @@ import os
 import time
 from datetime import datetime, timedelta, timezone
 
+from pgvault import sandbox
 from pgvault.catalog import layout
 from pgvault.catalog.catalog import Catalog
 from pgvault.catalog.formats import Manifest
 from pgvault.policy import load_policy
 from pgvault.sites import open_sites
-from pgvault.sites.base import put_bytes
+from pgvault.sites.base import get_bytes, put_bytes
 
 from .test_tick import ROOT_ENV
 
@@ -97,3 +98,43 @@ def test_expire_bases_wal_pins_and_debris_at_local_and_s3(s3world):
     # A bad site name is a usage error with a hint.
     cp = w.cli("expire", "--site", "nope", check=False, env=env)
     assert cp.returncode == 2 and "HINT:" in cp.stderr
+
+
+def test_a_segment_sent_again_after_expire_is_no_gap_and_expires_again(s3world):
+    """Expire records its WAL horizon at each site. A segment it removed that a node sends again
+    later (Patroni archives a rewound node's WAL) is not the archive's start: wal-status and
+    status count no gap between it and the kept WAL, and the next expire removes it again."""
+    w = s3world
+    w.local_site("a")
+    w.s3_site("s", region="eu-west-1")
+    w.jobs["base"] = {"method": "barman", "sites": ["a", "s"], "retain": {"count": 1}}
+    policy = load_policy(w.policy(wal={"sites": ["a", "s"]}, state_dir=str(sandbox.owned_dir(w.workdir / "state"))))
+    cats = {n: Catalog(s, "main") for n, s in open_sites(policy).items()}
+    for cat in cats.values():
+        for i, bid in enumerate(("20261111T030000Z", "20261112T030000Z")):
+            put_bytes(cat.site, layout.artifact("main", bid, "backup.info"), b"x")
+            cat.write_manifest(base_manifest(bid, 0x10 * (i + 1)))
+        for n in range(0x08, 0x28):
+            put_bytes(cat.site, layout.wal_key("main", seg(n), ".gz"), b"w")
+    env = dict(ROOT_ENV(w), PGVAULT_NOW="2026-11-20T00:00:00Z")
+    w.cli("expire", env=env)
+    for name, cat in cats.items():
+        doc = json.loads(get_bytes(cat.site, layout.wal_horizon_key("main")))
+        assert doc["segment"] == seg(0x20), (name, doc)
+        put_bytes(cat.site, layout.wal_key("main", seg(0x0A), ".gz"), b"w")  # sent again by a rewound node
+    st = json.loads(w.cli("wal-status", "--json", env=env).stdout)["sites"]
+    for name in ("a", "s"):
+        assert st[name]["gap_count"] == 0 and st[name]["before_horizon"] == 1, st[name]
+        assert st[name]["oldest"] == seg(0x20) and st[name]["horizon"] == seg(0x20), st[name]
+    # Without the horizon the same listing has 21 missing segments (0x0B..0x1F): what it prevents.
+    cats["a"].site.delete(layout.wal_horizon_key("main"))
+    assert json.loads(w.cli("wal-status", "--json", env=env).stdout)["sites"]["a"]["gap_count"] == 0x15
+    w.cli("expire", env=env)
+    for name, cat in cats.items():
+        names = sorted(o.key.rsplit("/", 1)[-1] for o in cat.site.list(layout.wal_prefix("main")))
+        assert names[0] == seg(0x20) + ".gz", (name, names[:3])
+    # The horizon only moves forward: an expire with an older cutoff leaves it where it is.
+    from pgvault.wal import horizon
+
+    assert not horizon.advance(cats["s"].site, "main", seg(0x10))
+    assert horizon.read(cats["s"].site, "main") == seg(0x20)
