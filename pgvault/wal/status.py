@@ -363,6 +363,9 @@ def render(status: dict) -> str:
         gaps = f", GAPS {st['gap_count']} from {st['gaps'][0]}" if st["gap_count"] else ""
         lines.append(f"{site}: {st['files']} file(s), newest {st['newest'] or '-'}, lag {lag_text}{age}, "
                      f"{st['spooled']} spooled{gaps}")
+        if st.get("before_horizon"):
+            lines.append(f"  {st['before_horizon']} segment(s) before the WAL horizon {st['horizon']} (expired, then "
+                         f"sent again by a node, e.g. after pg_rewind): not needed; the next expire removes them")
         if st.get("switches"):
             lines.append(f"  timelines: " + ", ".join(f"{x['timeline']} -> {x['next']} at {x['switchpoint']} "
                                                       f"(in {x['segment']})" for x in st["switches"]))

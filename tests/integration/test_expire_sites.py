@@ -126,6 +126,7 @@ def test_a_segment_sent_again_after_expire_is_no_gap_and_expires_again(s3world):
     for name in ("a", "s"):
         assert st[name]["gap_count"] == 0 and st[name]["before_horizon"] == 1, st[name]
         assert st[name]["oldest"] == seg(0x20) and st[name]["horizon"] == seg(0x20), st[name]
+    assert "1 segment(s) before the WAL horizon" in w.cli("wal-status", env=env).stdout
     # Without the horizon the same listing has 21 missing segments (0x0B..0x1F): what it prevents.
     cats["a"].site.delete(layout.wal_horizon_key("main"))
     assert json.loads(w.cli("wal-status", "--json", env=env).stdout)["sites"]["a"]["gap_count"] == 0x15
