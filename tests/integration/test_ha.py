@@ -299,6 +299,22 @@ def test_zombie_primary_is_quarantined_and_named(hw):
     cp = hw.cli("check", node=new, check=False)
     assert cp.returncode == 2 and "split brain" in cp.stdout and "pg_rewind" in cp.stdout, cp.stdout
     assert "QUARANTINED" in hw.cli("wal-status", node=new).stdout
+    # The split_brain notification, through a notify command (its payload on stdin), sent once.
+    sent = hw.workdir / "notified.jsonl"
+    hw.extra["notify"] = {"command": ["sh", "-c", f"cat >> {sent}; echo >> {sent}"], "events": ["split_brain"]}
+    hw.write_policies()
+    try:
+        hw.cli("check", "--notify", node=new, check=False)
+        events = [json.loads(x) for x in sent.read_text().splitlines() if x.strip()]
+        assert events and {e["event"] for e in events} == {"split_brain"}, events
+        # (the zombie's Patroni is down: it is named by host and port)
+        assert any(e["item"]["name"] in (zombie, f"{__import__('os').uname().nodename}:{z.pg_port}")
+                   and "pg_rewind" in (e.get("hint") or "") for e in events), events
+        hw.cli("check", "--notify", node=new, check=False)  # unchanged: not sent again
+        assert len([x for x in sent.read_text().splitlines() if x.strip()]) == len(events)
+    finally:
+        hw.extra.pop("notify")
+        hw.write_policies()
     # The archive recovery reads is the new leader's: latest is unaffected.
     no_gaps(hw)
     # Put the zombie down and let Patroni bring it back as a replica (rewound).
