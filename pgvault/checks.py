@@ -267,16 +267,12 @@ def check_wal(policy, reading=None, deadline=None) -> list[CheckResult]:
 
 def split_brain_results(site: str, evidence: list[dict]) -> list[CheckResult]:
     """CRITICAL per node that sent WAL kept out of the archive (pgvault.wal.divergence)."""
-    from .wal.divergence import remedy
+    from .wal.divergence import by_sender, remedy
 
-    by_sender: dict = {}
-    for doc in evidence:
-        who = doc.get("sender") or {}
-        by_sender.setdefault(who.get("node") or f"{who.get('host')}:{who.get('port')}", []).append(doc)
     return [CheckResult(f"split_brain {who} at {site}", CRITICAL,
                         f"split brain: {len(docs)} WAL file(s) from {who} quarantined at {site} "
                         f"({docs[0]['name']}{'…' + docs[-1]['name'] if len(docs) > 1 else ''})", remedy(docs[-1]))
-            for who, docs in by_sender.items()]
+            for who, docs in by_sender(evidence).items()]
 
 
 def run_checks(policy, *, status_doc: dict | None = None, probes=None, deadline=None) -> list[CheckResult]:

@@ -11,6 +11,7 @@
     clusters/<cluster>/pins/<backup-id>.json                  (a pin: retention keeps the backup)
     clusters/<cluster>/running/<backup-id>.json               (a backup in progress, any node: expire keeps its files)
     clusters/<cluster>/quarantine/<name>-<sha8>[.gz] + .json  (WAL kept out of the archive: divergent or conflicting)
+    clusters/<cluster>/quarantine/resolved/...                (the same, once an operator resolved it)
     clusters/<cluster>/wal-horizon.json                       (WAL before this segment was expired on purpose)
 
 Barman's cloud layout is ``<url>/<server>/{base,wals}``; with url = ``<site>/clusters`` and
@@ -171,6 +172,16 @@ def quarantine_key(cluster: str, name: str, sha8: str, suffix: str = "") -> str:
     'clusters/main/quarantine/000000010000000000000007-0a1b2c3d.gz'
     """
     return f"clusters/{cluster}/quarantine/{name}-{sha8}{suffix}"
+
+
+def quarantine_resolved_prefix(cluster: str) -> str:
+    """Quarantined WAL an operator resolved (``pgvault quarantine resolve``): kept, no longer
+    counted by status.
+
+    >>> quarantine_resolved_prefix("main")
+    'clusters/main/quarantine/resolved/'
+    """
+    return f"clusters/{cluster}/quarantine/resolved/"
 
 
 def relations_key(cluster: str, record_id: str) -> str:

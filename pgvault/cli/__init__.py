@@ -42,6 +42,7 @@ COMMANDS = {
     "windows": "pgvault.cli.windows:windows_cmd",
     "report": "pgvault.cli.report:report",
     "standby": "pgvault.cli.standby:standby",
+    "quarantine": "pgvault.cli.quarantine:quarantine",
 }
 
 

@@ -338,15 +338,11 @@ def infra_items(policy, facts: dict) -> list[dict]:
 def split_brain_items(facts: dict) -> list[dict]:
     """CRITICAL per node and site whose WAL was quarantined (divergent or conflicting): the
     node is named with the remedy; ``pgvault check --notify`` sends ``split_brain`` for it."""
-    from ..wal.divergence import remedy
+    from ..wal.divergence import by_sender, remedy
 
     out = []
     for sname, site in facts["sites"].items():
-        by_sender: dict = {}
-        for doc in site.get("quarantine") or []:
-            who = doc.get("sender") or {}
-            by_sender.setdefault(who.get("node") or f"{who.get('host')}:{who.get('port')}", []).append(doc)
-        for who, docs in by_sender.items():
+        for who, docs in by_sender(site.get("quarantine") or []).items():
             out.append(_item("split_brain", who, CRITICAL,
                              f"split brain: {len(docs)} WAL file(s) from {who} quarantined at {sname}, first "
                              f"{docs[0]['name']} ({docs[0]['reason']})", sname, hint=remedy(docs[-1]),

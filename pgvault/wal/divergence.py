@@ -246,17 +246,42 @@ def quarantine(site, cluster: str, name: str, stored_suffix: str, blob: bytes, r
 
 
 def read_evidence(site, cluster: str) -> list[dict]:
-    """Every evidence document under quarantine/ at ``site`` (monitoring)."""
+    """Every unresolved evidence document under quarantine/ at ``site`` (monitoring)."""
     from ..sites.base import get_bytes
 
     out = []
-    for obj in site.list(layout.quarantine_prefix(cluster)):
-        if obj.key.endswith(".json"):
+    prefix = layout.quarantine_prefix(cluster)
+    for obj in site.list(prefix):
+        # quarantine/resolved/ is what an operator dealt with (pgvault.wal.quarantine): not counted
+        if obj.key.endswith(".json") and "/" not in obj.key[len(prefix):]:
             try:
                 out.append(json.loads(get_bytes(site, obj.key)))
             except (PgvaultError, ValueError) as exc:
                 log.warning("unreadable quarantine evidence %s: %s", obj.key, exc)
     return sorted(out, key=lambda d: (d.get("received_at") or "", d.get("name") or ""))
+
+
+def sender_name(who: dict | None) -> str:
+    """How status, check and the quarantine listing name the node that sent a file: its Patroni
+    member name, else host:port (host alone when the port is unknown: a hand-run wal-push).
+
+    >>> sender_name({"node": "n2", "host": "db1", "port": 5432}), sender_name({"host": "db1", "port": 5432})
+    ('n2', 'db1:5432')
+    >>> sender_name({"host": "db1", "port": None})
+    'db1'
+    """
+    who = who or {}
+    if who.get("node"):
+        return who["node"]
+    return f"{who.get('host')}:{who['port']}" if who.get("port") else str(who.get("host"))
+
+
+def by_sender(evidence: list[dict]) -> dict[str, list[dict]]:
+    """Evidence documents grouped by ``sender_name``, in their order."""
+    out: dict[str, list[dict]] = {}
+    for doc in evidence:
+        out.setdefault(sender_name(doc.get("sender")), []).append(doc)
+    return out
 
 
 def remedy(doc: dict) -> str:
@@ -269,14 +294,16 @@ def remedy(doc: dict) -> str:
                 f"{who.get('retired_by_leader') or '?'}) after timeline {doc.get('timeline')} had forked from it: "
                 f"{doc['name']} and the rest of that branch are kept in quarantine/, out of the archive; the node that "
                 f"led timeline {doc.get('timeline')} must be re-cloned or rewound (`patronictl reinit`), and commits "
-                f"clients saw on that branch recovered from quarantine/ before removing the evidence")
+                f"clients saw on that branch recovered from quarantine/ (`pgvault quarantine extract`) before "
+                f"`pgvault quarantine resolve`")
     if doc.get("reason") == "conflict":
         return (f"{node} archived {doc['name']} with content different from the archive's copy: two clusters or two "
-                f"primaries share this archive; stop the wrong one, then rewind or re-clone it")
+                f"primaries share this archive; stop the wrong one, then rewind or re-clone it, and "
+                f"`pgvault quarantine resolve {doc['name']} --note ...` (the refused bytes stay kept)")
     return (f"{node} is a zombie primary: it wrote WAL on abandoned timeline {doc.get('timeline')} past "
             f"{(doc.get('fork') or {}).get('switchpoint')} ({(doc.get('fork') or {}).get('history')}); stop it, then "
             f"pg_rewind it (or re-clone it) to follow the leader; its quarantined WAL may hold commits clients saw: "
-            f"recover them from quarantine/ before removing the evidence")
+            f"recover them from quarantine/ (`pgvault quarantine extract`) before `pgvault quarantine resolve`")
 
 
 # -- when the cluster goes back to the timeline a history says was abandoned (docs/ha.md)
