@@ -58,8 +58,11 @@ class Moto:
     def start(self) -> "Moto":
         os.environ.update({k: os.environ.get(k, v) for k, v in S3_ENV.items()})
         beside = Path(sys.executable).parent / "moto_server"  # the one installed with pgvault first
-        exe = str(beside) if beside.exists() else shutil.which("moto_server")
-        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log,
+        if beside.exists():  # moto importable by this interpreter: conditional writes made atomic (moto_atomic.py)
+            argv = [sys.executable, str(Path(__file__).with_name("moto_atomic.py"))]
+        else:
+            argv = [shutil.which("moto_server") or "moto_server"]
+        self.proc = subprocess.Popen([*argv, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(self._up, 60, "moto_server to answer")
         return self
