@@ -76,8 +76,16 @@ def checksums(pages: np.ndarray, blocks: np.ndarray) -> np.ndarray:
 
 
 def bad_pages(data: bytes | memoryview, first_block: int, start_lsn: int) -> list[int]:
-    """Block numbers in ``data`` (whole pages) whose checksum does not match, skipping new
-    pages and pages written since ``start_lsn``."""
+    """Block numbers in ``data`` (whole pages of one file, the first at ``first_block``) whose
+    checksum does not match, skipping new pages and pages written since ``start_lsn``."""
+    n = len(data) // BLCKSZ
+    return [first_block + i for i in bad_indexes(data, np.arange(first_block, first_block + n), start_lsn)]
+
+
+def bad_indexes(data: bytes | memoryview, blocks: np.ndarray, start_lsn: int) -> list[int]:
+    """Which pages of ``data`` (whole pages, page i at block number ``blocks[i]``: pages of
+    several small files may be checked in one call) fail their checksum, skipping new pages
+    and pages written since ``start_lsn``."""
     n = len(data) // BLCKSZ
     if n == 0:
         return []
@@ -91,6 +99,5 @@ def bad_pages(data: bytes | memoryview, first_block: int, start_lsn: int) -> lis
         return []
     # every page is a candidate in the usual case: the array as it is, not a copy of it
     chosen = pages if len(candidates) == n else pages[candidates]
-    got = checksums(chosen, candidates + first_block)
-    wrong = candidates[got != stored[candidates]]
-    return [int(b) + first_block for b in wrong]
+    got = checksums(chosen, np.asarray(blocks)[candidates])
+    return [int(i) for i in candidates[got != stored[candidates]]]
