@@ -206,18 +206,35 @@ class Tee:
                 pass
 
 
+class _Sealing:
+    """A sealed group's encryption, as a lane's writer: ciphertext goes on to the group's Tee.
+    age's chunks (64 KiB, each its own AEAD call) then run beside the reading, not in it."""
+
+    def __init__(self, sealer, tee: Tee):
+        self.sealer, self.tee = sealer, tee
+
+    def write(self, data) -> None:
+        out = self.sealer.update(data)
+        if out:
+            self.tee.write(out)
+
+    def commit(self) -> None:
+        self.tee.write(self.sealer.finish())      # the last chunk, marked last
+
+
 class SealedTee:
     """One compressed stream to groups of sites, each group with its own recipients (``()`` =
     stored in clear). Each group gets its own ciphertext — age draws a fresh file key per
     file — and so its own stored hash and size: ``tees[recipients]`` is that group's Tee.
-    Same interface as Tee (write, commit, abort, failed); a group whose sites all fail is
-    dropped, the stream goes on while one group survives."""
+    An encrypted group is sealed on a lane of its own (``_Sealing``). Same interface as Tee
+    (write, commit, abort, failed); a group whose sites all fail is dropped, the stream goes on
+    while one group survives."""
 
     def __init__(self, groups: dict[tuple, dict[str, tuple[Site, str]]]):
         from ..crypt.age import Sealer
 
         self.tees: dict[tuple, Tee] = {}
-        self.sealers = {}
+        self.lanes: dict[tuple, _SiteLane] = {}
         self._failed: dict[str, Exception] = {}
         for rcpts, targets in groups.items():
             try:
@@ -225,7 +242,8 @@ class SealedTee:
             except SiteError as exc:
                 self._failed.update({n: exc for n in targets})
                 continue
-            self.sealers[rcpts] = Sealer(list(rcpts)) if rcpts else None
+            if rcpts:
+                self.lanes[rcpts] = _SiteLane(f"seal-{len(self.lanes)}", _Sealing(Sealer(list(rcpts)), self.tees[rcpts]))
         if not self.tees:
             detail = "; ".join(f"{n}: {getattr(e, 'message', e)}" for n, e in self._failed.items())
             raise SiteError(f"every site failed: {detail}", "check the sites with pgvault check")
@@ -243,6 +261,10 @@ class SealedTee:
                 fn(rcpts, tee)
             except SiteError as exc:  # every site of this group failed: the others go on
                 self._failed.update(tee.failed)
+                lane = self.lanes.pop(rcpts, None)
+                if lane is not None:
+                    lane.close(commit=False)
+                tee.abort()
                 del self.tees[rcpts]
                 if not self.tees:
                     raise exc
@@ -251,22 +273,31 @@ class SealedTee:
 
     def write(self, data: bytes) -> None:
         def one(rcpts, tee):
-            sealer = self.sealers[rcpts]
-            tee.write(sealer.update(data) if sealer else data)
+            lane = self.lanes.get(rcpts)
+            if lane is None:
+                tee.write(data)
+                return
+            lane.put(data)
+            if lane.error is not None:        # the group's Tee: every site failed
+                raise lane.error
         self._each(one)
 
     def commit(self) -> list[str]:
         survivors: list[str] = []
 
         def one(rcpts, tee):
-            sealer = self.sealers[rcpts]
-            if sealer is not None:
-                tee.write(sealer.finish())
+            lane = self.lanes.get(rcpts)
+            if lane is not None:
+                lane.close(commit=True)        # everything sealed and handed on, the last chunk too
+                if lane.error is not None:
+                    raise lane.error
             survivors.extend(tee.commit())
         self._each(one)
         return survivors
 
     def abort(self) -> None:
+        for lane in self.lanes.values():
+            lane.close(commit=False)
         for tee in self.tees.values():
             tee.abort()
 
