@@ -21,7 +21,7 @@ class SiteFailure(Exception):
 
 # Bytes a site's writer thread may have waiting (per site): a slow site holds the others back
 # only once this much is queued for it; memory stays bounded whatever the stream's size.
-SITE_QUEUE = 32 << 20
+SITE_QUEUE = 16 << 20
 _CLOSE = object()
 
 
