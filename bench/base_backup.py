@@ -218,7 +218,7 @@ pg1-socket-path={inst.socket_dir}
             targets.append(d)
             return d
 
-        def lay_down(site, bid):
+        def lay_down(site, bid, sync=False):
             def run():
                 d = fresh("pgvault-" + site)
                 code = ("import sys, json\nfrom pathlib import Path\nfrom pgvault.policy import load_policy\n"
@@ -228,6 +228,12 @@ pg1-socket-path={inst.socket_dir}
                         f"m = Catalog(s, 'main').manifest({bid!r})\nd = Path({str(d)!r}); d.mkdir(mode=0o700)\n"
                         f"lay_down(p, {site!r}, m.model_dump(mode='json'), d)\n")
                 subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True)
+                if sync:
+                    # pgBackRest's restore fsyncs every file it writes (its storage writes sync by
+                    # default; only the directories' syncs are put off to the end); tar -x does not
+                    # (PostgreSQL syncs the data directory when it starts from a backup_label):
+                    # with the target's file system synced too, the two figures compare like for like
+                    subprocess.run(["sync", "-f", str(d)], check=True)
             return run
 
         def pgbackrest_restore():
@@ -243,6 +249,8 @@ pg1-socket-path={inst.socket_dir}
 
         rcases = [("pgBackRest restore (local repo)", pgbackrest_restore),
                   ("pgvault lay-down from [local]", lay_down("local", m["backup_id"])),
+                  ("pgvault lay-down from [local], then sync -f of the target",
+                   lay_down("local", m["backup_id"], sync=True)),
                   ("pgvault lay-down from [s3]", lay_down("s3", s3_manifest["backup_id"])),
                   ("barman-cloud-restore of pgvault's S3 copy",
                    barman_cloud_restore(buckets["s3"][1], s3_manifest["backup_id"].rstrip("Z"))),

@@ -22,6 +22,9 @@ class SiteFailure(Exception):
 # Bytes a site's writer thread may have waiting (per site): a slow site holds the others back
 # only once this much is queued for it; memory stays bounded whatever the stream's size.
 SITE_QUEUE = 16 << 20
+# How long an abort waits for a lane to finish the write it is in: a hung site must not hang
+# the abort; past it the writer is aborted under the lane (its write then fails, as wanted).
+ABORT_WAIT = 30.0
 _CLOSE = object()
 
 
@@ -94,13 +97,13 @@ class _SiteLane:
             self.items.append(_CLOSE)
             self.cond.notify_all()
 
-    def join(self) -> None:
-        self.thread.join()
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
 
-    def close(self, commit: bool) -> None:
+    def close(self, commit: bool, timeout: float | None = None) -> None:
         if self.thread.is_alive():
             self.end(commit)
-            self.join()
+            self.join(timeout)
 
 
 class _Hashing:
@@ -198,7 +201,7 @@ class Tee:
         for name in list(self.writers):
             lane = self.lanes.pop(name, None)
             if lane is not None:
-                lane.close(commit=False)
+                lane.close(commit=False, timeout=ABORT_WAIT)
             w = self.writers.pop(name)
             try:
                 w.abort()
@@ -297,7 +300,7 @@ class SealedTee:
 
     def abort(self) -> None:
         for lane in self.lanes.values():
-            lane.close(commit=False)
+            lane.close(commit=False, timeout=ABORT_WAIT)
         for tee in self.tees.values():
             tee.abort()
 
