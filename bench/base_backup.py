@@ -11,12 +11,15 @@ pgBackRest's archive-push for everyone (pg_backup_stop waits for the stop segmen
 tool). pgvault's bytes read are the backup process's own /proc/self/io (rchar: every byte its
 threads read, page cache included) against the size of what it backs up. moto_server shares
 the two cores and is the bound of every S3 figure: a bare boto3 upload of the same bytes is
-printed beside them."""
+printed beside them. Beside each wall time: the CPU seconds of the tool's own processes (this
+process's children: the pgvault or pgBackRest command and what it waited for, tar included)
+and of moto_server during it — on 2 shared cores, wall times are noisy and CPU is the cost."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -129,17 +132,27 @@ pg1-socket-path={inst.socket_dir}
         size = du(inst.pgdata) - du(inst.pgdata / "pg_wal")
         say(f"# base_backup — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "
             f"{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=ROOT).stdout.strip()}")
+        say(f"load average before the rounds: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         say(f"cluster: pgbench -s {args.scale}, random hex filler, PGDATA without pg_wal {size / 2**20:.0f} MiB "
             f"(made in {time.monotonic() - t:.0f}s); {os.cpu_count()} cores, moto_server on the same cores")
 
         times: dict[str, list[float]] = {}
+        cpu: dict[str, list[tuple[float, float]]] = {}   # (the tool's processes, moto_server) CPU seconds
         io: dict[str, list[dict]] = {}
+
+        def moto_cpu() -> float:
+            fields = Path(f"/proc/{moto.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
         def timed(name, fn):
             subprocess.run(["sync"], check=True)
+            r0, m0 = resource.getrusage(resource.RUSAGE_CHILDREN), moto_cpu()
             t0 = time.perf_counter()
             fn()
             times.setdefault(name, []).append(time.perf_counter() - t0)
+            # the 2 cores are shared (moto_server, other sessions' tests): CPU seconds say more than wall
+            r1, m1 = resource.getrusage(resource.RUSAGE_CHILDREN), moto_cpu()
+            cpu.setdefault(name, []).append((r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, m1 - m0))
 
         def pgvault_backup(job):
             iofile = work / f"io-{job}.txt"
@@ -187,6 +200,7 @@ pg1-socket-path={inst.socket_dir}
         client = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="test",
                               aws_secret_access_key="test")
         for _ in range(args.rounds):
+            # in this process: its CPU is not a child's, only moto's is counted
             timed("bare boto3 upload_file of data.tar.lz4 to moto", lambda: client.upload_file(str(tar), buckets["raw"][1], "x"))
 
         # restores: the base laid down (pgBackRest restore; pgvault's lay-down from a local and an S3 site;
@@ -204,7 +218,7 @@ pg1-socket-path={inst.socket_dir}
             targets.append(d)
             return d
 
-        def lay_down(site, bid):
+        def lay_down(site, bid, sync=False):
             def run():
                 d = fresh("pgvault-" + site)
                 code = ("import sys, json\nfrom pathlib import Path\nfrom pgvault.policy import load_policy\n"
@@ -214,6 +228,12 @@ pg1-socket-path={inst.socket_dir}
                         f"m = Catalog(s, 'main').manifest({bid!r})\nd = Path({str(d)!r}); d.mkdir(mode=0o700)\n"
                         f"lay_down(p, {site!r}, m.model_dump(mode='json'), d)\n")
                 subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True)
+                if sync:
+                    # pgBackRest's restore fsyncs every file it writes (its storage writes sync by
+                    # default; only the directories' syncs are put off to the end); tar -x does not
+                    # (PostgreSQL syncs the data directory when it starts from a backup_label):
+                    # with the target's file system synced too, the two figures compare like for like
+                    subprocess.run(["sync", "-f", str(d)], check=True)
             return run
 
         def pgbackrest_restore():
@@ -229,6 +249,8 @@ pg1-socket-path={inst.socket_dir}
 
         rcases = [("pgBackRest restore (local repo)", pgbackrest_restore),
                   ("pgvault lay-down from [local]", lay_down("local", m["backup_id"])),
+                  ("pgvault lay-down from [local], then sync -f of the target",
+                   lay_down("local", m["backup_id"], sync=True)),
                   ("pgvault lay-down from [s3]", lay_down("s3", s3_manifest["backup_id"])),
                   ("barman-cloud-restore of pgvault's S3 copy",
                    barman_cloud_restore(buckets["s3"][1], s3_manifest["backup_id"].rstrip("Z"))),
@@ -242,11 +264,15 @@ pg1-socket-path={inst.socket_dir}
 
         def table(title, names, baseline):
             base = statistics.median(times[baseline])
-            say(f"\n## {title}\n| command | median s | runs | x {baseline} |\n|---|---:|---|---:|")
+            say(f"\n## {title}\n| command | median s | runs | x {baseline} | CPU s, tool | CPU s, moto |\n"
+                "|---|---:|---|---:|---:|---:|")
             for nme in names:
                 med = statistics.median(times[nme])
-                say(f"| {nme} | {med:.2f} | {', '.join(f'{x:.2f}' for x in times[nme])} | {med / base:.2f} |")
+                tool_cpu = statistics.median(c[0] for c in cpu[nme])
+                say(f"| {nme} | {med:.2f} | {', '.join(f'{x:.2f}' for x in times[nme])} | {med / base:.2f} | "
+                    f"{tool_cpu:.2f} | {statistics.median(c[1] for c in cpu[nme]):.2f} |")
 
+        say(f"\nload average after the rounds: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         table("Base backup (wall time)", [c[0] for c in cases] + ["bare boto3 upload_file of data.tar.lz4 to moto"],
               cases[0][0])
         table("Base restore: files laid down (no WAL replay)", [c[0] for c in rcases], rcases[0][0])

@@ -15,15 +15,19 @@ Sequence:
    ``tarstream.TreeTar`` (per-file sha256, page checksums) and streamed through
    ``BackupSession.add_stream`` (compression on several cores, every site at once, a failed
    site dropped);
-3. ``pg_backup_stop(wait_for_archive)`` in that session, then ``backup_label`` appended to
-   ``data.tar`` (only known now) — as barman-cloud-backup does; on a standby, ``standby_done``
-   (the stop segment at the WAL sites) before anything says the backup exists;
+3. ``pg_backup_stop`` in that session, then the stop segment archived (on a primary pgvault
+   watches its archive status every 50 ms, ``wait_archived``: PostgreSQL's own wait looks once
+   a second), then ``backup_label`` appended to ``data.tar`` (only known now) — as
+   barman-cloud-backup does; on a standby, ``standby_done`` (the stop segment at the WAL sites)
+   before anything says the backup exists;
 4. ``backup.info`` (Barman's format) and pgvault's per-file list, then the caller commits the
    manifest. See docs/base-backups.md for why this route and not Barman's uploader."""
 from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from io import BytesIO
@@ -31,7 +35,7 @@ from typing import Callable
 
 from .. import pg
 from ..catalog import layout
-from ..errors import PgvaultError
+from ..errors import DatabaseError, PgvaultError
 from ..lsn import parse_lsn
 from . import barman_info
 from .tarstream import TreeTar
@@ -41,6 +45,51 @@ log = logging.getLogger("pgvault.basebackup")
 FILES_ARTIFACT = "files.json"
 BARMAN_SUFFIX = {"lz4": "lz4", "none": None}
 ARCHIVE_WAIT = 300
+ARCHIVE_POLL = 0.05
+
+
+def _present(path: str) -> bool:
+    """Whether ``path`` exists; any answer but "no such file" (EACCES...) is an error, never a no."""
+    try:
+        os.stat(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def archive_busy(root: str, wal: str) -> bool:
+    """PostgreSQL's own test (xlogarchive.c XLogArchiveIsBusy) of whether the server at
+    ``root`` has yet to archive WAL file ``wal``: not when its ``.done`` status file exists; yes
+    while ``.ready`` does; with neither, not once the file itself is gone (archived, then
+    recycled), yes while it is there (its ``.ready`` is about to appear)."""
+    status = os.path.join(root, "pg_wal", "archive_status", wal)
+    if _present(status + ".done"):
+        return False
+    if _present(status + ".ready"):
+        return True
+    if _present(status + ".done"):          # the archiver finished between the two looks
+        return False
+    return _present(os.path.join(root, "pg_wal", wal))
+
+
+def wait_archived(root: str, wal: str, timeout: float = ARCHIVE_WAIT) -> None:
+    """Return once the server at ``root`` has archived ``wal`` (as ``pg_backup_stop(true)``
+    waits, but looking every 50 ms where PostgreSQL looks once a second: a base backup would
+    pay most of a second for nothing)."""
+    deadline = time.monotonic() + timeout
+    while archive_busy(root, wal):
+        if time.monotonic() >= deadline:
+            raise DatabaseError(f"the backup's last WAL segment {wal} was not archived within {timeout:.0f}s",
+                                "check archive_command and the server log (pgvault check shows the WAL archive's state)")
+        time.sleep(ARCHIVE_POLL)       # polling a status file, as PostgreSQL's own wait does
+
+
+def archive_waits_here(root: str, archive_mode: str, in_recovery: bool) -> bool:
+    """Whether pgvault waits for the stop segment itself (a primary that archives, whose
+    archive status it can read) instead of inside ``pg_backup_stop``."""
+    status = os.path.join(root, "pg_wal", "archive_status")
+    return (not in_recovery and archive_mode in ("on", "always") and os.path.isdir(status)
+            and os.access(status, os.R_OK | os.X_OK))
 
 
 class CorruptPages(PgvaultError):
@@ -149,7 +198,11 @@ def take_base(conninfo: str, session, *, cluster: str, label: str, fast: bool = 
             # Every file has been read: end the backup in the same session. A standby's own
             # wait (archive_mode = always only) could not complete the segment and ignores the
             # primary's archiver: standby_done waits at the sites instead, after the tar.
-            lsn, labelfile, _spcmap = pg.backup_stop(conn, wait_for_archive=not info.in_recovery)
+            own_wait = archive_waits_here(root, archive_mode, info.in_recovery)
+            lsn, labelfile, _spcmap = pg.backup_stop(conn, wait_for_archive=not info.in_recovery and not own_wait)
+            if own_wait:
+                tli = int(label_field(labelfile, "START TIMELINE") or info.timeline)  # a primary's stays
+                wait_archived(root, segment_name(tli, parse_lsn(lsn), info.wal_segment_size, end=True))
             stopped.update(lsn=lsn, label=labelfile, time=datetime.now(timezone.utc),
                            timeline=pg.recovery_stop_timeline(conn) if info.in_recovery else None)
             # tablespace_map stays out of the tar: barman-cloud-restore relocates tablespaces

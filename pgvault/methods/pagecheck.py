@@ -47,21 +47,25 @@ def checked_file(path: str) -> tuple[bool, int]:
     return True, int(m.group(1) or 0) * RELSEG_BLOCKS
 
 
+_NO_CHECKSUM = np.array([0xFFFFFFFF, 0xFFFFFFFF, 0xFFFF0000] + [0xFFFFFFFF] * 29, dtype=np.uint32)
+
+
 def checksums(pages: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     """pg_checksum_page of each row of ``pages`` (uint8, shape (n, 8192)) at block numbers
     ``blocks``: the 32 columns and all n pages advance together, 66 vector steps in all, each
-    four in-place operations (no temporaries: the per-call cost is what small files pay)."""
+    four in-place operations on (n, 32) arrays. The pages are read where they are (step i
+    takes row i of every page, a strided view): no copy of the data, only of row 0, whose
+    pd_checksum (bytes 8-9) counts as zero."""
     n = len(pages)
-    # rows first and contiguous: step i reads words[i], one (n, 32) block
-    words = np.ascontiguousarray(pages.view("<u4").reshape(n, 64, 32).transpose(1, 0, 2))
-    words[0, :, 2] &= np.uint32(0xFFFF0000)  # pd_checksum (bytes 8-9) counts as zero
+    words = pages.view("<u4").reshape(n, 64, 32)
+    row0 = words[:, 0, :] & _NO_CHECKSUM
     sums = np.empty((n, 32), dtype=np.uint32)
     sums[:] = _BASE
     tmp = np.empty_like(sums)
     shifted = np.empty_like(sums)
     for i in range(66):                        # 64 rows, then two rounds of zeros
         if i < 64:
-            np.bitwise_xor(sums, words[i], out=tmp)
+            np.bitwise_xor(sums, row0 if i == 0 else words[:, i, :], out=tmp)
         else:
             tmp[:] = sums
         np.right_shift(tmp, 17, out=shifted)
@@ -72,8 +76,16 @@ def checksums(pages: np.ndarray, blocks: np.ndarray) -> np.ndarray:
 
 
 def bad_pages(data: bytes | memoryview, first_block: int, start_lsn: int) -> list[int]:
-    """Block numbers in ``data`` (whole pages) whose checksum does not match, skipping new
-    pages and pages written since ``start_lsn``."""
+    """Block numbers in ``data`` (whole pages of one file, the first at ``first_block``) whose
+    checksum does not match, skipping new pages and pages written since ``start_lsn``."""
+    n = len(data) // BLCKSZ
+    return [first_block + i for i in bad_indexes(data, np.arange(first_block, first_block + n), start_lsn)]
+
+
+def bad_indexes(data: bytes | memoryview, blocks: np.ndarray, start_lsn: int) -> list[int]:
+    """Which pages of ``data`` (whole pages, page i at block number ``blocks[i]``: pages of
+    several small files may be checked in one call) fail their checksum, skipping new pages
+    and pages written since ``start_lsn``."""
     n = len(data) // BLCKSZ
     if n == 0:
         return []
@@ -85,6 +97,7 @@ def bad_pages(data: bytes | memoryview, first_block: int, start_lsn: int) -> lis
     candidates = np.nonzero((upper != 0) & (lsn < np.uint64(start_lsn)))[0]
     if len(candidates) == 0:
         return []
-    got = checksums(pages[candidates], candidates + first_block)
-    wrong = candidates[got != stored[candidates]]
-    return [int(b) + first_block for b in wrong]
+    # every page is a candidate in the usual case: the array as it is, not a copy of it
+    chosen = pages if len(candidates) == n else pages[candidates]
+    got = checksums(chosen, np.asarray(blocks)[candidates])
+    return [int(i) for i in candidates[got != stored[candidates]]]

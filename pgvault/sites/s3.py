@@ -7,6 +7,7 @@ so no partial object ever appears under the final key."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import threading
 from datetime import timedelta
@@ -81,6 +82,25 @@ class S3SiteConfig(BaseModel):
 # once: every S3Site builds its client under this lock, so callers may share a site between
 # threads without preparing it first.
 _CLIENT_LOCK = threading.Lock()
+# Clients are thread-safe once built, and building one costs ~0.1 s of CPU (service model,
+# endpoint rules, event hooks): sites opened twice in one process with the same settings (a
+# backup's sites and its relation record's) share one. A site that registers its own event
+# handlers (on_response) gets a client of its own.
+_SHARED: dict[tuple, object] = {}
+
+
+def _client_key(cfg: S3SiteConfig) -> tuple:
+    # the credential chain's inputs too: a client keeps the credentials it was built with
+    creds = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"))
+    return (cfg.region, cfg.endpoint_url, cfg.connect_timeout, cfg.read_timeout, cfg.max_attempts) + creds
+
+
+def _shared_client(cfg: S3SiteConfig):
+    with _CLIENT_LOCK:
+        key = _client_key(cfg)
+        if key not in _SHARED:
+            _SHARED[key] = _client(cfg)
+        return _SHARED[key]
 
 
 def _client(cfg: S3SiteConfig):
@@ -127,7 +147,9 @@ class _S3Writer(WriterMixin):
     def __init__(self, site: "S3Site", key: str):
         self.site = site
         self.key = site._key(key)
-        self.buf = bytearray()
+        # what the next part holds: the chunks as written, joined once when the part is sent
+        self.chunks: list[bytes] = []
+        self.held = 0
         self.upload_id: str | None = None
         self.parts: dict[int, str] = {}
         self.futures = []
@@ -152,8 +174,8 @@ class _S3Writer(WriterMixin):
                                    Bucket=self.site.config.bucket, Key=self.key, **self._extra())
             self.upload_id = resp["UploadId"]
             self.pool = ThreadPoolExecutor(MAX_PARTS_IN_FLIGHT, thread_name_prefix=f"s3-{self.site.name}")
-        data = bytes(self.buf)
-        self.buf.clear()
+        data = b"".join(self.chunks)
+        self.chunks, self.held = [], 0
         self._check_futures()
         self.sem.acquire()
         self.futures.append(self.pool.submit(self._upload_part, len(self.futures) + 1, data))
@@ -164,12 +186,12 @@ class _S3Writer(WriterMixin):
                 raise f.exception()
 
     def write(self, data: bytes) -> None:
-        self.buf += data
-        while len(self.buf) >= PART_SIZE:
-            rest = self.buf[PART_SIZE:]
-            del self.buf[PART_SIZE:]
+        # A part is at least PART_SIZE (and less than PART_SIZE + one chunk): every part but the
+        # last must be 5 MiB or more. Chunks are kept as given and joined once per part.
+        self.chunks.append(bytes(data))
+        self.held += len(data)
+        if self.held >= PART_SIZE:
             self._flush_part()
-            self.buf += rest
 
     def commit(self) -> None:
         if self.done:
@@ -177,9 +199,9 @@ class _S3Writer(WriterMixin):
         try:
             if self.upload_id is None:
                 self.site._call("put", self.site.client.put_object, Bucket=self.site.config.bucket,
-                                Key=self.key, Body=bytes(self.buf), **self._extra())
+                                Key=self.key, Body=b"".join(self.chunks), **self._extra())
             else:
-                if self.buf:
+                if self.chunks:
                     self._flush_part()
                 for f in self.futures:
                     f.result()
@@ -238,9 +260,7 @@ class S3Site:
     @property
     def client(self):
         if self._client_obj is None:
-            with _CLIENT_LOCK:
-                if self._client_obj is None:
-                    self._client_obj = _client(self.config)
+            self._client_obj = _shared_client(self.config)
         return self._client_obj
 
     def _key(self, key: str) -> str:
@@ -382,7 +402,10 @@ class S3Site:
         return resp.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
 
     def on_response(self, callback) -> None:
-        self.client.meta.events.register("after-call.s3", lambda **_kw: callback())
+        # the handler must hear this site's calls only: a client of its own, not the shared one
+        with _CLIENT_LOCK:
+            self._client_obj = _client(self.config)
+        self._client_obj.meta.events.register("after-call.s3", lambda **_kw: callback())
 
     def describe(self) -> str:
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
