@@ -327,14 +327,20 @@ def backup_stop(conn, wait_for_archive: bool, timeout: float = 300) -> tuple[str
     with a hint, not hang it (the backup itself has ended before the wait begins)."""
     import psycopg
 
-    query(conn, f"SET statement_timeout = {int(timeout * 1000)}")
     try:
-        row = query(conn, "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(%s)", (wait_for_archive,))[0]
-    except psycopg.errors.QueryCanceled as exc:
-        raise DatabaseError(f"the backup's last WAL segment was not archived within {timeout:.0f}s",
-                            "check archive_command and the server log (pgvault check shows the WAL archive's state)") from exc
-    finally:
+        query(conn, f"SET statement_timeout = {int(timeout * 1000)}")
+        try:
+            row = query(conn, "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(%s)", (wait_for_archive,))[0]
+        except psycopg.errors.QueryCanceled as exc:
+            raise DatabaseError(f"the backup's last WAL segment was not archived within {timeout:.0f}s",
+                                "check archive_command and the server log (pgvault check shows the WAL archive's state)") from exc
         query(conn, "SET statement_timeout = 0")
+    except psycopg.OperationalError as exc:
+        # The held session is gone (server restarted or crashed, connection cut, backend killed):
+        # the server ended the backup with it, and what was read has no stop point — no base.
+        raise DatabaseError(f"the server ended the backup's session before pg_backup_stop ({str(exc).strip()}): "
+                            "the files read have no consistent stop point and were not kept",
+                            "take the backup again once the server is up (pgvault check shows its state)") from exc
     return row[0], row[1], row[2] or ""
 
 

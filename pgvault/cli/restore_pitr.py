@@ -92,7 +92,11 @@ def run_pitr(ctx, policy, backup_id=None, from_site=None, force=False, as_json=F
     if plan:
         click.echo("plan only: nothing was changed")
         return 0
-    click.echo(f"restored base into {result.target_dir} (recovery settings written; archive_mode off)")
+    if result.base_site and result.base_site != result.plan.get("base", {}).get("site"):
+        warn(f"the base's copy at site {result.plan['base']['site']!r} failed its checksum; "
+             f"laid down from site {result.base_site!r} instead (pgvault verify shows the damage)")
+    click.echo(f"restored base from site {result.base_site!r} into {result.target_dir} "
+               "(recovery settings written; archive_mode off)")
     if result.outcome:
         o = result.outcome
         click.echo(f"recovery {o['state']}: timeline {o['timeline']}, LSN {o['replay_lsn']}, "

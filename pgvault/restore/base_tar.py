@@ -50,16 +50,31 @@ def _extract(cat: Catalog, m: Manifest, art, where: Path) -> None:
     # site seals its artifacts (issue 15) — the stored bytes are then not lz4 but an age file.
     stored = cat.open_artifact(m, art.name, decompress=False)
     try:
-        proc.feed([["tar", "-x", "-C", str(where)]], decompressing(stored, art.compression),
-                  hint="the base's tar could not be extracted; see the message above")
+        try:
+            proc.feed([["tar", "-x", "-C", str(where)]], decompressing(stored, art.compression),
+                      hint="the base's tar could not be extracted; see the message above")
+        except (IntegrityError, SiteError, ObjectNotFound):
+            raise
+        except Exception:
+            # Damaged bytes show first as lz4's or tar's error; the stored object's sha256 says
+            # whether the copy is to blame (IntegrityError: the caller takes the next site) or
+            # something here is (a full disk: that error stands, no other site would help).
+            _drain(stored)
+            raise
         # tar and lz4 may stop before the object's last byte: the hash covers all of it
-        while stored.read(1 << 20):
-            pass
+        _drain(stored)
     finally:
         try:
             stored.close()
         except Exception:
             pass
+
+
+def _drain(stored) -> None:
+    """Read the stored object to its end: VerifyingReader raises IntegrityError there if the
+    bytes are not the ones the manifest recorded."""
+    while stored.read(1 << 20):
+        pass
 
 
 def _from_site(cat: Catalog, m: Manifest, dest: Path) -> None:
@@ -118,8 +133,10 @@ def lay_down(policy, first_site: str, manifest: dict, dest: Path) -> str:
             return name
         except (IntegrityError, SiteError, ObjectNotFound) as exc:
             msg = getattr(exc, "message", str(exc))
-            log.warning("site %s: base %s unusable (%s); trying the next site", name, backup_id, msg)
-            notes.append(f"site {name!r}: {msg}")
+            if not msg.startswith(f"site {name!r}"):
+                msg = f"site {name!r}: {msg}"
+            log.warning("base %s unusable: %s; trying the next site", backup_id, msg)
+            notes.append(msg)
             _empty(dest)
     raise IntegrityError(f"base backup {backup_id} could not be laid down from any site: {'; '.join(notes) or 'no site holds it'}",
                          "run pgvault verify to see which copies are damaged")

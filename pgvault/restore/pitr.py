@@ -74,9 +74,10 @@ def recovery_settings(p: planner.Plan, restore_cmd: str, action: str, port: int 
     return s
 
 
-def fetch_base(policy, base: planner.Base, dest: Path) -> None:
+def fetch_base(policy, base: planner.Base, dest: Path) -> str:
     """Lay the base backup down in ``dest``: pgvault's own tars, or an earlier engine's Barman
-    backup with the stock Barman tools."""
+    backup with the stock Barman tools. Returns the site it came from: the planned one, or
+    another holding the same backup when the planned copy failed its checksum."""
     ref = base.ref
     route = ref.get("route")
     caps = open_site(base.site, policy.sites[base.site]).capabilities
@@ -85,8 +86,8 @@ def fetch_base(policy, base: planner.Base, dest: Path) -> None:
         # chosen site first, another site's copy if a checksum fails (restore/base_tar.py)
         from .base_tar import lay_down
 
-        lay_down(policy, base.site, ref["manifest"], dest)
-    elif route == "barman-cloud":
+        return lay_down(policy, base.site, ref["manifest"], dest)
+    if route == "barman-cloud":
         cloud = caps.barman_cloud
         proc.run(bt.cloud_restore_argv(layout.barman_cloud_url(cloud.url), ref["server"], ref["backup_id"], str(dest),
                                        cloud), extra_env=cloud.env,
@@ -114,6 +115,7 @@ def fetch_base(policy, base: planner.Base, dest: Path) -> None:
         raise NotSupported(f"base {base.backup_id} at site {base.site!r} was taken by method {base.method!r}, "
                            "which this pgvault cannot lay down for a point-in-time restore yet",
                            "pick a barman base with --from-site, or restore that backup with its own method")
+    return base.site
 
 
 def _plain_copy_ok(data: Path) -> bool:
@@ -216,6 +218,7 @@ class PitrResult:
     outcome: dict | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    base_site: str | None = None      # where the base came from (another site's copy on a bad checksum)
 
 
 def run(policy, target: planner.Target, *, target_dir: str | None, from_site: str | None = None,
@@ -252,7 +255,7 @@ def run(policy, target: planner.Target, *, target_dir: str | None, from_site: st
         fetcher = prefetch.Prefetcher(policy, p.wal_names, staging, from_site=wal_site).start()
     try:
         t1 = time.monotonic()
-        fetch_base(policy, p.base, dest)
+        result.base_site = fetch_base(policy, p.base, dest)
         result.timings["base"] = round(time.monotonic() - t1, 3)
         cmd = prefetch.restore_command(fetcher.staging, fallback) if fetcher else fallback
         prepare(dest, recovery_settings(p, cmd, action, port))
