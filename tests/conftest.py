@@ -110,6 +110,24 @@ def archiving_world(workdir: Path, moto) -> World:
     return w
 
 
+def base_world(workdir: Path, moto, *, extra_sites=(), **job) -> World:
+    """An archiving_world, started, whose policy has a `base` job (method barman) to site a, eu
+    and ``extra_sites`` (S3 sites named and regioned as given: (name, region)), WAL to a and eu."""
+    w = archiving_world(workdir, moto)
+    for name, region in extra_sites:
+        w.s3_site(name, region)
+    w.state = sandbox.owned_dir(workdir / "state")
+    w.jobs["base"] = {"method": "barman", "sites": ["a", "eu", *(n for n, _r in extra_sites)], **job}
+    w.policy(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
+    w.pg.start()
+    return w
+
+
+def db_now(inst) -> str:
+    """The server's clock, UTC, as a recovery target (`restore --to-time`) takes it."""
+    return inst.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')").strip()
+
+
 @pytest.fixture
 def world(workdir, pg):
     return World(workdir, pg)

@@ -22,7 +22,7 @@ from pgvault import pg, sandbox
 from pgvault.catalog import layout
 from pgvault.methods import barman_tools as bt
 from pgvault.sites.base import BarmanCloud
-from tests.conftest import ROOT, archiving_world
+from tests.conftest import ROOT, base_world, db_now
 from tests.integration.test_pitr import switch_and_wait
 
 SITES = ("a", "eu", "us")
@@ -49,13 +49,8 @@ def listed(w, site: str) -> list[str]:
 @pytest.fixture(scope="module")
 def scene(moto):
     workdir = sandbox.workdir("pgvault-base-")
-    w = archiving_world(workdir, moto)            # site a (local), eu (S3 eu-west-1)
-    w.s3_site("us", "us-east-1")
+    w = base_world(workdir, moto, extra_sites=[("us", "us-east-1")])  # a (local), eu, us (S3)
     inst = w.pg
-    w.state = sandbox.owned_dir(workdir / "state")
-    w.jobs["base"] = {"method": "barman", "sites": list(SITES)}
-    w.policy(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
-    inst.start()
     w.ts = sandbox.owned_dir(workdir / "ts-hot")
     inst.psql(f"CREATE TABLESPACE hot LOCATION '{w.ts}'")
     inst.psql("CREATE TABLE orders (id int PRIMARY KEY, note text) TABLESPACE hot;"
@@ -70,7 +65,7 @@ def scene(moto):
         w.bases.append(cp.stdout.strip().splitlines()[-1].split()[0])
     inst.psql("INSERT INTO orders SELECT g, 'after' FROM generate_series(31, 40) g")
     w.expected = rows(inst)
-    w.before = inst.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')").strip()
+    w.before = db_now(inst)
     inst.psql("DELETE FROM orders")
     switch_and_wait(w, inst)
     yield w

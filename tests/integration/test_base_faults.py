@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from pgvault import pg, sandbox
-from tests.conftest import ROOT, archiving_world
+from tests.conftest import ROOT, base_world, db_now
 from tests.integration.test_pitr import switch_and_wait
 
 # The last commit whose `method: barman` ran Barman itself (a Barman server at local sites,
@@ -56,19 +56,11 @@ def manifest(w, bid: str) -> dict:
     return json.loads((w.workdir / "site-a/clusters/main/backups" / bid / "manifest.json").read_text())
 
 
-def now_utc(inst) -> str:
-    return inst.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')").strip()
-
-
 @pytest.fixture(scope="module")
 def scene(moto):
     workdir = sandbox.workdir("pgvault-basefault-")
-    w = archiving_world(workdir, moto)
+    w = base_world(workdir, moto)
     inst = w.pg
-    w.state = sandbox.owned_dir(workdir / "state")
-    w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"]}
-    w.policy(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
-    inst.start()
     inst.psql("CREATE TABLE orders (id int PRIMARY KEY, note text);"
               "CREATE TABLE filler AS SELECT g, md5(g::text) AS m FROM generate_series(1, 60000) g")
     yield w
@@ -143,7 +135,7 @@ def test_the_server_restarted_mid_backup_fails_clearly_and_leaves_nothing(scene)
     assert listed(w, "a")[-1] == w.base == listed(w, "eu")[-1]
     add_rows(w, 11, 10, "after base")
     w.after_base = rows(w.pg)
-    w.after_base_time = now_utc(w.pg)
+    w.after_base_time = db_now(w.pg)
     add_rows(w, 1000, 1, "past the target")      # recovery stops at the first commit after it
     switch_and_wait(w, w.pg)
 
@@ -210,7 +202,7 @@ def test_bases_of_the_earlier_engine_stay_listable_restorable_and_expirable(scen
     assert (w.workdir / "site-a/clusters/main/barman").is_dir()
     assert w.pg.psql("SELECT count(*) FROM pg_replication_slots").strip() == "0"
     add_rows(w, 21, 10, "after earlier base")
-    expected, t = rows(w.pg), now_utc(w.pg)
+    expected, t = rows(w.pg), db_now(w.pg)
     add_rows(w, 1001, 1, "past the target")
     switch_and_wait(w, w.pg)
     # listed by the new code at both sites, beside the new engine's base

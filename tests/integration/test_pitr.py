@@ -16,7 +16,7 @@ from pgvault import pg, sandbox
 from pgvault.catalog import layout
 from pgvault.methods import barman_tools as bt
 from pgvault.wal import names
-from tests.conftest import World, archiving_world
+from tests.conftest import World, base_world, db_now
 
 
 def archived(w: World, site: str) -> set[str]:
@@ -48,18 +48,14 @@ def restored(path, port) -> pg.Instance:
 def scene(moto):
     """A cluster with a base backup at both sites, 30 rows committed, then a TRUNCATE."""
     workdir = sandbox.workdir("pgvault-pitr-")
-    w = archiving_world(workdir, moto)
+    w = base_world(workdir, moto, compression="lz4")
     inst = w.pg
-    w.state = sandbox.owned_dir(workdir / "state")
-    w.jobs["base"] = {"method": "barman", "sites": ["a", "eu"], "compression": "lz4"}
-    w.policy(wal={"sites": ["a", "eu"], "retry_interval": "1s"}, state_dir=str(w.state))
-    inst.start()
     inst.psql("CREATE TABLE orders (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
     switch_and_wait(w, inst)
     w.backup_id = w.cli("backup", "base").stdout.strip().splitlines()[-1]
     for batch in range(3):
         inst.psql(f"INSERT INTO orders (id) SELECT g FROM generate_series({batch * 10 + 1}, {batch * 10 + 10}) g")
-    w.before = inst.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')").strip()
+    w.before = db_now(inst)
     w.expected = rows(inst)
     inst.psql("TRUNCATE orders")
     switch_and_wait(w, inst)
@@ -190,7 +186,7 @@ def test_second_timeline(scene):
         sandbox.wait_until(lambda: "00000002.history" in archived(w, "a") and "00000002.history" in archived(w, "eu"),
                            60, "history file archived")
         inst.psql("INSERT INTO orders (id) SELECT g FROM generate_series(101, 105) g")
-        on_tl2 = inst.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')").strip()
+        on_tl2 = db_now(inst)
         want = rows(inst)
         inst.psql("DELETE FROM orders")
         switch_and_wait(w, inst)
